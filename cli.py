@@ -1,0 +1,256 @@
+"""The ``fsl`` command line (SPEC §3): wires the planner and trainer, renders with rich.
+
+Exit codes: 0 done; 2 a wrong input (one line naming the file and field, no traceback);
+3 no client can be planned within its budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from planner.errors import InputError, NoFeasiblePlan
+from planner.explain import format_bytes
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Federated split learning for GANs: plan discriminator segments on devices, then train.")
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+class Fmt(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _fail(code: int, message: str) -> None:
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Turn input errors into exit 2 (one line) and infeasibility into exit 3."""
+    try:
+        return fn()
+    except InputError as e:
+        _fail(2, f"error: {e}")
+    except NoFeasiblePlan as e:
+        lines = ["no client can be planned within its budgets:"]
+        lines += [f"  {name}: {why}" for name, why in e.reasons.items()]
+        _fail(3, "\n".join(lines))
+
+
+def _model(name: str):
+    from planner.models import DISCRIMINATORS, build_discriminator
+
+    if name not in DISCRIMINATORS:
+        raise InputError("--model", None, f"unknown model {name!r}, expected one of {', '.join(DISCRIMINATORS)}")
+    return build_discriminator(name)
+
+
+def _check_batch(batch_size: int) -> None:
+    if not 1 <= batch_size <= 4096:
+        raise InputError("--batch-size", None, f"must be within 1..4096, found {batch_size}")
+
+
+def _bar(fraction: float, width: int = 10) -> str:
+    filled = min(width, max(0, round(fraction * width)))
+    color = "red" if fraction > 0.9 else "yellow" if fraction > 0.6 else "green"
+    return f"[{color}]{'█' * filled}[/]{'·' * (width - filled)} {fraction:5.1%}"
+
+
+def _layer_span(plan, start: int, end: int) -> str:
+    names = [layer["name"] for layer in plan.model["layers"]]
+    return names[start] if end - start == 1 else f"{names[start]} → {names[end - 1]}"
+
+
+def render_plan(plan) -> None:
+    """The plan as rich tables: a summary, each client's stages, exclusions."""
+    s = plan.solver
+    out.print(f"[bold]Plan[/] for model [cyan]{plan.model['name']}[/] ({len(plan.model['layers'])} layers), "
+              f"batch {plan.batch_size}, objective [cyan]{plan.objective}[/], devices {plan.devices_file}")
+    out.print(f"solver [cyan]{s['name']}[/]: [bold]{s['status']}[/] in {s['seconds']:.2f} s; "
+              f"round time (slowest planned client) [bold]{plan.round_time_s:.2f} s[/]")
+    for c in plan.planned:
+        p = c.costs
+        budget = f"budget {p.budget_s:.2f} s" if p.budget_s is not None else "no budget"
+        title = f"{c.name}: step {c.step_time_s:.2f} s ({budget}), data weight {c.data_weight:g}"
+        t = Table(title=title, title_justify="left", show_lines=False)
+        for col, just in (("#", "right"), ("device", "left"), ("layers", "left"), ("compute s", "right"),
+                          ("→ next s", "right"), ("memory / capacity", "left")):
+            t.add_column(col, justify=just)
+        cap = dict(zip(p.devices, p.capacity_bytes))
+        for i, st in enumerate(c.stages):
+            mark = " (data)" if st.device == p.devices[p.data_device] else ""
+            t.add_row(str(i), st.device + mark, _layer_span(plan, st.start, st.end), f"{st.compute_s:.3f}",
+                      f"{st.transfer_s:.3f}" if i < len(c.stages) - 1 else "—",
+                      f"{_bar(st.memory_bytes / cap[st.device])} of {format_bytes(cap[st.device])}")
+        unused = [d for d in p.devices if d not in {st.device for st in c.stages}]
+        if unused:
+            t.caption = f"unused: {', '.join(unused)}"
+        if c.baselines_step_time_s:
+            cmp = ", ".join(f"{k} {v:.2f} s ({v / c.step_time_s:.2f}x)" if v else f"{k} no plan"
+                            for k, v in c.baselines_step_time_s.items())
+            t.caption = (t.caption + "; " if t.caption else "") + f"baselines on the same tables: {cmp}"
+        t.caption_justify = "left"
+        out.print(t)
+    excluded = [c for c in plan.clients if c.status == "excluded"]
+    if excluded:
+        t = Table(title="Excluded clients", title_justify="left")
+        t.add_column("client")
+        t.add_column("reason")
+        for c in excluded:
+            t.add_row(c.name, c.reason or "")
+        out.print(t)
+
+
+@app.command("plan")
+def plan_cmd(
+    devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
+    model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
+    batch_size: int = typer.Option(64, "--batch-size", help="samples per batch per client"),
+    solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params"),
+    objective: str = typer.Option("latency", help="latency (sequential) or throughput (pipelined)"),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="solver seconds per client; "
+                                               "past it the best plan found is reported as feasible"),
+    out_path: Path = typer.Option(Path("plan.json"), "--out", help="where to write the plan"),
+    fmt: Fmt = typer.Option(Fmt.table, "--format", help="how to show the plan"),
+) -> None:
+    """Profile the model, plan every client, write the plan and show it."""
+    from planner import plan
+    from planner.devices import load_profile
+    from planner.planfile import write_plan
+
+    def run():
+        if objective not in ("latency", "throughput"):
+            raise InputError("--objective", None, f"expected latency or throughput, found {objective!r}")
+        if time_limit is not None and not time_limit > 0:
+            raise InputError("--time-limit", None, f"must be > 0 seconds, found {time_limit}")
+        _check_batch(batch_size)
+        profile = load_profile(devices)
+        m = _model(model)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=err, transient=True, disable=fmt == Fmt.json) as bar:
+            tasks = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                label = {"profile": "profiling layers", "solve": "solving clients"}[stage]
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(label, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            p = plan(m, profile, batch_size=batch_size, solver=solver, objective=objective,
+                     time_limit_s=time_limit, devices_file=str(devices), progress=progress)
+        write_plan(p, out_path)
+        if fmt == Fmt.json:
+            out.print_json(json.dumps(p.to_json()))
+        else:
+            render_plan(p)
+            out.print(f"wrote {out_path}")
+
+    _guard(run)
+
+
+@app.command("show")
+def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.json"),
+             fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
+    """Show a plan as tables: stages, times, memory against capacity, exclusions."""
+    from planner.planfile import load_plan
+
+    def run():
+        p = load_plan(plan_path)
+        if fmt == Fmt.json:
+            out.print_json(json.dumps(p.to_json()))
+        else:
+            render_plan(p)
+
+    _guard(run)
+
+
+@app.command("profile")
+def profile_cmd(model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
+                batch_size: int = typer.Option(64, "--batch-size"),
+                no_cache: bool = typer.Option(False, "--no-cache", help="measure again"),
+                fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
+    """Per-layer FLOPs, parameters, memory and measured time of one GAN training step."""
+    from planner.graph import build_graph, legal_cuts
+    from planner.profile import profile_model
+
+    def run():
+        _check_batch(batch_size)
+        m = _model(model)
+        prof = profile_model(m, batch_size=batch_size, use_cache=not no_cache)
+        if fmt == Fmt.json:
+            out.print_json(json.dumps(prof.to_json()))
+            return
+        cuts = set(legal_cuts(build_graph(m)))
+        t = Table(title=f"{model}: one GAN training step at batch {batch_size} on {prof.host} "
+                        f"({prof.threads} threads, torch {prof.torch_version})", title_justify="left")
+        for col in ("#", "layer", "kind", "params", "MFLOPs", "output", "memory", "time ms", "cut after"):
+            t.add_column(col, justify="left" if col in ("layer", "kind", "output") else "right")
+        for i, lp in enumerate(prof.layers):
+            note = "yes" if i in cuts else ("—" if i == len(prof.layers) - 1 else "[dim]no[/]")
+            flops = f"{lp.flops / 1e6:,.1f}" + (" [red]+?[/]" if lp.uncounted_ops else "")
+            t.add_row(str(i), lp.name, lp.kind, f"{lp.params:,}", flops, "x".join(map(str, lp.output_shape)),
+                      format_bytes(lp.memory_bytes), f"{lp.time_s * 1e3:.2f}", note)
+        t.caption = (f"total {sum(x.params for x in prof.layers):,} params, "
+                     f"{prof.step_time_s * 1e3:.1f} ms per step; FLOPs: one forward of one batch")
+        t.caption_justify = "left"
+        out.print(t)
+        missing = sorted({op for lp in prof.layers for op in lp.uncounted_ops})
+        if missing:
+            out.print(f"[red]FLOPs not counted for: {', '.join(missing)}[/]")
+
+    _guard(run)
+
+
+@app.command("train")
+def train_cmd(
+    plan_path: Path = typer.Option(..., "--plan", help="a plan.json from fsl plan"),
+    backend: str = typer.Option("local", help="local (one process) or dist (a process per device)"),
+    rounds: int = typer.Option(3, help="total rounds of the run (with --resume: until this many are done)"),
+    out_dir: Path = typer.Option(Path("runs/latest"), "--out", help="where metrics, samples, checkpoints go"),
+    resume: bool = typer.Option(False, help="continue from the checkpoint in --out"),
+    steps_per_round: int = typer.Option(10, "--steps-per-round", help="training steps per round"),
+    emulate: str = typer.Option("sleep", help="sleep: devices run at their profile's speed; none: flat out"),
+    aggregate: str = typer.Option("none", help="between rounds: none, fedavg or swap discriminators"),
+    deadline_s: Optional[float] = typer.Option(None, "--deadline-s", help="drop a client slower than this per round"),
+    data: str = typer.Option("digits", help="digits (embedded) or mnist (with --data-root)"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder with MNIST IDX files"),
+    alpha: Optional[float] = typer.Option(None, help="Dirichlet alpha for non-IID shards (default IID)"),
+    eval_every: int = typer.Option(1, "--eval-every", help="rounds between FID/KID evaluations (0: never)"),
+    seed: int = typer.Option(0, help="seed for everything"),
+    lr: float = typer.Option(2e-4, help="Adam learning rate (generator and discriminators)"),
+) -> None:
+    """Train the federated split GAN as the plan says."""
+    from trainer.config import TrainConfig
+    from trainer.run import train
+
+    def run():
+        cfg = TrainConfig.from_cli(
+            plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
+            steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
+            data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr)
+        train(cfg, console=out)
+
+    _guard(run)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

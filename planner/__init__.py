@@ -1,0 +1,143 @@
+"""Planner: where each segment of each client's discriminator runs.
+
+``plan(model, profile)`` profiles the model per layer (``planner.profile``), groups
+layers into units at the legal cuts of the layer graph (``planner.graph``,
+``planner.costs``), builds each client's cost tables and solves them with the chosen
+solver (``planner.ilp`` by default, proven optimal; ``planner.baselines`` for
+comparison). The result is a :class:`~planner.planfile.Plan` (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from collections.abc import Callable
+
+from planner import check
+from planner.costs import Unit, planning_units, profile_problems
+from planner.devices import Profile
+from planner.errors import InputError, NoFeasiblePlan
+from planner.models import SEED_PARTS, LayeredModel
+from planner.planfile import Plan, PlannedClient, PlannedStage
+from planner.problem import ClientProblem, Solution
+from planner.profile import ModelProfile, profile_model
+
+SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference")
+
+__all__ = ["plan", "solve_client", "SOLVERS", "InputError", "NoFeasiblePlan"]
+
+
+def solve_client(p: ClientProblem, *, solver: str = "ilp", objective: str = "latency",
+                 time_limit_s: float | None = None, parts: tuple[int, ...] | None = None) -> Solution:
+    """Solve one client's tables with the named solver."""
+    from planner import baselines, ilp, reference
+
+    if solver == "ilp":
+        return ilp.solve_ilp(p, objective=objective, time_limit_s=time_limit_s)
+    if solver == "reference":
+        return reference.solve_reference(p, objective=objective)
+    if solver == "fsl-gan":
+        return baselines.solve_fsl_gan(p, parts=parts, objective=objective)
+    if solver == "uniform":
+        return baselines.solve_uniform(p, objective=objective)
+    if solver == "params":
+        return baselines.solve_params(p, objective=objective)
+    raise InputError("--solver", None, f"unknown solver {solver!r}, expected one of {', '.join(SOLVERS)}")
+
+
+def _seed_parts(model: LayeredModel, units: list[Unit]) -> tuple[int, ...] | None:
+    """The seed's A/B/C boundaries as unit indices, where the model has them."""
+    layers = SEED_PARTS.get(model.model_name)
+    if layers is None:
+        return None
+    starts = {u.first: i for i, u in enumerate(units)}
+    return tuple(starts[x] for x in layers if x in starts)
+
+
+def _with_baselines(c: PlannedClient, objective: str, parts: tuple[int, ...] | None) -> PlannedClient:
+    out = {}
+    for name in ("fsl-gan", "uniform", "params"):
+        sol = solve_client(replace(c.costs, budget_s=None), solver=name, objective=objective, parts=parts)
+        out[name] = None if not sol.stages else round(sol.step_time_s, 6)
+    return replace(c, baselines_step_time_s=out)
+
+
+def _overall_status(statuses: list[str]) -> str:
+    for s in ("heuristic", "feasible"):
+        if s in statuses:
+            return s
+    return "optimal" if statuses else "infeasible"
+
+
+def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver: str = "ilp",
+         objective: str = "latency", time_limit_s: float | None = None,
+         devices_file: str | None = None, model_profile: ModelProfile | None = None,
+         compare: bool = True, progress: Callable[[str, int, int], None] | None = None) -> Plan:
+    """Plan every client of ``devices`` for ``model``; raises NoFeasiblePlan if none fits.
+
+    ``compare`` also records, per client, the step time each baseline solver would
+    predict on the same tables, budget ignored (``baselines_step_time_s``), so a plan
+    shows its gain.
+
+    ``progress(stage, done, total)`` is called while profiling and solving.
+    """
+    if solver not in SOLVERS:
+        raise InputError("--solver", None, f"unknown solver {solver!r}, expected one of {', '.join(SOLVERS)}")
+    if model_profile is None:
+        model_profile = profile_model(model, batch_size=batch_size,
+                                      progress=(lambda d, t: progress("profile", d, t)) if progress else None)
+    units = planning_units(model, model_profile)
+    parts = _seed_parts(model, units)
+    problems = profile_problems(devices, units)
+    t0 = time.perf_counter()
+    solved: dict[ClientProblem, Solution] = {}  # identical tables are solved once
+    clients = []
+    for i, (client, p) in enumerate(zip(devices.clients, problems)):
+        if p not in solved:
+            solved[p] = solve_client(p, solver=solver, objective=objective, time_limit_s=time_limit_s, parts=parts)
+        sol = solved[p]
+        ptf = {d.name: d.processing_time_factor for d in client.devices}
+        if not sol.stages:
+            from planner.explain import explain_infeasible
+
+            clients.append(PlannedClient(
+                name=client.name, status="excluded", reason=explain_infeasible(p, objective=objective, layer_names=[u.name for u in units]),
+                step_time_s=None, stages=(), costs=p, data_weight=client.data_weight,
+                solver_status=sol.status, processing_time_factor=ptf))
+        else:
+            transfers = check.cut_transfer_s(p, sol.stages) + [0.0]
+            stages = tuple(
+                PlannedStage(device=p.devices[s.device], start=s.start, end=s.end,
+                             compute_s=check.stage_compute_s(p, s), transfer_s=t,
+                             memory_bytes=check.stage_memory_bytes(p, s))
+                for s, t in zip(sol.stages, transfers))
+            clients.append(PlannedClient(
+                name=client.name, status="planned", reason=None,
+                step_time_s=check.step_time_s(p, sol.stages, objective), stages=stages, costs=p,
+                data_weight=client.data_weight, solver_status=sol.status, processing_time_factor=ptf))
+        if progress:
+            progress("solve", i + 1, len(problems))
+    if compare and solver == "ilp":
+        clients = [_with_baselines(c, objective, parts) for c in clients]
+    seconds = time.perf_counter() - t0
+    planned = [c for c in clients if c.status == "planned"]
+    if not planned:
+        raise NoFeasiblePlan({c.name: c.reason or "" for c in clients})
+    layers = [
+        {"name": u.name, "flops": u.flops, "param_bytes": u.param_bytes, "output_bytes": u.output_bytes,
+         "params": u.params, "memory_bytes": u.memory_bytes, "time_s": u.time_s,
+         "model_layers": [u.first, u.last + 1]}
+        for u in units
+    ]
+    return Plan(
+        model={"name": model.model_name, "fingerprint": model.fingerprint(),
+               "input_shape": list(model.input_shape), "layers": layers,
+               "profiled_on": {"host": model_profile.host, "torch": model_profile.torch_version,
+                               "threads": model_profile.threads}},
+        batch_size=batch_size, objective=objective,
+        solver={"name": solver, "status": _overall_status([c.solver_status for c in planned]),
+                "seconds": round(seconds, 4), "time_limit_s": time_limit_s},
+        devices_file=devices_file,
+        round_time_s=max(c.step_time_s for c in planned),
+        clients=tuple(clients),
+    )

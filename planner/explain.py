@@ -1,0 +1,109 @@
+"""Why no plan fits a client, in words and numbers a person can act on (SPEC §2, §1).
+
+:func:`explain_infeasible` tries the reasons from the most direct to the least, and
+returns the first that holds:
+
+1. the data device cannot hold layer 0 (the first segment needs at least that);
+2. some layer fits on no device at all;
+3. even with each layer on the device where it is smallest, the layers need more
+   memory in all than the devices offer together;
+4. contiguous segments cover only a prefix of the layers (found by a DP over sets of
+   used devices: extending each segment as far as it fits is optimal for the prefix);
+5. the budget: the best plan without a budget (the exact ILP) is slower than it.
+
+Nothing here prints; the CLI shows the returned string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from planner.ilp import solve_ilp
+from planner.problem import ClientProblem, Objective
+
+_UNITS = (("GB", 10**9), ("MB", 10**6), ("kB", 10**3))
+PREFIX_DP_MAX_DEVICES = 16  # reason 4 walks all subsets of devices
+
+
+def format_bytes(n: float) -> str:
+    """Decimal units as in SPEC §1: ``512 B``, ``1.0 kB``, ``1.9 MB``, ``3.2 GB``."""
+    for unit, size in _UNITS:
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_seconds(s: float) -> str:
+    """Seconds with two decimals: ``7.31 s``."""
+    return f"{s:.2f} s"
+
+
+def _layer(l: int, names: Sequence[str] | None) -> str:
+    return f"layer {names[l]}" if names is not None else f"layer {l}"
+
+
+def _covered_prefix(p: ClientProblem) -> int:
+    """How many leading layers some sequence of distinct devices can hold contiguously."""
+    n, L, data = p.n_devices, p.n_layers, p.data_device
+
+    def extend(d: int, start: int) -> int:
+        used, m = 0, start
+        while m < L and used + p.memory_bytes[d][m] <= p.capacity_bytes[d]:
+            used += p.memory_bytes[d][m]
+            m += 1
+        return m
+
+    reach = {1 << data: extend(data, 0)}
+    for mask in sorted(range(1 << n), key=int.bit_count):
+        last = reach.get(mask, 0)
+        for e in range(n):
+            if not mask >> e & 1 and 0 < last < L:
+                new = mask | 1 << e
+                reach[new] = max(reach.get(new, 0), extend(e, last))
+    return max(reach.values())
+
+
+def explain_infeasible(
+    p: ClientProblem, *, objective: Objective = "latency", layer_names: Sequence[str] | None = None
+) -> str:
+    """A sentence saying why no feasible plan exists for ``p``; see the module docstring.
+
+    ``layer_names`` (optional, one per layer) name layers instead of their indices.
+    Raises ``ValueError`` when a plan does fit.
+    """
+    data, L = p.data_device, p.n_layers
+    data_name = p.devices[data]
+    if p.memory_bytes[data][0] > p.capacity_bytes[data]:
+        return (
+            f"first segment needs at least {format_bytes(p.memory_bytes[data][0])} on {data_name} "
+            f"({_layer(0, layer_names)}), capacity {format_bytes(p.capacity_bytes[data])}"
+        )
+    for l in range(L):
+        if all(p.memory_bytes[d][l] > p.capacity_bytes[d] for d in range(p.n_devices)):
+            need = min(p.memory_bytes[d][l] for d in range(p.n_devices))
+            big = max(range(p.n_devices), key=lambda d: p.capacity_bytes[d])
+            return (
+                f"{_layer(l, layer_names)} needs at least {format_bytes(need)}, "
+                f"the largest capacity is {format_bytes(p.capacity_bytes[big])} on {p.devices[big]}"
+            )
+    need_all = sum(min(p.memory_bytes[d][l] for d in range(p.n_devices)) for l in range(L))
+    offer = sum(p.capacity_bytes)
+    if need_all > offer:
+        return f"layers need {format_bytes(need_all)} in all, the devices offer {format_bytes(offer)}"
+    if p.n_devices <= PREFIX_DP_MAX_DEVICES:
+        reach = _covered_prefix(p)
+        if reach < L:
+            return (
+                f"contiguous segments on distinct devices hold at most layers 0..{reach - 1} "
+                f"of {L}; {_layer(reach, layer_names)} fits on no device left after them"
+            )
+    free = solve_ilp(replace(p, budget_s=None), objective=objective)
+    if free.status == "infeasible":
+        return "no ordering of the devices holds the layers in contiguous segments within capacity"
+    if p.budget_s is not None and free.step_time_s > p.budget_s * (1 + 1e-9):
+        return (
+            f"best plan needs {format_seconds(free.step_time_s)} per step, budget "
+            f"{format_seconds(p.budget_s)} (over by {format_seconds(free.step_time_s - p.budget_s)})"
+        )
+    raise ValueError(f"a plan fits: {format_seconds(free.step_time_s)} per step")

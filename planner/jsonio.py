@@ -1,0 +1,69 @@
+"""Reading and writing JSON files at the edge: strict, bounded, atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from planner.errors import InputError
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_json(path: str | Path, *, what: str = "file") -> Any:
+    """Parse a JSON file strictly: UTF-8, no NaN/Infinity, bounded size and depth."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(str(path), None, f"{what} not found")
+    if p.is_dir():
+        raise InputError(str(path), None, f"is a directory, expected a JSON {what}")
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(str(path), None, f"{p.stat().st_size} bytes, larger than the {MAX_FILE_BYTES} allowed")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(str(path), None, f"not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise InputError(str(path), None, f"cannot be read: {e.strerror}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise InputError(str(path), None, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError as e:
+        raise InputError(str(path), None, f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise InputError(str(path), None, "JSON nested too deeply") from None
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``.
+
+    A crash at any point leaves either the old file or the new one, never a torn one.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,200 @@
+"""Per-layer profile of a discriminator: FLOPs, parameters, memory and measured time.
+
+One *GAN training step* on a discriminator, with batch size ``B`` (see
+``trainer.step`` for the message schedule), passes through every layer:
+
+1. the discriminator phase: forward on ``2B`` samples (real and fake), backward with
+   gradients for the weights (and for the layer's input, except layer 0);
+2. the generator phase: forward on ``B`` fake samples, backward for the input only.
+
+``time_s`` is the measured wall time of exactly that work for one layer on this
+machine (after warm-up, the median of repeats); a device with ``processing_time_factor``
+``f`` takes ``f * time_s``. FLOPs are fvcore's count for one forward of one batch of
+``B`` (one fused multiply-add counts as one flop); elementwise ops fvcore does not count
+get explicit handles (one flop per output element), and anything still uncounted is
+listed in ``uncounted_ops``, never dropped silently.
+
+Memory to train a layer, bytes: weights, gradients and Adam's two moments (4 x 4 bytes
+per parameter), the tensors autograd saves in the discriminator phase (measured with
+``saved_tensors_hooks``), and the output's transfer buffers (activation out, gradient in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import elementwise_flop_counter
+
+from planner.jsonio import write_json
+from planner.models import LayeredModel
+
+PROFILE_VERSION = 1
+BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
+_ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
+                    "aten::ge", "aten::tanh", "aten::sigmoid", "aten::relu")
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    name: str  # layer name in the model
+    kind: str  # module class, e.g. Conv2d
+    params: int  # trainable parameters
+    param_bytes: int  # bytes of the parameters (fp32)
+    flops: int  # forward flops for one batch of batch_size (fvcore: FMA = 1 flop)
+    output_shape: tuple[int, ...]  # per sample
+    output_bytes: int  # bytes of the output for one batch of batch_size
+    saved_bytes: int  # bytes autograd saves in the discriminator phase (2 x batch)
+    memory_bytes: int  # bytes to train the layer (see module docstring)
+    time_s: float  # measured seconds of one GAN training step through this layer
+    uncounted_ops: tuple[str, ...] = ()  # ops neither fvcore nor our handles count
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    model: str
+    fingerprint: str
+    input_shape: tuple[int, ...]
+    batch_size: int
+    layers: tuple[LayerProfile, ...]
+    host: str
+    torch_version: str
+    threads: int
+    seconds: float  # how long profiling took (0 when read from the cache)
+
+    @property
+    def step_time_s(self) -> float:
+        return sum(layer.time_s for layer in self.layers)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelProfile":
+        layers = tuple(LayerProfile(**{**x, "output_shape": tuple(x["output_shape"]),
+                                       "uncounted_ops": tuple(x["uncounted_ops"])}) for x in d["layers"])
+        return cls(**{**d, "layers": layers, "input_shape": tuple(d["input_shape"])})
+
+
+def count_flops(module: torch.nn.Module, inputs: tuple) -> tuple[int, tuple[str, ...]]:
+    """fvcore's forward flops with handles for elementwise ops; returns (flops, uncounted)."""
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    for op in _ELEMENTWISE_OPS:
+        analysis.set_op_handle(op, elementwise_flop_counter(0, 1))
+    return int(analysis.total()), tuple(sorted(analysis.unsupported_ops()))
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct tensors autograd saves while ``fn`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def _layer_inputs(model: LayeredModel, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The inputs every layer sees for model input ``x`` (no grad)."""
+    values = {-1: x}
+    out = []
+    with torch.no_grad():
+        for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
+            args = tuple(values[j] for j in node.inputs)
+            out.append(args)
+            values[i] = layer(*args)
+    return out
+
+
+def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, first: bool) -> float:
+    """Seconds of one GAN training step's work through ``layer`` (module docstring)."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    xs = tuple(a.detach().requires_grad_(not first) for a in args_2b)
+    out = layer(*xs)
+    wrt = list(params) + ([] if first else list(xs))
+    if wrt:
+        torch.autograd.grad(out, wrt, torch.ones_like(out))
+    xs = tuple(a.detach().requires_grad_(True) for a in args_1b)
+    out = layer(*xs)
+    torch.autograd.grad(out, list(xs), torch.ones_like(out), allow_unused=True)
+    return time.perf_counter() - t0
+
+
+def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 7, warmup: int = 2,
+            progress: Callable[[int, int], None] | None = None) -> ModelProfile:
+    """Profile every layer of ``model`` at ``batch_size`` on this machine."""
+    t_start = time.perf_counter()
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    x2 = torch.rand((2 * batch_size, *model.input_shape), generator=gen) * 2 - 1
+    inputs_2b = _layer_inputs(model, x2)
+    layers = []
+    for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
+        args2 = inputs_2b[i]
+        args1 = tuple(a[:batch_size] for a in args2)
+        flops, uncounted = count_flops(layer, args1)
+        with torch.no_grad():
+            out1 = layer(*args1)
+        saved = saved_bytes(lambda: layer(*(a.detach().requires_grad_(i > 0) for a in args2)))
+        times = [time_layer_step(layer, args2, args1, first=(i == 0)) for _ in range(warmup + repeats)]
+        params = sum(p.numel() for p in layer.parameters())
+        out_bytes = out1.numel() * out1.element_size()
+        layers.append(LayerProfile(
+            name=node.name, kind=type(layer).__name__, params=params, param_bytes=params * 4,
+            flops=flops, output_shape=tuple(out1.shape[1:]), output_bytes=out_bytes,
+            saved_bytes=saved,
+            memory_bytes=params * BYTES_PER_PARAM_TRAINING + saved + 2 * 2 * out_bytes,
+            time_s=statistics.median(times[warmup:]), uncounted_ops=uncounted,
+        ))
+        if progress:
+            progress(i + 1, len(model))
+    return ModelProfile(
+        model=model.model_name, fingerprint=model.fingerprint(), input_shape=model.input_shape,
+        batch_size=batch_size, layers=tuple(layers), host=platform.node(),
+        torch_version=torch.__version__, threads=torch.get_num_threads(),
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FSL_CACHE_DIR", Path.home() / ".cache" / "fsl-gan"))
+
+
+def _cache_path(model: LayeredModel, batch_size: int) -> Path:
+    key = json.dumps([PROFILE_VERSION, model.fingerprint(), batch_size, torch.__version__,
+                      platform.node(), torch.get_num_threads()])
+    return cache_dir() / "profiles" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+def profile_model(model: LayeredModel, *, batch_size: int = 64, use_cache: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> ModelProfile:
+    """The model's profile, from the cache when this machine measured it before.
+
+    The cache is keyed by model fingerprint, batch size, torch version, host and thread
+    count; a corrupt cache entry is measured again.
+    """
+    path = _cache_path(model, batch_size)
+    if use_cache and path.is_file():
+        try:
+            cached = ModelProfile.from_json(json.loads(path.read_text()))
+            return ModelProfile(**{**asdict(cached), "layers": cached.layers, "seconds": 0.0})
+        except (ValueError, TypeError, KeyError):
+            pass
+    prof = measure(model, batch_size=batch_size, progress=progress)
+    if use_cache:
+        write_json(path, prof.to_json())
+    return prof
