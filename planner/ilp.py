@@ -1,31 +1,34 @@
 """The exact placement ILP: contiguous segments on distinct devices (SPEC §2), via PuLP.
 
-The model is a layered shortest path with side constraints (a resource-constrained path,
-as in the FSL-GAN seed paper's placement problem, stated here as a flow so that its LP
-relaxation is tight). Binary ``x[d][l]`` puts layer ``l`` on device ``d``; binary
-``z[a][b][l]`` says layer ``l`` runs on ``a`` and layer ``l+1`` on ``b`` (``a == b``:
-the segment goes on, ``a != b``: a cut from ``a`` to ``b`` after ``l``)::
+Segments are path arcs, as in the placement problem of the FSL-GAN seed paper stated as
+a shortest path with side constraints. Binary ``w[d,i,j]`` runs layers ``i..j-1`` on
+device ``d`` (one variable per segment that fits ``capacity_bytes[d]``); binary
+``u[d,e,j]`` is the cut from ``d`` to ``e`` between layers ``j-1`` and ``j``. A plan is
+one unit of flow from the data device's start to the last layer::
 
-    layer:     0        1        2        3
-    phone   x ──z──── x        .        .          z[phone][phone][0]
-                       ╲z─────────────────         z[phone][laptop][1]: cut after 1
-    laptop  .        .        x ──z──── x
+    boundary:   0           3           5           8 = L
+    phone      (s)══w[p,0,3]══(e)
+                               ╲u[p,l,3]
+    laptop                      (s)══w[l,3,8]═══════(e) -> done
 
 Constraints, each named so an infeasible model can be read back:
 
-- ``cover_layer_{l}``: every layer on exactly one device; ``data_first``: layer 0 on
-  the data device (its entry is fixed, nothing may enter it later);
-- ``flow_out_{d}_{l}`` / ``flow_in_{d}_{l}``: ``z`` links ``x`` of consecutive layers;
-- ``one_segment_{d}``: at most one entry into each device, so at most one segment;
-- ``capacity_{d}``: the segment's ``memory_bytes`` fit ``capacity_bytes``;
-- ``budget``: the step time is at most ``budget_s`` (when set);
-- throughput only: ``bottleneck_compute_{d}`` and ``bottleneck_cut_{l}`` bound ``T``.
+- ``data_first``: one segment starts on the data device at layer 0; no cut enters it;
+- ``flow_leave_{d}_{j}`` / ``flow_enter_{e}_{j}``: a segment ending at ``j`` leaves by
+  exactly one cut, a cut into ``e`` at ``j`` starts exactly one segment there; with
+  ``data_first`` this covers every layer exactly once, in order (``cover_layer_{l}``
+  of the per-layer model is implied, so it is not stated);
+- ``one_segment_{d}``: at most one segment per device;
+- ``capacity_{d}``: by construction, only segments that fit get a variable;
+- ``budget``: the step time is at most ``budget_s`` (when set); segments and cuts that
+  alone exceed it get no variable (a valid cut: the step time is at least each);
+- throughput only: ``bottleneck_compute_{d}`` / ``bottleneck_cut_{j}`` bound ``T``.
 
-Valid tightenings: ``x[d][l]`` is fixed to 0 (no variable) where layer ``l`` alone
-overflows ``d``, or, on the data device, where the prefix ``0..l`` does; ``z`` exists only
-between variables that may be 1 and over links with bandwidth > 0 (a link with bandwidth
-0 is treated as absent). Times are divided by a scale (the fastest single-device compute
-time) so CBC's absolute tolerances meet numbers near 1.
+This arc model has the same integer solutions as the per-layer model (``x[d][l]``,
+adjacency ``y[a][b][l] >= x[a][l] + x[b][l+1] - 1`` and knapsack capacity rows) but a
+much tighter LP relaxation: without ``one_segment`` it is a shortest path, which is
+integral. Links with bandwidth <= 0 are treated as absent. Times are divided by a scale
+(the fastest single-device compute time) so CBC's absolute tolerances meet numbers near 1.
 
 Time limit: CBC through PuLP reports ``LpStatusOptimal`` even when it stopped on the time
 limit with an incumbent; PuLP then sets ``prob.sol_status`` to ``LpSolutionIntegerFeasible``
@@ -51,8 +54,8 @@ GAP_ABS = 1e-9  # absolute MIP gap on scaled times (the relative gap is 0)
 class IlpVariables:
     """The decision variables of :func:`create_problem`; absent keys are fixed to 0."""
 
-    x: dict[tuple[int, int], pulp.LpVariable]  # (device, layer) -> layer on device
-    z: dict[tuple[int, int, int], pulp.LpVariable]  # (a, b, layer) -> l on a, l+1 on b
+    w: dict[tuple[int, int, int], pulp.LpVariable]  # (d, i, j): layers i..j-1 on d
+    u: dict[tuple[int, int, int], pulp.LpVariable]  # (d, e, j): cut d -> e before layer j
     bottleneck: pulp.LpVariable | None  # T for the throughput objective, else None
     scale_s: float  # seconds per unit of the model's time coefficients
 
@@ -62,19 +65,37 @@ def _time_scale_s(p: ClientProblem) -> float:
     return fastest if fastest > 0 else 1.0
 
 
-def _allowed_layers(p: ClientProblem) -> list[list[bool]]:
-    """``ok[d][l]``: layer ``l`` may run on ``d`` at all (cheap necessary conditions)."""
-    ok = [
-        [p.memory_bytes[d][l] <= p.capacity_bytes[d] for l in range(p.n_layers)]
-        for d in range(p.n_devices)
-    ]
-    prefix_bytes = 0
-    for l in range(p.n_layers):
-        prefix_bytes += p.memory_bytes[p.data_device][l]
-        ok[p.data_device][l] = ok[p.data_device][l] and prefix_bytes <= p.capacity_bytes[p.data_device]
+def _segments(p: ClientProblem) -> dict[tuple[int, int, int], float]:
+    """Seconds of every segment ``(d, i, j)`` that fits, starts legally and meets the budget."""
+    out = {}
+    limit = float("inf") if p.budget_s is None else p.budget_s * (1 + 1e-9)
     for d in range(p.n_devices):
-        ok[d][0] = d == p.data_device and ok[d][0]
-    return ok
+        starts = [0] if d == p.data_device else range(1, p.n_layers)
+        mem, comp = p.memory_bytes[d], p.compute_s[d]
+        for i in starts:
+            used, secs = 0, 0.0
+            for j in range(i + 1, p.n_layers + 1):
+                used += mem[j - 1]
+                secs += comp[j - 1]
+                if used > p.capacity_bytes[d] or secs > limit:
+                    break
+                out[d, i, j] = secs
+    return out
+
+
+def _cuts(p: ClientProblem) -> dict[tuple[int, int, int], float]:
+    """Seconds of every cut ``(d, e, j)`` over a link that exists and meets the budget."""
+    out = {}
+    limit = float("inf") if p.budget_s is None else p.budget_s * (1 + 1e-9)
+    for d in range(p.n_devices):
+        for e in range(p.n_devices):
+            if e == d or e == p.data_device or p.link_bytes_per_s[d][e] <= 0:
+                continue
+            for j in range(1, p.n_layers):
+                t = p.transfer_s(d, e, j - 1)
+                if t <= limit:
+                    out[d, e, j] = t
+    return out
 
 
 def create_problem(
@@ -85,77 +106,55 @@ def create_problem(
         raise ValueError(f"unknown objective {objective!r}, expected latency or throughput")
     n, L, data = p.n_devices, p.n_layers, p.data_device
     scale = _time_scale_s(p)
-    ok = _allowed_layers(p)
+    seg_s, cut_s = _segments(p), _cuts(p)
     prob = pulp.LpProblem(f"placement_{objective}", pulp.LpMinimize)
-    x = {
-        (d, l): pulp.LpVariable(f"x_{d}_{l}", cat=pulp.LpBinary)
-        for d in range(n) for l in range(L) if ok[d][l]
-    }
-    z: dict[tuple[int, int, int], pulp.LpVariable] = {}
-    for l in range(L - 1):
-        for a in range(n):
-            for b in range(n):
-                if (a, l) not in x or (b, l + 1) not in x:
-                    continue
-                if a != b and (b == data or p.link_bytes_per_s[a][b] <= 0):
-                    continue
-                z[a, b, l] = pulp.LpVariable(f"z_{a}_{b}_{l}", cat=pulp.LpBinary)
+    w = {k: pulp.LpVariable("w_{}_{}_{}".format(*k), cat=pulp.LpBinary) for k in seg_s}
+    u = {k: pulp.LpVariable("u_{}_{}_{}".format(*k), cat=pulp.LpBinary) for k in cut_s}
+    ends: dict[tuple[int, int], list] = {}  # (d, j) -> segments of d ending at j
+    begins: dict[tuple[int, int], list] = {}  # (d, i) -> segments of d starting at i
+    for (d, i, j), v in w.items():
+        ends.setdefault((d, j), []).append(v)
+        begins.setdefault((d, i), []).append(v)
+    leaves: dict[tuple[int, int], list] = {}
+    enters: dict[tuple[int, int], list] = {}
+    for (d, e, j), v in u.items():
+        leaves.setdefault((d, j), []).append(v)
+        enters.setdefault((e, j), []).append(v)
 
-    def cut_s(a: int, b: int, l: int) -> float:
-        return p.transfer_s(a, b, l) / scale
-
-    for l in range(L):
-        prob += pulp.lpSum(x[d, l] for d in range(n) if (d, l) in x) == 1, f"cover_layer_{l}"
-    if (data, 0) in x:
-        prob += x[data, 0] == 1, "data_first"
-    for l in range(L - 1):
-        for d in range(n):
-            out_ = [z[d, b, l] for b in range(n) if (d, b, l) in z]
-            in_ = [z[a, d, l] for a in range(n) if (a, d, l) in z]
-            if (d, l) in x:
-                prob += pulp.lpSum(out_) == x[d, l], f"flow_out_{d}_{l}"
-            if (d, l + 1) in x:
-                prob += pulp.lpSum(in_) == x[d, l + 1], f"flow_in_{d}_{l}"
+    prob += pulp.lpSum(begins.get((data, 0), [])) == 1, "data_first"
     for d in range(n):
-        if d == data:
-            continue
-        entries = [z[a, d, l] for a in range(n) for l in range(L - 1) if a != d and (a, d, l) in z]
-        if entries:
-            prob += pulp.lpSum(entries) <= 1, f"one_segment_{d}"
-        row = [(x[d, l], p.memory_bytes[d][l]) for l in range(L) if (d, l) in x]
-        if row and sum(m for _, m in row) > p.capacity_bytes[d]:
-            prob += pulp.LpAffineExpression(row) <= p.capacity_bytes[d], f"capacity_{d}"
-    data_row = [(x[data, l], p.memory_bytes[data][l]) for l in range(L) if (data, l) in x]
-    if data_row:  # implied by the prefix fixing above; kept so every device has its row
-        prob += pulp.LpAffineExpression(data_row) <= p.capacity_bytes[data], f"capacity_{data}"
+        for j in range(1, L):
+            if (d, j) in ends or (d, j) in leaves:
+                prob += pulp.lpSum(ends.get((d, j), [])) == pulp.lpSum(leaves.get((d, j), [])), f"flow_leave_{d}_{j}"
+            if d != data and ((d, j) in enters or (d, j) in begins):
+                prob += pulp.lpSum(enters.get((d, j), [])) == pulp.lpSum(begins.get((d, j), [])), f"flow_enter_{d}_{j}"
+    per_device: dict[int, list] = {}
+    for (d, i, j), v in w.items():
+        per_device.setdefault(d, []).append((v, seg_s[d, i, j] / scale))
+    for d, row in per_device.items():
+        if d != data and len(row) > 1:
+            prob += pulp.lpSum(v for v, _ in row) <= 1, f"one_segment_{d}"
 
-    compute = {
-        d: pulp.LpAffineExpression([(x[d, l], p.compute_s[d][l] / scale) for l in range(L) if (d, l) in x])
-        for d in range(n)
-    }
-    cuts = {
-        l: pulp.LpAffineExpression(
-            [(v, cut_s(a, b, k)) for (a, b, k), v in z.items() if k == l and a != b]
-        )
-        for l in range(L - 1)
-    }
+    per_cut: dict[int, list] = {}
+    for (d, e, j), v in u.items():
+        per_cut.setdefault(j, []).append((v, cut_s[d, e, j] / scale))
     budget = None if p.budget_s is None else p.budget_s / scale
     bottleneck = None
     if objective == "latency":
-        step = pulp.lpSum(compute.values()) + pulp.lpSum(cuts.values())
+        step = pulp.LpAffineExpression([*(t for r in per_device.values() for t in r), *(t for r in per_cut.values() for t in r)])
         prob += step
         if budget is not None:
             prob += step <= budget, "budget"
     else:
-        bottleneck = pulp.LpVariable("T", lowBound=0, upBound=budget)
+        bottleneck = pulp.LpVariable("T", lowBound=0)
         prob += bottleneck
-        for d in range(n):
-            prob += bottleneck >= compute[d], f"bottleneck_compute_{d}"
-        for l in range(L - 1):
-            prob += bottleneck >= cuts[l], f"bottleneck_cut_{l}"
+        for d, row in per_device.items():
+            prob += bottleneck >= pulp.LpAffineExpression(row), f"bottleneck_compute_{d}"
+        for j, row in per_cut.items():
+            prob += bottleneck >= pulp.LpAffineExpression(row), f"bottleneck_cut_{j}"
         if budget is not None:
             prob += bottleneck <= budget, "budget"
-    return prob, IlpVariables(x=x, z=z, bottleneck=bottleneck, scale_s=scale)
+    return prob, IlpVariables(w=w, u=u, bottleneck=bottleneck, scale_s=scale)
 
 
 def _make_solver(solver: str, time_limit_s: float | None) -> pulp.LpSolver:
@@ -170,19 +169,9 @@ def _make_solver(solver: str, time_limit_s: float | None) -> pulp.LpSolver:
 
 
 def decode_stages(p: ClientProblem, variables: IlpVariables) -> tuple[Stage, ...]:
-    """Stages from a solved model's ``x``, ordered by their first layer."""
-    owner = []
-    for l in range(p.n_layers):
-        on = [d for d in range(p.n_devices) if (d, l) in variables.x and (variables.x[d, l].varValue or 0) > 0.5]
-        if len(on) != 1:
-            raise RuntimeError(f"solver returned layer {l} on {len(on)} devices")
-        owner.append(on[0])
-    stages, start = [], 0
-    for l in range(1, p.n_layers + 1):
-        if l == p.n_layers or owner[l] != owner[start]:
-            stages.append(Stage(device=owner[start], start=start, end=l))
-            start = l
-    return tuple(stages)
+    """Stages from a solved model's segment variables, ordered by their first layer."""
+    chosen = sorted((i, j, d) for (d, i, j), v in variables.w.items() if (v.varValue or 0) > 0.5)
+    return tuple(Stage(device=d, start=i, end=j) for i, j, d in chosen)
 
 
 def solve_ilp(

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import InputError
-from trainer.idx import read_idx_pair
 
 DATASETS = ("digits", "mnist")
 MIN_SHARD_SIZE = 8  # default fewest samples per Dirichlet shard (one small batch)
@@ -89,8 +88,17 @@ def load_mnist(root: str | Path, *, split: str = "train") -> Dataset:
     prefix = "train" if split == "train" else "t10k"
     image_path = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
     label_path = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
-    pixels, labels = read_idx_pair(image_path, _read_bytes(image_path),
-                                   label_path, _read_bytes(label_path))
+    pixels = _parse_idx(image_path, _read_bytes(image_path), magic=2051, dims=3)
+    labels = _parse_idx(label_path, _read_bytes(label_path), magic=2049, dims=1)
+    if pixels.shape[1:] != (28, 28):
+        raise InputError(str(image_path), "dimensions", f"images are "
+                         f"{pixels.shape[1]}x{pixels.shape[2]}, expected 28x28")
+    if len(labels) != len(pixels):
+        raise InputError(str(label_path), "count", f"{len(labels)} labels for "
+                         f"{len(pixels)} images in {image_path.name}")
+    if len(labels) and labels.max() > 9:
+        raise InputError(str(label_path), "labels", f"label {int(labels.max())} found, "
+                         "expected digits 0..9")
     images = torch.from_numpy(pixels).float().div_(127.5).sub_(1.0).unsqueeze(1)
     return Dataset(images.contiguous(), torch.from_numpy(labels.astype(np.int64)),
                    f"mnist-{split}")
@@ -113,6 +121,26 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
         raise InputError(str(path), None, f"cannot be read: {err}") from err
+
+
+def _parse_idx(path: Path, data: bytes, *, magic: int, dims: int) -> np.ndarray:
+    """An IDX file of unsigned bytes: magic (0, 0, 0x08, ndim), ndim big-endian int32
+    sizes, then exactly prod(sizes) bytes (LeCun's MNIST page, "FILE FORMATS")."""
+    header = 4 + 4 * dims
+    if len(data) < header:
+        raise InputError(str(path), "header", f"file is {len(data)} bytes, the header "
+                         f"alone needs {header} (truncated?)")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise InputError(str(path), "magic", f"found {found} (0x{found:08x}), expected "
+                         f"{magic} (0x{magic:08x}); is this the right file?")
+    shape = tuple(int(v) for v in np.frombuffer(data, ">u4", dims, offset=4))
+    body = int(np.prod(shape))
+    if len(data) != header + body:
+        what = "truncated" if len(data) < header + body else "has trailing bytes"
+        raise InputError(str(path), "length", f"{what}: {len(data)} bytes, header says "
+                         f"{'x'.join(map(str, shape))} needs {header + body}")
+    return np.frombuffer(data, np.uint8, body, offset=header).reshape(shape)
 
 
 def load_dataset(name: str, *, root: str | Path | None = None,

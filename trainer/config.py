@@ -1,0 +1,65 @@
+"""Training options, checked once where they enter."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError
+
+BACKENDS = ("local", "dist")
+EMULATE = ("sleep", "none")
+AGGREGATE = ("none", "fedavg", "swap")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    plan_path: Path  # the plan to execute
+    out_dir: Path = Path("runs/latest")  # metrics, samples, checkpoint
+    backend: str = "local"  # local: one process; dist: a process per device
+    rounds: int = 3  # total rounds of the run (resume continues up to this)
+    resume: bool = False  # continue from out_dir/checkpoint
+    steps_per_round: int = 10  # training steps per round
+    emulate: str = "sleep"  # sleep: devices and links run at the profile's speed
+    aggregate: str = "none"  # between rounds: none | fedavg | swap discriminators
+    deadline_s: float | None = None  # a client slower than this per round is dropped
+    data: str = "digits"  # digits (embedded) | mnist
+    data_root: Path | None = None  # folder of MNIST IDX files
+    alpha: float | None = None  # Dirichlet alpha for non-IID shards; None = IID
+    eval_every: int = 1  # rounds between FID/KID evaluations; 0 = never
+    seed: int = 0  # seeds everything
+    lr: float = 2e-4  # Adam learning rate, betas (0.5, 0.999) as DCGAN
+    timeout_s: float = 60.0  # a peer silent this long is a failure
+    eval_samples: int = 500  # generated images scored per evaluation
+
+    @classmethod
+    def from_cli(cls, **kw) -> "TrainConfig":
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def bad(opt: str, msg: str) -> InputError:
+            return InputError(opt, None, msg)
+
+        if self.backend not in BACKENDS:
+            raise bad("--backend", f"expected one of {', '.join(BACKENDS)}, found {self.backend!r}")
+        if self.emulate not in EMULATE:
+            raise bad("--emulate", f"expected one of {', '.join(EMULATE)}, found {self.emulate!r}")
+        if self.aggregate not in AGGREGATE:
+            raise bad("--aggregate", f"expected one of {', '.join(AGGREGATE)}, found {self.aggregate!r}")
+        if not 1 <= self.rounds <= 100_000:
+            raise bad("--rounds", f"must be within 1..100000, found {self.rounds}")
+        if not 1 <= self.steps_per_round <= 100_000:
+            raise bad("--steps-per-round", f"must be within 1..100000, found {self.steps_per_round}")
+        for opt, v in (("--deadline-s", self.deadline_s), ("--alpha", self.alpha), ("--lr", self.lr),
+                       ("--timeout-s", self.timeout_s)):
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise bad(opt, f"must be a finite number > 0, found {v}")
+        if self.eval_every < 0:
+            raise bad("--eval-every", f"must be >= 0, found {self.eval_every}")
+        if self.data == "mnist" and self.data_root is None:
+            raise bad("--data-root", "--data mnist needs --data-root DIR with the MNIST IDX files")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise bad("--out", f"{self.out_dir} exists and is not a directory")

@@ -1,0 +1,150 @@
+"""Moving tensors between roles: one small interface, an in-process implementation.
+
+Roles are named by strings: ``"server"`` or a device name from the plan. A message is
+one tensor with a tag (``act_d``, ``grad_d``, ``act_g``, ``grad_g``, ``fake``,
+``fake_grad``, ``losses``, ``stop``...). Every transport records each message's
+bytes and seconds in :class:`TransferLog`, so metrics report what actually crossed.
+
+Link emulation (``emulate="sleep"``): a message between two devices of a client takes
+``bytes / link_bytes_per_s + latency / 4`` seconds, from the plan's own tables. SPEC §2
+charges a link's latency once per cut per step; four messages cross a cut in a step
+(activation and gradient, in each of the two phases), so each carries a quarter of it.
+Messages to and from the server are not part of the plan and are not delayed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+SERVER = "server"
+MESSAGES_PER_CUT_PER_STEP = 4
+
+
+class StopRound(Exception):
+    """Raised by ``recv`` when the peer sent ``stop``: the round is over for this role."""
+
+
+class PeerTimeout(Exception):
+    """A ``recv`` waited longer than its timeout."""
+
+    def __init__(self, dst: str, src: str, tag: str, timeout_s: float):
+        self.src, self.dst, self.tag = src, dst, tag
+        super().__init__(f"{dst} waited {timeout_s:.0f} s for {tag!r} from {src}")
+
+
+@dataclass
+class LinkTable:
+    """Bandwidth (bytes/s) and latency (s) between named devices, from a plan."""
+
+    bytes_per_s: dict[tuple[str, str], float] = field(default_factory=dict)
+    latency_s: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def delay_s(self, src: str, dst: str, nbytes: int) -> float:
+        key = (src, dst)
+        if key not in self.bytes_per_s:
+            return 0.0
+        return nbytes / self.bytes_per_s[key] + self.latency_s[key] / MESSAGES_PER_CUT_PER_STEP
+
+    @classmethod
+    def from_plan(cls, plan) -> "LinkTable":
+        table = cls()
+        for c in plan.planned:
+            p = c.costs
+            for a, da in enumerate(p.devices):
+                for b, db in enumerate(p.devices):
+                    if a != b:
+                        table.bytes_per_s[(da, db)] = p.link_bytes_per_s[a][b]
+                        table.latency_s[(da, db)] = p.link_latency_s[a][b]
+        return table
+
+
+@dataclass
+class TransferLog:
+    """Bytes and seconds per role, sent and received; thread-safe."""
+
+    bytes_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    bytes_received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    send_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    recv_wait_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    messages: list[tuple[str, str, str, int]] | None = None  # (src, dst, tag, bytes) if kept
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_send(self, src: str, dst: str, tag: str, nbytes: int, seconds: float) -> None:
+        with self.lock:
+            self.bytes_sent[src] += nbytes
+            self.send_s[src] += seconds
+            if self.messages is not None:
+                self.messages.append((src, dst, tag, nbytes))
+
+    def record_recv(self, dst: str, nbytes: int, seconds: float) -> None:
+        with self.lock:
+            self.bytes_received[dst] += nbytes
+            self.recv_wait_s[dst] += seconds
+
+    def reset(self) -> None:
+        with self.lock:
+            for d in (self.bytes_sent, self.bytes_received, self.send_s, self.recv_wait_s):
+                d.clear()
+
+
+class Transport:
+    """Point-to-point tensors between named roles."""
+
+    log: TransferLog
+
+    def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> None:
+        raise NotImplementedError
+
+    def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None) -> torch.Tensor:
+        """The next tensor from ``src``; raises StopRound on ``stop``, PeerTimeout on timeout."""
+        raise NotImplementedError
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class InProcessTransport(Transport):
+    """Roles are threads of one process; each (src, dst) pair is a FIFO queue."""
+
+    def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, keep_messages: bool = False):
+        self.links = links or LinkTable()
+        self.emulate = emulate
+        self.log = TransferLog(messages=[] if keep_messages else None)
+        self._queues: dict[tuple[str, str], queue.Queue] = defaultdict(queue.Queue)
+        self._lock = threading.Lock()
+
+    def _queue(self, src: str, dst: str) -> queue.Queue:
+        with self._lock:
+            return self._queues[(src, dst)]
+
+    def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> None:
+        t0 = time.perf_counter()
+        payload = tensor.detach().clone()
+        n = nbytes(payload)
+        if self.emulate:
+            time.sleep(self.links.delay_s(src, dst, n))
+        self._queue(src, dst).put((tag, payload))
+        self.log.record_send(src, dst, tag, n, time.perf_counter() - t0)
+
+    def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None) -> torch.Tensor:
+        t0 = time.perf_counter()
+        try:
+            got, payload = self._queue(src, dst).get(timeout=timeout_s)
+        except queue.Empty:
+            raise PeerTimeout(dst, src, tag, timeout_s or 0.0) from None
+        self.log.record_recv(dst, nbytes(payload), time.perf_counter() - t0)
+        if got == "stop":
+            raise StopRound(src)
+        if got != tag:
+            raise RuntimeError(f"{dst} expected {tag!r} from {src}, got {got!r}")
+        return payload
+
+    def pending(self, dst: str, src: str) -> int:
+        return self._queue(src, dst).qsize()
