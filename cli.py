@@ -239,9 +239,46 @@ def train_cmd(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr)
-        train(cfg, console=out)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out) as bar:
+            task = bar.add_task("round", total=cfg.rounds, info="starting")
+
+            def on_start(info: dict) -> None:
+                bar.update(task, completed=info["start_round"],
+                           info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
+
+            def on_round(m: dict) -> None:
+                fid = f", FID {m['fid']:.1f}" if m.get("fid") is not None else ""
+                g = f"G {m['g_loss']:.3f}" if m.get("g_loss") is not None else "G -"
+                bar.update(task, completed=m["round"], info=f"{g}{fid}, {m['round_time_s']:.1f} s/round")
+
+            history = train(cfg, on_round=on_round, on_start=on_start)
+        render_summary(history, cfg.out_dir)
 
     _guard(run)
+
+
+def render_summary(history: list[dict], out_dir: Path) -> None:
+    """Last round per device: predicted against measured compute, bytes moved."""
+    if not history:
+        return
+    last = history[-1]
+    t = Table(title=f"round {last['round']}: measured against the plan (per step)", title_justify="left")
+    for col in ("client", "device", "predicted s", "measured s", "error", "sent", "received"):
+        t.add_column(col, justify="left" if col in ("client", "device") else "right")
+    for name, d in last["devices"].items():
+        err_pct = (d["compute_s"] - d["predicted_compute_s"]) / d["predicted_compute_s"] if d["predicted_compute_s"] else 0
+        t.add_row(d["client"], name, f"{d['predicted_compute_s']:.3f}", f"{d['compute_s']:.3f}", f"{err_pct:+.0%}",
+                  format_bytes(d["bytes_sent"]), format_bytes(d["bytes_received"]))
+    out.print(t)
+    steps = ", ".join(f"{c}: {v['step_time_s']:.2f} s (plan {v['predicted_step_time_s']:.2f} s)"
+                      + (f", dropped at step {v['dropped_at_step']}" if v["dropped_at_step"] is not None else "")
+                      for c, v in last["clients"].items())
+    out.print(f"client step times: {steps}")
+    quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence") if last.get(k) is not None)
+    if quality:
+        out.print(f"quality: {quality}")
+    out.print(f"wrote {out_dir}/metrics.jsonl, samples/round_{last['round']:04d}.png, losses.png, times.png, checkpoint/")
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def state_of(fed: Federation, *, round_done: int, config: dict) -> dict:
                    "z_generator": s.z_generator.get_state()},
         "clients": {c: {"discriminator": d.state_dict(), "dropout": _dropout_states(d)}
                     for c, d in fed.discriminators.items()},
-        "devices": {n: {"optimizer": r.optimizer.state_dict(),
+        "devices": {n: {"optimizer": r.optimizer.state_dict() if r.optimizer is not None else {},
                         "sampler": r.sampler.state_dict() if r.sampler is not None else {}}
                     for n, r in fed.devices.items()},
     }
@@ -80,7 +80,8 @@ def load(fed: Federation, directory: Path) -> dict:
             for i, state in ck["clients"][c]["dropout"].items():
                 d.layers[int(i)].generator.set_state(state)
         for n, r in fed.devices.items():
-            r.optimizer.load_state_dict(ck["devices"][n]["optimizer"])
+            if r.optimizer is not None:
+                r.optimizer.load_state_dict(ck["devices"][n]["optimizer"])
             if r.sampler is not None:
                 r.sampler.load_state_dict(ck["devices"][n]["sampler"], source=str(path))
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

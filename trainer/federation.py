@@ -67,6 +67,12 @@ def fit_images(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(images, size=shape[1:], mode="bilinear", align_corners=False).clamp(-1, 1)
 
 
+def _adam(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer | None:
+    """Adam over the module's parameters; None for a stage without any (e.g. activations)."""
+    params = list(module.parameters())
+    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS) if params else None
+
+
 def _reseed_dropout(model: LayeredModel, seed: int) -> None:
     for i, layer in enumerate(model.layers):
         if isinstance(layer, SeededDropout):
@@ -99,7 +105,7 @@ def build_federation(plan: Plan, cfg: TrainConfig, dataset: Dataset, *, lock=Non
             seg = d.segment(spans[st.start][0], spans[st.end - 1][1])
             devices[st.device] = DeviceRole(
                 name=st.device, client=c.name, stage=seg,
-                optimizer=torch.optim.Adam(seg.parameters(), lr=cfg.lr, betas=ADAM_BETAS),
+                optimizer=_adam(seg, cfg.lr),
                 prev=chain[si - 1] if si > 0 else None,
                 next=chain[si + 1] if si + 1 < len(chain) else None,
                 batch_size=B,
@@ -113,7 +119,7 @@ def build_federation(plan: Plan, cfg: TrainConfig, dataset: Dataset, *, lock=Non
     g = Generator(image_size=template.input_shape[-1])
     g.train()
     server = ServerRole(
-        generator=g, optimizer=torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=ADAM_BETAS),
+        generator=g, optimizer=_adam(g, cfg.lr),
         clients=views, batch_size=B, z_generator=torch.Generator().manual_seed(cfg.seed + 12345),
         deadline_s=cfg.deadline_s, timeout_s=cfg.timeout_s, clock=Clock(lock=lock),
     )

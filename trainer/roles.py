@@ -76,7 +76,7 @@ class DeviceRole:
     name: str
     client: str
     stage: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None when the stage has no parameters
     prev: str | None  # None: this device holds the data
     next: str | None  # None: this device computes the loss
     batch_size: int
@@ -110,7 +110,7 @@ class DeviceRole:
                                         None if loss is not None else g_out) if wrt else ()
             for p, g in zip(params, grads):
                 p.grad = g
-            if phase == "d":
+            if phase == "d" and self.optimizer is not None:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         return (grads[-1] if input_grad else None), loss
