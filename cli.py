@@ -255,7 +255,12 @@ def train_cmd(
             history = train(cfg, on_round=on_round, on_start=on_start)
         render_summary(history, cfg.out_dir)
 
-    _guard(run)
+    from trainer.dist import DeviceFailure
+
+    try:
+        _guard(run)
+    except DeviceFailure as e:  # a process of --backend dist failed: which device, which round
+        _fail(1, f"error: {e}")
 
 
 def render_summary(history: list[dict], out_dir: Path) -> None:

@@ -72,6 +72,17 @@ class LayeredModel(nn.Module):
             self.layers.append(module)
             self.nodes.append(Node(layer_name, inputs))
 
+    @classmethod
+    def from_module(cls, name: str, module: nn.Module, example_input: torch.Tensor) -> "LayeredModel":
+        """Wrap any ``nn.Sequential`` (its children in order) or a single module as a chain.
+
+        ``example_input`` is one batch; its per-sample shape becomes ``input_shape``.
+        """
+        children = list(module.named_children()) if isinstance(module, nn.Sequential) else [("layer0", module)]
+        if not children:
+            raise ValueError(f"{name}: an empty Sequential has no layers to place")
+        return cls(name, tuple(example_input.shape[1:]), [(n.replace(".", "_"), m) for n, m in children])
+
     def __len__(self) -> int:
         return len(self.nodes)
 
