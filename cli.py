@@ -244,6 +244,8 @@ def train_cmd(
             task = bar.add_task("round", total=cfg.rounds, info="starting")
 
             def on_start(info: dict) -> None:
+                for w in info.get("warnings", []):
+                    out.print(f"[yellow]warning:[/] {w}", highlight=False)
                 bar.update(task, completed=info["start_round"],
                            info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
 

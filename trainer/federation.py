@@ -29,6 +29,7 @@ class Federation:
     discriminators: dict[str, LayeredModel]  # by client name (stages share its modules)
     chains: dict[str, list[str]]  # client -> device names, data device first
     shard_sizes: dict[str, int]
+    warnings: list[str]  # things a person should know before trusting the timings
 
 
 def unit_layers(plan: Plan, model: LayeredModel, source: str) -> list[tuple[int, int]]:
@@ -123,5 +124,10 @@ def build_federation(plan: Plan, cfg: TrainConfig, dataset: Dataset, *, lock=Non
         clients=views, batch_size=B, z_generator=torch.Generator().manual_seed(cfg.seed + 12345),
         deadline_s=cfg.deadline_s, timeout_s=cfg.timeout_s, clock=Clock(lock=lock),
     )
+    fast = sorted(n for c in planned for n, f in c.processing_time_factor.items() if f < 1 and n in devices)
+    warnings = []
+    if emulate and fast:
+        warnings.append(f"{', '.join(fast)} should run faster than this machine (processing_time_factor < 1); "
+                        "emulation can only slow a device down, so they run at this machine's speed")
     return Federation(plan=plan, server=server, devices=devices, discriminators=discs, chains=chains,
-                      shard_sizes={c.name: len(s) for c, s in zip(planned, shards)})
+                      shard_sizes={c.name: len(s) for c, s in zip(planned, shards)}, warnings=warnings)

@@ -163,7 +163,8 @@ def train(cfg: TrainConfig, *, on_round: Callable[[dict], None] | None = None,
     if cfg.eval_every:
         evaluator = QualityEvaluator(dataset, cache_dir=cache_dir() / "classifier", seed=cfg.seed)
     if on_start:
-        on_start({"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned]})
+        on_start({"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
+                  "warnings": fed.warnings})
     for r in range(start, cfg.rounds):
         t.log.reset()
         t0 = time.perf_counter()
