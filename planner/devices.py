@@ -18,6 +18,7 @@ from planner.jsonio import read_json
 SCHEMA = "fsl-devices/1"
 MAX_CLIENTS = 1000
 MAX_DEVICES_PER_CLIENT = 64
+MAX_BYTES = 2**60  # 1 EiB: more is a typo, and would overflow int64 cost tables
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -38,9 +39,12 @@ def parse_bytes(value: Any) -> int:
         m = _SIZE.match(value)
         if not m or m.group(2).lower() not in _UNITS:
             raise ValueError(f"expected a size like '96MB' (units kB MB GB KiB MiB GiB), found {value!r}")
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        n = int(n) if n <= MAX_BYTES else MAX_BYTES + 1  # a float may be inf
     if n <= 0:
         raise ValueError(f"must be more than 0 bytes, found {value!r}")
+    if n > MAX_BYTES:
+        raise ValueError(f"must be at most 1 EiB ({MAX_BYTES} bytes), found {value!r}")
     return n
 
 

@@ -168,6 +168,23 @@ class _Client(_Loose):
     stages: list[_Stage]
     costs: _Costs
     data_weight: Pos = 1.0
+    solver_status: StrictStr | None = None
+    processing_time_factor: dict[StrictStr, Pos] = Field(default_factory=dict)
+    baselines_step_time_s: dict[StrictStr, NonNeg | None] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _status(self) -> "_Client":
+        if self.status == "planned" and self.step_time_s is None:
+            raise ValueError("a planned client needs step_time_s")
+        if self.status == "excluded" and not self.reason:
+            raise ValueError("an excluded client needs a reason")
+        return self
+
+
+class _Solver(_Loose):
+    name: StrictStr
+    status: StrictStr
+    seconds: NonNeg
 
 
 class _Plan(_Loose):
@@ -175,10 +192,18 @@ class _Plan(_Loose):
     model: _Model
     batch_size: Annotated[StrictInt, Field(gt=0)]
     objective: Literal["latency", "throughput"]
-    solver: dict[str, Any]
+    solver: _Solver
     devices_file: StrictStr | None = None
     round_time_s: NonNeg | None = None
     clients: list[_Client] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _planned(self) -> "_Plan":
+        if not any(c.status == "planned" for c in self.clients):
+            raise ValueError("no client is planned")
+        if self.round_time_s is None:
+            raise ValueError("round_time_s is missing, expected the slowest planned client's step time")
+        return self
 
 
 def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
@@ -205,9 +230,9 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
             stages=tuple(PlannedStage(**{k: getattr(s, k) for k in PlannedStage.__dataclass_fields__})
                          for s in c.stages),
             costs=costs, data_weight=c.data_weight,
-            solver_status=str((c.model_extra or {}).get("solver_status", raw.solver.get("status", ""))),
-            processing_time_factor=dict((c.model_extra or {}).get("processing_time_factor") or {}),
-            baselines_step_time_s=dict((c.model_extra or {}).get("baselines_step_time_s") or {}),
+            solver_status=c.solver_status or raw.solver.status,
+            processing_time_factor=dict(c.processing_time_factor),
+            baselines_step_time_s=dict(c.baselines_step_time_s),
         )
         if c.status == "planned":
             problems = check.violations(costs, client.solver_stages(), raw.objective)
@@ -218,7 +243,7 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
         clients.append(client)
     return Plan(
         model=raw.model.model_dump(), batch_size=raw.batch_size, objective=raw.objective,
-        solver=raw.solver, devices_file=raw.devices_file, round_time_s=raw.round_time_s,
+        solver=raw.solver.model_dump(), devices_file=raw.devices_file, round_time_s=raw.round_time_s,
         clients=tuple(clients),
     )
 

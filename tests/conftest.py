@@ -14,12 +14,19 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One intra-op thread (unless set): the tests' tensors are small, and with more threads
+# than free cores torch's thread pool spins; 20-60x slower under parallel load. Set before
+# torch is imported, so `fsl` subprocesses (same profile cache key) inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from planner.jsonio import write_json
-from planner.models import dcgan_discriminator
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from planner.jsonio import write_json  # noqa: E402
+from planner.models import dcgan_discriminator  # noqa: E402
 from planner.profile import BYTES_PER_PARAM_TRAINING, LayerProfile, ModelProfile, _cache_path, measure
 
 SEED = 0

@@ -55,7 +55,7 @@ def _digits_28() -> tuple[np.ndarray, np.ndarray]:
     mass = box.sum(dim=(1, 2, 3)).clamp_min(1e-6)
     cy = (box.sum(dim=3).squeeze(1) * coords).sum(1) / mass  # centre of mass in the box
     cx = (box.sum(dim=2).squeeze(1) * coords).sum(1) / mass
-    top = (14.0 - cy).round().clamp(0, 8).long()  # 14 = canvas centre; keep the box inside
+    top = (14.0 - cy).round().clamp(0, 8).long()  # 14: canvas centre; box stays inside
     left = (14.0 - cx).round().clamp(0, 8).long()
     for i, (t, l) in enumerate(zip(top.tolist(), left.tolist())):
         canvas[i, :, t : t + 20, l : l + 20] = box[i]
@@ -99,8 +99,8 @@ def load_mnist(root: str | Path, *, split: str = "train") -> Dataset:
     if len(labels) and labels.max() > 9:
         raise InputError(str(label_path), "labels", f"label {int(labels.max())} found, "
                          "expected digits 0..9")
-    images = torch.from_numpy(pixels).float().div_(127.5).sub_(1.0).unsqueeze(1)
-    return Dataset(images.contiguous(), torch.from_numpy(labels.astype(np.int64)),
+    images = torch.from_numpy(pixels.astype(np.float32) / np.float32(127.5) - 1)
+    return Dataset(images.unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
                    f"mnist-{split}")
 
 
@@ -173,8 +173,9 @@ def shard_sizes(n: int, weights: Sequence[float], *, min_size: int = 1) -> np.nd
     sizes = np.floor(exact).astype(np.int64)
     order = np.argsort(-(exact - sizes), kind="stable")
     sizes[order[: n - int(sizes.sum())]] += 1
-    while np.any(sizes < min_size):  # lift the small ones from the largest
-        sizes[np.argmax(sizes)] -= 1
+    while np.any(sizes < min_size):  # lift the smallest, from the most over its share
+        over = np.where(sizes > min_size, sizes - exact, -np.inf)
+        sizes[np.argmax(over)] -= 1
         sizes[np.argmin(sizes)] += 1
     return sizes
 
@@ -205,7 +206,7 @@ def shard_dirichlet(labels: torch.Tensor | np.ndarray, weights: Sequence[float],
     sizes = shard_sizes(len(y), weights, min_size=min_size)
     classes, y_idx = np.unique(y, return_inverse=True)
     avail = np.bincount(y_idx, minlength=len(classes)).astype(np.int64)
-    q = rng.dirichlet(alpha * avail / avail.sum(), size=len(sizes))
+    q = np.nan_to_num(rng.dirichlet(alpha * avail / avail.sum(), size=len(sizes)))
     take = np.zeros((len(sizes), len(classes)), dtype=np.int64)
     need = sizes.copy()
     while need.sum() > 0:
