@@ -97,7 +97,7 @@ def render_plan(plan) -> None:
         if unused:
             t.caption = f"unused: {', '.join(unused)}"
         if c.baselines_step_time_s:
-            cmp = ", ".join(f"{k} {v:.2f} s ({v / c.step_time_s:.2f}x)" if v else f"{k} no plan"
+            cmp = ", ".join(f"{k} {v:.2f} s ({v / max(c.step_time_s, 1e-12):.2f}x)" if v else f"{k} no plan"
                             for k, v in c.baselines_step_time_s.items())
             t.caption = (t.caption + "; " if t.caption else "") + f"baselines on the same tables: {cmp}"
         t.caption_justify = "left"

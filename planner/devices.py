@@ -24,8 +24,12 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Ranges that keep the solver's numbers sane; beyond them a value is a typo, not a device.
+Factor = Annotated[float, Field(ge=1e-3, le=1e4, allow_inf_nan=False)]  # 1000x faster .. 10000x slower
+Mbps = Annotated[float, Field(ge=1e-3, le=1e7, allow_inf_nan=False)]  # 1 kbit/s .. 10 Tbit/s
+LatencyMs = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]  # up to 1000 s
+Seconds = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+Weight = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 
 
@@ -53,15 +57,15 @@ class _Strict(BaseModel):
 
 
 class Budget(_Strict):
-    step_time_s: Positive | None = None  # longest allowed training step, seconds
+    step_time_s: Seconds | None = None  # longest allowed training step, seconds
 
 
 class Device(_Strict):
     name: Name
-    processing_time_factor: Positive  # times slower than the profiling machine
+    processing_time_factor: Factor  # times slower than the profiling machine
     capacity: int | StrictStr  # bytes, or a string with a unit
-    bandwidth_mbps: Positive = 1000.0  # the device's link, megabits per second
-    latency_ms: NonNegative = 0.0  # the device's link latency, milliseconds
+    bandwidth_mbps: Mbps = 1000.0  # the device's link, megabits per second
+    latency_ms: LatencyMs = 0.0  # the device's link latency, milliseconds
     holds_data: StrictBool = False
 
     @field_validator("capacity")
@@ -77,13 +81,13 @@ class Device(_Strict):
 class Link(_Strict):
     a: Name
     b: Name
-    bandwidth_mbps: Positive
-    latency_ms: NonNegative = 0.0
+    bandwidth_mbps: Mbps
+    latency_ms: LatencyMs = 0.0
 
 
 class Client(_Strict):
     name: Name
-    data_weight: Positive = 1.0  # share of the data and weight in the generator's update
+    data_weight: Weight = 1.0  # share of the data and weight in the generator's update
     devices: list[Device] = Field(min_length=1, max_length=MAX_DEVICES_PER_CLIENT)
     links: list[Link] = Field(default_factory=list)
     budget: Budget | None = None

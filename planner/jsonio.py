@@ -17,6 +17,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
 def read_json(path: str | Path, *, what: str = "file") -> Any:
     """Parse a JSON file strictly: UTF-8, no NaN/Infinity, bounded size and depth."""
     p = Path(path)
@@ -33,7 +42,7 @@ def read_json(path: str | Path, *, what: str = "file") -> Any:
     except OSError as e:
         raise InputError(str(path), None, f"cannot be read: {e.strerror}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise InputError(str(path), None, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:

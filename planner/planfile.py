@@ -8,6 +8,7 @@ tables; a malformed plan raises :class:`~planner.errors.InputError`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -238,6 +239,10 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
             problems = check.violations(costs, client.solver_stages(), raw.objective)
             if problems:
                 raise InputError(source, f"{where}.stages", problems[0])
+            recomputed = check.step_time_s(costs, client.solver_stages(), raw.objective)
+            if c.step_time_s is not None and not math.isclose(c.step_time_s, recomputed, rel_tol=1e-6, abs_tol=1e-9):
+                raise InputError(source, f"{where}.step_time_s",
+                                 f"{c.step_time_s:g} s does not match its own tables ({recomputed:g} s)")
         elif c.stages:
             raise InputError(source, f"{where}.stages", "an excluded client has no stages")
         clients.append(client)
