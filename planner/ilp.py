@@ -39,9 +39,13 @@ solution otherwise is ``feasible``. HiGHS sets ``sol_status`` the same way.
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pulp
 
 from planner import check
@@ -52,6 +56,8 @@ GAP_ABS = 1e-9  # absolute MIP gap on scaled times (the relative gap is 0)
 # feasibility pump and strong branching cost more than they save on this model
 # (throughput 0.51 -> 0.17 s, latency 0.09 -> 0.05 s mean). Exactness is unaffected.
 CBC_OPTIONS = ("preprocess off", "feas off", "strong 0")
+DIRECT_MAX_ARCS = 500  # throughput: smaller models are solved directly, larger by bisection
+BISECT_RTOL = 0.01  # throughput: bracket the optimum this tightly before the exact solve
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,18 @@ def _prune(
         del cut_s[k]
 
 
+def _arcs(
+    p: ClientProblem, objective: Objective
+) -> tuple[dict[tuple[int, int, int], float], dict[tuple[int, int, int], float]]:
+    """The segments and cuts that get a variable, with their seconds."""
+    limit_s = float("inf") if p.budget_s is None else p.budget_s
+    if objective == "throughput":  # the optimum uses no arc slower than a known plan
+        limit_s = min(limit_s, greedy_bottleneck(p)[0])
+    seg_s, cut_s = _segments(p, limit_s), _cuts(p, limit_s)
+    _prune(p, seg_s, cut_s)
+    return seg_s, cut_s
+
+
 def _row(pairs) -> pulp.LpAffineExpression:
     return pulp.LpAffineExpression(list(pairs))
 
@@ -199,11 +217,7 @@ def create_problem(
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}, expected latency or throughput")
     scale = _time_scale_s(p)
-    limit_s = float("inf") if p.budget_s is None else p.budget_s
-    if objective == "throughput":  # the optimum uses no arc slower than a known plan
-        limit_s = min(limit_s, greedy_bottleneck(p)[0])
-    seg_s, cut_s = _segments(p, limit_s), _cuts(p, limit_s)
-    _prune(p, seg_s, cut_s)
+    seg_s, cut_s = _arcs(p, objective)
     prob = pulp.LpProblem(f"placement_{objective}", pulp.LpMinimize)
     w = {k: prob.add_variable("w_{}_{}_{}".format(*k), cat=pulp.LpBinary) for k in seg_s}
     u = {k: prob.add_variable("u_{}_{}_{}".format(*k), cat=pulp.LpBinary) for k in cut_s}
@@ -256,9 +270,11 @@ def create_problem(
 
 def _make_solver(solver: str, time_limit_s: float | None) -> pulp.LpSolver:
     if solver == "cbc":
-        return pulp.PULP_CBC_CMD(
-            msg=False, gapRel=0, gapAbs=GAP_ABS, threads=1, timeLimit=time_limit_s, options=list(CBC_OPTIONS)
-        )
+        with warnings.catch_warnings():  # PuLP 3.x deprecates the bundled CBC; we pin <4
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pulp.PULP_CBC_CMD(
+                msg=False, gapRel=0, gapAbs=GAP_ABS, threads=1, timeLimit=time_limit_s, options=list(CBC_OPTIONS)
+            )
     if solver == "highs":
         highs = getattr(pulp, "HiGHS", None)
         if highs is None or not highs(msg=False).available():
@@ -273,6 +289,130 @@ def decode_stages(p: ClientProblem, variables: IlpVariables) -> tuple[Stage, ...
     return tuple(Stage(device=d, start=i, end=j) for i, j, d in chosen)
 
 
+def _warm_start(p: ClientProblem, variables: IlpVariables, stages: Sequence[Stage]) -> bool:
+    """Set ``stages`` as the solver's starting incumbent; False if the model lacks an arc."""
+    segs = {(s.device, s.start, s.end) for s in stages}
+    cuts = {(a.device, b.device, b.start) for a, b in zip(stages, stages[1:])}
+    if not segs <= variables.w.keys() or not cuts <= variables.u.keys():
+        return False
+    for k, v in variables.w.items():
+        v.setInitialValue(1 if k in segs else 0)
+    for k, v in variables.u.items():
+        v.setInitialValue(1 if k in cuts else 0)
+    if variables.bottleneck is not None:
+        variables.bottleneck.setInitialValue(check.step_time_s(p, stages, "throughput") / variables.scale_s)
+    return True
+
+
+def _run(
+    p: ClientProblem,
+    objective: Objective,
+    solver: str,
+    time_limit_s: float | None,
+    *,
+    any_plan: bool = False,
+    start: Sequence[Stage] | None = None,
+) -> tuple[str, tuple[Stage, ...]]:
+    """One solver call: ``(outcome, stages)``, outcome ``optimal`` (proven), ``feasible``
+    (stopped on the time limit with an incumbent), ``infeasible`` (proven) or ``unknown``
+    (stopped without one). ``any_plan`` drops the objective: the first plan found will do.
+    ``start``, a feasible plan, is handed to the solver as its first incumbent."""
+    prob, variables = create_problem(p, objective=objective)
+    if any_plan:
+        prob.setObjective(pulp.LpAffineExpression())
+    backend = _make_solver(solver, time_limit_s)
+    if start is not None and _warm_start(p, variables, start):
+        backend.optionsDict["warmStart"] = True
+    prob.solve(backend)
+    status = pulp.LpStatus[prob.status]
+    if status in ("Infeasible", "Unbounded") or (
+        status == "Optimal" and prob.sol_status == pulp.LpSolutionInfeasible
+    ):
+        return "infeasible", ()
+    if prob.sol_status == pulp.LpSolutionOptimal and status == "Optimal":
+        return "optimal", decode_stages(p, variables)
+    if prob.sol_status == pulp.LpSolutionIntegerFeasible:
+        return "feasible", decode_stages(p, variables)
+    return "unknown", ()
+
+
+def _coverable_layers(p: ClientProblem, theta_s: float) -> int:
+    """How many layers the devices could hold if each took its longest segment with
+    compute <= ``theta_s`` that fits its capacity (the data device's from layer 0)."""
+    total = 0
+    for d in range(p.n_devices):
+        comp = np.concatenate(([0.0], np.cumsum(p.compute_s[d])))
+        mem = np.concatenate(([0], np.cumsum(p.memory_bytes[d])))
+        starts = np.arange(1) if d == p.data_device else np.arange(1, p.n_layers)
+        if starts.size == 0:
+            continue
+        by_time = np.searchsorted(comp, comp[starts] + theta_s * (1 + 1e-9), side="right") - 1
+        by_bytes = np.searchsorted(mem, mem[starts] + p.capacity_bytes[d], side="right") - 1
+        total += int(np.max(np.minimum(by_time, by_bytes) - starts))
+    return total
+
+
+def _bottleneck_lower_s(p: ClientProblem, upper_s: float) -> float:
+    """A lower bound on the ``throughput`` step time, found by bisection: below it the
+    devices' longest segments within the time cannot cover all layers together."""
+    lo, hi = 0.0, upper_s
+    if _coverable_layers(p, 0.0) >= p.n_layers:
+        return 0.0
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _coverable_layers(p, mid) >= p.n_layers else (mid, hi)
+    return lo
+
+
+def _remaining_s(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+
+
+def _solve_bottleneck(
+    p: ClientProblem, solver: str, deadline: float | None
+) -> tuple[str, tuple[Stage, ...]]:
+    """Minimise the ``throughput`` step time by threshold search, then one exact solve.
+
+    A min-max objective has a weak LP relaxation (fractional plans average the busiest
+    device), so the direct model can take minutes at 12 devices x 64 layers. With a
+    threshold ``theta`` as the budget, every arc slower than ``theta`` is dropped, which
+    removes that averaging: "is there a plan with step time <= theta" is quick to answer
+    either way. Geometric bisection between a lower bound and the best plan found (the
+    greedy plan first) brackets the optimum within ``BISECT_RTOL``; the min-``T`` model
+    restricted to arcs <= the best plan's step time then proves the optimum exactly (every
+    better plan uses only such arcs).
+    """
+    if sum(map(len, _arcs(p, "throughput"))) <= DIRECT_MAX_ARCS:
+        return _run(p, "throughput", solver, _remaining_s(deadline))
+    budget = float("inf") if p.budget_s is None else p.budget_s
+    upper, greedy = greedy_bottleneck(p)
+    best = tuple(greedy) if greedy is not None and upper <= budget * (1 + 1e-9) else None
+    if best is None:
+        outcome, stages = _run(p, "throughput", solver, _remaining_s(deadline), any_plan=True)
+        if outcome in ("infeasible", "unknown"):
+            return outcome, ()
+        best = stages
+    hi = check.step_time_s(p, best, "throughput")
+    lo = _bottleneck_lower_s(p, hi)
+    for _ in range(64):
+        if hi <= lo * (1 + BISECT_RTOL) or (deadline is not None and time.perf_counter() >= deadline):
+            break
+        theta = math.sqrt(lo * hi) if lo > 0 else hi / 2
+        outcome, stages = _run(replace(p, budget_s=theta), "throughput", solver, _remaining_s(deadline), any_plan=True)
+        if outcome == "infeasible":
+            lo = theta
+        elif stages:
+            best, hi = stages, check.step_time_s(p, stages, "throughput")
+        else:
+            break
+    if deadline is not None and time.perf_counter() >= deadline:
+        return "feasible", best
+    outcome, stages = _run(replace(p, budget_s=hi), "throughput", solver, _remaining_s(deadline))
+    if outcome in ("optimal", "feasible") and check.step_time_s(p, stages, "throughput") <= hi:
+        return outcome, stages
+    return "feasible", best
+
+
 def solve_ilp(
     p: ClientProblem,
     *,
@@ -282,21 +422,34 @@ def solve_ilp(
 ) -> Solution:
     """Solve ``p`` exactly (``optimal``), or the best found by ``time_limit_s`` (``feasible``).
 
+    ``throughput`` runs several solver calls (see :func:`_solve_bottleneck`) sharing the
+    time limit. With a time limit, a greedy plan that meets the budget is handed to CBC as
+    its first incumbent (``latency``) or kept as the fallback, so a stopped solve returns
+    at least that plan as ``feasible``; with none, a stopped solve returns ``infeasible``
+    although infeasibility is then not proven.
     ``step_time_s`` is recomputed from the decoded stages with :func:`check.step_time_s`.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}, expected latency or throughput")
+    _make_solver(solver, time_limit_s)  # fail early on an unknown or missing solver
     t0 = time.perf_counter()
-    backend = _make_solver(solver, time_limit_s)
-    prob, variables = create_problem(p, objective=objective)
-    prob.solve(backend)
+    deadline = None if time_limit_s is None else t0 + time_limit_s
+    greedy = None
+    if time_limit_s is not None:  # a plan to fall back on if the limit comes first
+        greedy = greedy_bottleneck(p)[1]
+        greedy = greedy if greedy is not None and not check.violations(p, greedy, objective) else None
+    if objective == "throughput":
+        outcome, stages = _solve_bottleneck(p, solver, deadline)
+    else:
+        outcome, stages = _run(p, objective, solver, time_limit_s, start=greedy)
+    if outcome == "unknown" and greedy is not None:
+        outcome, stages = "feasible", tuple(greedy)
     seconds = time.perf_counter() - t0
-    has_solution = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
-    if pulp.LpStatus[prob.status] not in ("Optimal", "Not Solved") or not has_solution:
+    if not stages:
         return Solution.infeasible(seconds=seconds)
-    proven = pulp.LpStatus[prob.status] == "Optimal" and prob.sol_status == pulp.LpSolutionOptimal
-    stages = decode_stages(p, variables)
     return Solution(
         stages=stages,
-        status="optimal" if proven else "feasible",
+        status="optimal" if outcome == "optimal" else "feasible",
         step_time_s=check.step_time_s(p, stages, objective),
         seconds=seconds,
     )

@@ -20,6 +20,21 @@ import torch
 from torch import nn
 
 
+def dcgan_init(module: nn.Module) -> nn.Module:
+    """DCGAN's initialisation (Radford et al. 2016, section 4): weights N(0, 0.02),
+    batch-norm scales N(1, 0.02), biases 0. With PyTorch's default initialisation the
+    discriminator wins within 50 steps on the digits and the generator collapses."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+    return module
+
+
 class SeededDropout(nn.Module):
     """Dropout that draws its mask from its own ``torch.Generator``.
 
@@ -203,9 +218,10 @@ SEED_PARTS = {"dcgan": (0, 3, 6)}
 
 
 def build_discriminator(name: str) -> LayeredModel:
+    """A fresh discriminator with DCGAN's initialisation (draws from torch's global RNG)."""
     if name not in DISCRIMINATORS:
         raise KeyError(name)
-    return DISCRIMINATORS[name]()
+    return dcgan_init(DISCRIMINATORS[name]())
 
 
 class Generator(nn.Module):
@@ -233,6 +249,7 @@ class Generator(nn.Module):
                      nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
         body += [nn.ConvTranspose2d(ups[-1], 1, 5, 2, 2, output_padding=1, bias=False), nn.Tanh()]
         self.body = nn.Sequential(*body)
+        dcgan_init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.project(z).view(-1, self.width, self.base, self.base)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from planner.models import Generator, SeededDropout, build_discriminator
 from planner.planfile import Plan, PlannedClient, PlannedStage, write_plan
-from planner.problem import ClientProblem
+from planner import check
+from planner.problem import ClientProblem, Stage
 from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.federation import build_federation
@@ -37,7 +38,8 @@ def chain_plan(model_name: str, cuts: list[int], *, n_clients: int = 1) -> Plan:
             cut_bytes=(1,) * (L - 1), link_bytes_per_s=tuple(tuple(0.0 if a == b else 1e12 for b in range(n)) for a in range(n)),
             link_latency_s=tuple((0.0,) * n for _ in range(n)))
         stages = tuple(PlannedStage(names[i], bounds[i], bounds[i + 1], 0.001, 0.0, 1) for i in range(n))
-        clients.append(PlannedClient(name=f"client{ci}", status="planned", reason=None, step_time_s=0.01,
+        step = check.step_time_s(costs, [Stage(i, bounds[i], bounds[i + 1]) for i in range(n)])
+        clients.append(PlannedClient(name=f"client{ci}", status="planned", reason=None, step_time_s=step,
                                      stages=stages, costs=costs, data_weight=1.0 + ci,
                                      processing_time_factor={d: 1.0 for d in names}))
     layers = [{"name": nd.name, "flops": 0, "param_bytes": 0, "output_bytes": 0, "model_layers": [i, i + 1]}

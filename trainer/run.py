@@ -115,14 +115,13 @@ def round_metrics(fed: Federation, t: Transport, *, round_no: int, wall_s: float
 
 
 def sample_images(fed: Federation, n: int, seed: int) -> torch.Tensor:
+    """``n`` images from fixed noise. Batch norm stays in training mode (batch statistics),
+    as the generator trains: early running averages lag far behind and make every sample
+    look alike. The running averages this updates are never used."""
     g = fed.server.generator
     z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(seed))
-    was = g.training
-    g.eval()
     with torch.no_grad():
-        out = g(z)
-    g.train(was)
-    return out
+        return g(z)
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:

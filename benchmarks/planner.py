@@ -1,0 +1,144 @@
+"""Planner benchmarks (issue 2), printed and written into BENCHMARKS.md.
+
+1. ILP and reference-solver time over layers x devices per client x clients (medians),
+   on seeded random cost tables (``benchmarks/planner_sweep.py``).
+2. The whole ``fsl plan`` for 20 clients of 8 devices on a 32-layer discriminator
+   (cold: profiling included; warm: profile cached), every plan checked optimal.
+3. Each baseline's predicted step time divided by the ILP's, on every profile in
+   ``profiles/`` (same cost tables; budget ignored so every solver gives a number).
+
+    python benchmarks/planner.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from torch import nn  # noqa: E402
+
+from benchmarks.common import ROOT, machine, md_table, median, write_section  # noqa: E402
+from planner import plan, solve_client  # noqa: E402
+from planner.devices import load_profile  # noqa: E402
+from planner.models import LayeredModel, build_discriminator  # noqa: E402
+
+BASELINES = ("fsl-gan", "uniform", "params")
+
+
+def deep_chain(n_layers: int = 32) -> nn.Sequential:
+    """A 32-layer chain: ten conv blocks (conv, LeakyReLU, dropout) + flatten + dense."""
+    layers: list[nn.Module] = []
+    ch = 1
+    for i in range(10):
+        out = min(16 * 2 ** (i // 3), 64)
+        layers += [nn.Conv2d(ch, out, 3, 2 if i in (2, 5) else 1, 1), nn.LeakyReLU(0.2), nn.Dropout(0.1)]
+        ch = out
+    layers += [nn.Flatten(), nn.Linear(ch * 7 * 7, 1)]
+    assert len(layers) == n_layers
+    return nn.Sequential(*layers)
+
+
+def random_fleet(n_clients: int, n_devices: int, *, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    clients = []
+    for c in range(n_clients):
+        devs = []
+        for d in range(n_devices):
+            devs.append({"name": f"c{c}-d{d}", "processing_time_factor": round(rng.uniform(1, 12), 2),
+                         "capacity": f"{rng.choice([16, 32, 64, 128, 512, 2048])}MB",
+                         "bandwidth_mbps": rng.choice([20, 50, 100, 300, 1000]), "latency_ms": rng.choice([1, 5, 20]),
+                         "holds_data": d == 0})
+        clients.append({"name": f"client-{c}", "devices": devs})
+    return {"schema": "fsl-devices/1", "clients": clients}
+
+
+def bench_sweep(quick: bool) -> str:
+    from benchmarks.planner_sweep import sweep
+
+    kw = dict(layers=(8, 16), devices=(2, 4), clients=(1, 20), repeats=1) if quick else {}
+    rows = sweep(**kw)
+    header = list(rows[0].keys())
+    return md_table(header, [[r[k] for k in header] for r in rows])
+
+
+def bench_fleet(tmp: Path) -> str:
+    from planner.profile import profile_model
+
+    seq = deep_chain()
+    import torch
+
+    model = LayeredModel.from_module("chain32", seq, torch.zeros(1, 1, 28, 28))
+    fleet = tmp / "fleet.json"
+    fleet.write_text(json.dumps(random_fleet(20, 8)))
+    from planner.devices import parse_profile
+
+    profile = parse_profile(json.loads(fleet.read_text()))
+    t0 = time.perf_counter()
+    mp = profile_model(model, batch_size=64, use_cache=False)
+    prof_s = time.perf_counter() - t0
+    solve = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        p = plan(model, profile, model_profile=mp, compare=False)
+        solve.append(time.perf_counter() - t0)
+    statuses = {c.solver_status for c in p.planned}
+    rows = [["profile the 32-layer model (once, then cached)", prof_s],
+            ["solve 20 clients x 8 devices x 32 layers (median of 3)", median(solve)],
+            ["total, cold cache", prof_s + median(solve)]]
+    return (md_table(["`fsl plan`, 20 clients of 8 devices, 32-layer chain", "seconds"], rows)
+            + f"\n\nplanned {len(p.planned)} of {len(p.clients)} clients, solver statuses {sorted(statuses)} "
+              "(target: all optimal, whole plan within 10 s).\n")
+
+
+def bench_baselines() -> str:
+    model = build_discriminator("dcgan")
+    rows = []
+    for path in sorted((ROOT / "profiles").glob("*.json")):
+        profile = load_profile(path)
+        try:
+            p = plan(model, profile, compare=False)
+        except Exception:  # noqa: BLE001 - a profile nobody can plan: compare on the budget-free tables
+            p = None
+        clients = p.clients if p else []
+        for c in clients:
+            tables = replace(c.costs, budget_s=None)
+            best = solve_client(tables, solver="ilp")
+            ratios = []
+            for b in BASELINES:
+                sol = solve_client(tables, solver=b, parts=(0, 3, 6))
+                ratios.append(f"{sol.step_time_s / best.step_time_s:.3f}" if sol.stages else "no plan")
+            rows.append([path.name, c.name, best.step_time_s, *ratios])
+    return (md_table(["profile", "client", "ILP step s", *[f"{b} / ILP" for b in BASELINES]], rows)
+            + "\n\nPredicted step times on the same cost tables, budgets ignored; 'no plan': the baseline finds no "
+              "placement within the capacities.\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    parts = [f"Machine: {machine()}. Command: `python benchmarks/planner.py{' --quick' if args.quick else ''}`.\n"]
+    with tempfile.TemporaryDirectory() as d:
+        print("baselines / ILP on profiles/ ...", flush=True)
+        parts.append("### Baselines against the ILP\n\n" + bench_baselines())
+        print(parts[-1], flush=True)
+        print("20 clients x 8 devices x 32 layers ...", flush=True)
+        parts.append("### The whole plan at scale\n\n" + bench_fleet(Path(d)))
+        print(parts[-1], flush=True)
+        print("solver sweep ...", flush=True)
+        parts.append("### Solver time sweep (medians)\n\n" + bench_sweep(args.quick))
+        print(parts[-1], flush=True)
+    write_section("planner", "## Planner\n\n" + "\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Why a client has no plan: one literal case per reason in planner.explain."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from planner.explain import explain_infeasible, format_bytes, format_seconds
+from planner.problem import ClientProblem
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+
+
+def problem(compute, memory, capacity, *, budget=None, names=None):
+    n, L = len(compute), len(compute[0])
+    link = tuple(tuple(0.0 if a == b else 1e6 for b in range(n)) for a in range(n))
+    return ClientProblem(
+        devices=tuple(names or (f"dev{i}" for i in range(n))), data_device=0,
+        compute_s=tuple(map(tuple, compute)), memory_bytes=tuple(map(tuple, memory)),
+        capacity_bytes=tuple(capacity), cut_bytes=(1000,) * (L - 1),
+        link_bytes_per_s=link, link_latency_s=tuple(tuple(0.0 for _ in range(n)) for _ in range(n)),
+        budget_s=budget,
+    )
+
+
+@pytest.mark.parametrize(
+    "n, text",
+    [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (1_900_000, "1.9 MB"), (3_200_000_000, "3.2 GB")],
+)
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text
+
+
+def test_format_seconds():
+    assert format_seconds(7.3149) == "7.31 s"
+    assert format_seconds(4) == "4.00 s"
+
+
+def test_first_layer_does_not_fit_the_data_device():
+    p = problem([[1, 1], [1, 1]], [[1_900_000, 10], [10, 10]], [1000, 10**9], names=("t-tag", "laptop"))
+    assert explain_infeasible(p, layer_names=("conv1", "conv2")) == (
+        "first segment needs at least 1.9 MB on t-tag (layer conv1), capacity 1.0 kB"
+    )
+
+
+def test_a_layer_fits_no_device():
+    p = problem([[1, 1, 1], [1, 1, 1]], [[10, 5000, 10], [10, 6000, 10]], [1000, 2000])
+    assert explain_infeasible(p) == "layer 1 needs at least 5.0 kB, the largest capacity is 2.0 kB on dev1"
+
+
+def test_layers_need_more_memory_than_all_devices_offer():
+    gb = 10**9
+    p = problem([[1, 1, 1], [1, 1, 1]], [[gb // 2, 1.2 * gb, 1.5 * gb]] * 2, [gb // 2, 1.5 * gb])
+    assert explain_infeasible(p) == "layers need 3.2 GB in all, the devices offer 2.0 GB"
+
+
+def test_contiguous_segments_cover_only_a_prefix():
+    # 18 bytes in all, 20 offered, but each device holds one 6-byte layer at most
+    p = problem([[1, 1, 1], [1, 1, 1]], [[6, 6, 6]] * 2, [10, 10])
+    assert explain_infeasible(p, layer_names=("a", "b", "c")) == (
+        "contiguous segments on distinct devices hold at most layers 0..1 of 3; "
+        "layer c fits on no device left after them"
+    )
+
+
+def test_budget_too_tight_for_latency():
+    p = problem([[4.0, 3.31]], [[1, 1]], [10], budget=4.0)
+    assert explain_infeasible(p) == "best plan needs 7.31 s per step, budget 4.00 s (over by 3.31 s)"
+
+
+def test_budget_too_tight_for_throughput_names_the_bottleneck():
+    # dev0 runs layer 0 (4 s), dev1 layer 1 (1.5 s): the pipeline step is the slower, 4 s
+    p = problem([[4.0, 3.0], [2.0, 1.5]], [[1, 1]] * 2, [10, 10], budget=2.0)
+    assert explain_infeasible(p, objective="throughput") == (
+        "best plan needs 4.00 s per step, budget 2.00 s (over by 2.00 s)"
+    )
+
+
+def test_a_feasible_client_is_not_explained():
+    p = problem([[1, 1]], [[1, 1]], [10])
+    with pytest.raises(ValueError, match="a plan fits: 2.00 s per step"):
+        explain_infeasible(p)
