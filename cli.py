@@ -142,7 +142,7 @@ def plan_cmd(
             tasks = {}
 
             def progress(stage: str, done: int, total: int) -> None:
-                label = {"profile": "profiling layers", "solve": "solving clients"}[stage]
+                label = {"profile": "profiling the model", "solve": "solving clients"}[stage]
                 if stage not in tasks:
                     tasks[stage] = bar.add_task(label, total=total)
                 bar.update(tasks[stage], completed=done)
@@ -273,10 +273,17 @@ def render_summary(history: list[dict], out_dir: Path) -> None:
     t = Table(title=f"round {last['round']}: measured against the plan (per step)", title_justify="left")
     for col in ("client", "device", "predicted s", "measured s", "error", "sent", "received"):
         t.add_column(col, justify="left" if col in ("client", "device") else "right")
+    flat_out = False
     for name, d in last["devices"].items():
-        err_pct = (d["compute_s"] - d["predicted_compute_s"]) / d["predicted_compute_s"] if d["predicted_compute_s"] else 0
-        t.add_row(d["client"], name, f"{d['predicted_compute_s']:.3f}", f"{d['compute_s']:.3f}", f"{err_pct:+.0%}",
+        predicted = d["predicted_compute_s"]
+        if not d.get("emulated", True):  # --emulate none: this machine's speed, not the device's
+            predicted, flat_out = predicted / d.get("processing_time_factor", 1.0), True
+        err_pct = (d["compute_s"] - predicted) / predicted if predicted else 0
+        t.add_row(d["client"], name, f"{predicted:.3f}", f"{d['compute_s']:.3f}", f"{err_pct:+.0%}",
                   format_bytes(d["bytes_sent"]), format_bytes(d["bytes_received"]))
+    if flat_out:
+        t.caption = "--emulate none: predictions are for this machine (the plan's compute / processing_time_factor)"
+        t.caption_justify = "left"
     out.print(t)
     steps = ", ".join(f"{c}: {v['step_time_s']:.2f} s (plan {v['predicted_step_time_s']:.2f} s)"
                       + (f", dropped at step {v['dropped_at_step']}" if v["dropped_at_step"] is not None else "")

@@ -38,7 +38,7 @@ from fvcore.nn.jit_handles import elementwise_flop_counter
 from planner.jsonio import write_json
 from planner.models import LayeredModel
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 _ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
                     "aten::ge", "aten::tanh", "aten::sigmoid", "aten::relu")
@@ -134,7 +134,7 @@ def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, f
     return time.perf_counter() - t0
 
 
-def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 7, warmup: int = 2,
+def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, warmup: int = 3,
             progress: Callable[[int, int], None] | None = None) -> ModelProfile:
     """Profile every layer of ``model`` at ``batch_size`` on this machine."""
     t_start = time.perf_counter()
@@ -142,15 +142,24 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 7, warm
     gen = torch.Generator().manual_seed(0)
     x2 = torch.rand((2 * batch_size, *model.input_shape), generator=gen) * 2 - 1
     inputs_2b = _layer_inputs(model, x2)
+    args = [(inputs_2b[i], tuple(a[:batch_size] for a in inputs_2b[i])) for i in range(len(model))]
+    # Time round-robin over the layers, so a burst of load elsewhere on the machine
+    # spreads over every layer's repeats instead of inflating one layer.
+    times: list[list[float]] = [[] for _ in model.layers]
+    for r in range(warmup + repeats):
+        for i, layer in enumerate(model.layers):
+            t = time_layer_step(layer, args[i][0], args[i][1], first=(i == 0))
+            if r >= warmup:
+                times[i].append(t)
+        if progress:
+            progress(r + 1, warmup + repeats)
     layers = []
     for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
-        args2 = inputs_2b[i]
-        args1 = tuple(a[:batch_size] for a in args2)
+        args2, args1 = args[i]
         flops, uncounted = count_flops(layer, args1)
         with torch.no_grad():
             out1 = layer(*args1)
         saved = saved_bytes(lambda: layer(*(a.detach().requires_grad_(i > 0) for a in args2)))
-        times = [time_layer_step(layer, args2, args1, first=(i == 0)) for _ in range(warmup + repeats)]
         params = sum(p.numel() for p in layer.parameters())
         out_bytes = out1.numel() * out1.element_size()
         layers.append(LayerProfile(
@@ -158,10 +167,8 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 7, warm
             flops=flops, output_shape=tuple(out1.shape[1:]), output_bytes=out_bytes,
             saved_bytes=saved,
             memory_bytes=params * BYTES_PER_PARAM_TRAINING + saved + 2 * 2 * out_bytes,
-            time_s=statistics.median(times[warmup:]), uncounted_ops=uncounted,
+            time_s=statistics.median(times[i]), uncounted_ops=uncounted,
         ))
-        if progress:
-            progress(i + 1, len(model))
     return ModelProfile(
         model=model.model_name, fingerprint=model.fingerprint(), input_shape=model.input_shape,
         batch_size=batch_size, layers=tuple(layers), host=platform.node(),

@@ -100,6 +100,7 @@ def round_metrics(fed: Federation, t: Transport, *, round_no: int, wall_s: float
             n = max(r.steps_done, 1)
             devices[st.device] = {
                 "client": c.name, "compute_s": r.clock.compute_s / n, "predicted_compute_s": st.compute_s,
+                "processing_time_factor": r.clock.factor, "emulated": r.clock.emulate,
                 "work_s": r.clock.work_s / n, "bytes_sent": t.log.bytes_sent.get(st.device, 0),
                 "bytes_received": t.log.bytes_received.get(st.device, 0),
                 "wait_s": t.log.recv_wait_s.get(st.device, 0.0) / n,
