@@ -100,8 +100,12 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
         if not sol.stages:
             from planner.explain import explain_infeasible
 
+            try:
+                reason = explain_infeasible(p, objective=objective, layer_names=[u.name for u in units])
+            except ValueError:  # a heuristic failed where a plan exists
+                reason = f"the {solver} solver found no placement within capacities and budget; one exists (--solver ilp)"
             clients.append(PlannedClient(
-                name=client.name, status="excluded", reason=explain_infeasible(p, objective=objective, layer_names=[u.name for u in units]),
+                name=client.name, status="excluded", reason=reason,
                 step_time_s=None, stages=(), costs=p, data_weight=client.data_weight,
                 solver_status=sol.status, processing_time_factor=ptf))
         else:

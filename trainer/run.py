@@ -118,11 +118,15 @@ def round_metrics(fed: Federation, t: Transport, *, round_no: int, wall_s: float
 def sample_images(fed: Federation, n: int, seed: int) -> torch.Tensor:
     """``n`` images from fixed noise. Batch norm stays in training mode (batch statistics),
     as the generator trains: early running averages lag far behind and make every sample
-    look alike. The running averages this updates are never used."""
+    look alike. The running averages are put back, so sampling leaves no trace."""
     g = fed.server.generator
     z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(seed))
+    saved = {k: v.clone() for k, v in g.named_buffers()}
     with torch.no_grad():
-        return g(z)
+        out = g(z)
+        for k, v in g.named_buffers():
+            v.copy_(saved[k])
+    return out
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:

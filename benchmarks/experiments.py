@@ -1,0 +1,125 @@
+"""Experiments on the FSL-GAN paper's claims and future work, written into BENCHMARKS.md.
+
+    python benchmarks/experiments.py [NAME ...] [--quick]
+
+Names (default: all, in this order):
+
+- ``plan-quality``: every solver on every profile (and a seeded random fleet), one short
+  round under ``--emulate sleep``: measured and predicted times as ratios to the ILP's;
+- ``cost-model``: predicted against measured compute per device and step time per client,
+  from the plan-quality runs (run them first if they are not in this invocation);
+- ``clients``: 1, 2, 4, 8 clients on the same total data: FID, G loss, round time;
+- ``non-iid``: Dirichlet alpha x aggregation, 3 clients, FID over rounds;
+- ``communication``: bytes per step measured against the plan's ``cut_bytes``, and where
+  the optimal cut moves as the link gets faster (planning only);
+- ``straggler``: one client 10x slower, with and without ``--deadline-s``.
+
+Each writes a table, a figure ``benchmarks/figures/NAME.png`` and a section ``exp-NAME``
+of BENCHMARKS.md. Every experiment has a fixed seed; ``--quick`` shrinks every size.
+The experiments themselves live in ``exp_timing.py`` and ``exp_gan.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+from benchmarks.common import ROOT, machine, write_section  # noqa: E402
+
+FIGURES = ROOT / "benchmarks" / "figures"
+
+# Sizes: steps/rounds per experiment. Full mode is sized for ~15 minutes on 2 cores.
+FULL = dict(
+    pq_steps=3,  # plan-quality: steps of the one timed round per (profile, solver)
+    pq_random_clients=3,  # clients of the random fleet (3 devices each)
+    clients_counts=(1, 2, 4, 8), clients_rounds=8, clients_steps=4,  # eval every round
+    niid_rounds=8, niid_steps=4, niid_eval_every=2,
+    comm_steps=2, comm_points=13,  # bandwidth grid: 1..10,000 Mbps, log-spaced
+    strag_rounds=2, strag_steps=3, strag_slow=10.0, strag_slack=3.0,
+)
+QUICK = dict(
+    pq_steps=1, pq_random_clients=2,
+    clients_counts=(1, 2, 4, 8), clients_rounds=2, clients_steps=2,
+    niid_rounds=2, niid_steps=1, niid_eval_every=2,
+    comm_steps=1, comm_points=9,
+    strag_rounds=1, strag_steps=2, strag_slow=10.0, strag_slack=3.0,
+)
+
+
+@dataclass
+class Context:
+    quick: bool
+    tmp: Path
+    size: dict
+    cache: dict = field(default_factory=dict)  # results shared between experiments
+
+    def out(self, name: str) -> Path:
+        d = self.tmp / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def save_figure(fig, name: str) -> str:
+    """Save ``fig`` as ``benchmarks/figures/NAME.png``; returns the markdown image link."""
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    path = FIGURES / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"![{name}](benchmarks/figures/{name}.png)"
+
+
+def _registry() -> dict:
+    from benchmarks import exp_gan, exp_timing
+
+    return {
+        "plan-quality": exp_timing.plan_quality,
+        "cost-model": exp_timing.cost_model,
+        "clients": exp_gan.clients,
+        "non-iid": exp_gan.non_iid,
+        "communication": exp_timing.communication,
+        "straggler": exp_timing.straggler,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    experiments = _registry()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(experiments)} (default: all)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script end to end")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.names if n not in experiments]
+    if unknown:
+        ap.error(f"unknown experiment {', '.join(unknown)}; expected any of {', '.join(experiments)}")
+    names = args.names or list(experiments)
+    size = QUICK if args.quick else FULL
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        ctx = Context(quick=args.quick, tmp=Path(d), size=size)
+        for name in names:
+            print(f"== {name} ...", flush=True)
+            t0 = time.perf_counter()
+            body, image = experiments[name](ctx)
+            took = time.perf_counter() - t0
+            cmd = f"python benchmarks/experiments.py {name}{' --quick' if args.quick else ''}"
+            section = (f"## Experiment: {name}\n\nCommand: `{cmd}` ({took:.0f} s). Machine: {machine()}.\n\n"
+                       f"{body.rstrip()}\n\n{image}\n")
+            write_section(f"exp-{name}", section)
+            print(section, flush=True)
+    print(f"all done in {time.perf_counter() - t_all:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
