@@ -229,6 +229,7 @@ def train_cmd(
     eval_every: int = typer.Option(1, "--eval-every", help="rounds between FID/KID evaluations (0: never)"),
     seed: int = typer.Option(0, help="seed for everything"),
     lr: float = typer.Option(2e-4, help="Adam learning rate (generator and discriminators)"),
+    timeout_s: float = typer.Option(60.0, "--timeout-s", help="a device silent this long is a failure"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer.config import TrainConfig
@@ -238,7 +239,8 @@ def train_cmd(
         cfg = TrainConfig.from_cli(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
-            data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr)
+            data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
+            timeout_s=timeout_s)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out) as bar:
             task = bar.add_task("round", total=cfg.rounds, info="starting")

@@ -9,7 +9,8 @@ returns the first that holds:
    memory in all than the devices offer together;
 4. contiguous segments cover only a prefix of the layers (found by a DP over sets of
    used devices: extending each segment as far as it fits is optimal for the prefix);
-5. the budget: the best plan without a budget (the exact ILP) is slower than it.
+5. the budget: the best plan without a budget (the exact ILP) is slower than it;
+6. none of these: a plan fits, so a time-limited solver stopped before it found one.
 
 Nothing here prints; the CLI shows the returned string.
 """
@@ -46,22 +47,30 @@ def _layer(l: int, names: Sequence[str] | None) -> str:
 def _covered_prefix(p: ClientProblem) -> int:
     """How many leading layers some sequence of distinct devices can hold contiguously."""
     n, L, data = p.n_devices, p.n_layers, p.data_device
-
-    def extend(d: int, start: int) -> int:
-        used, m = 0, start
-        while m < L and used + p.memory_bytes[d][m] <= p.capacity_bytes[d]:
-            used += p.memory_bytes[d][m]
-            m += 1
-        return m
-
-    reach = {1 << data: extend(data, 0)}
+    reach_from = []  # [d][start]: the end of d's longest segment from start that fits
+    for d in range(n):
+        ends, m, used = [], 0, 0
+        for start in range(L):
+            if m < start:
+                m, used = start, 0
+            while m < L and used + p.memory_bytes[d][m] <= p.capacity_bytes[d]:
+                used += p.memory_bytes[d][m]
+                m += 1
+            ends.append(m)
+            if m > start:
+                used -= p.memory_bytes[d][start]
+        reach_from.append(ends)
+    reach = [0] * (1 << n)  # [set of used devices]: layers covered, 0 if unreachable
+    reach[1 << data] = reach_from[data][0]
     for mask in sorted(range(1 << n), key=int.bit_count):
-        last = reach.get(mask, 0)
+        last = reach[mask]
+        if not 0 < last < L:
+            continue
         for e in range(n):
-            if not mask >> e & 1 and 0 < last < L:
+            if not mask >> e & 1:
                 new = mask | 1 << e
-                reach[new] = max(reach.get(new, 0), extend(e, last))
-    return max(reach.values())
+                reach[new] = max(reach[new], reach_from[e][last])
+    return max(reach)
 
 
 def explain_infeasible(
@@ -70,7 +79,7 @@ def explain_infeasible(
     """A sentence saying why no feasible plan exists for ``p``; see the module docstring.
 
     ``layer_names`` (optional, one per layer) name layers instead of their indices.
-    Raises ``ValueError`` when a plan does fit.
+    When a plan does fit (a time-limited solver gave up before finding it), says so.
     """
     data, L = p.data_device, p.n_layers
     data_name = p.devices[data]
@@ -100,10 +109,16 @@ def explain_infeasible(
             )
     free = solve_ilp(replace(p, budget_s=None), objective=objective)
     if free.status == "infeasible":
-        return "no ordering of the devices holds the layers in contiguous segments within capacity"
+        return (
+            "no ordering of the devices holds the layers in contiguous segments "
+            "within capacity over the links that exist"
+        )
     if p.budget_s is not None and free.step_time_s > p.budget_s * (1 + 1e-9):
         return (
             f"best plan needs {format_seconds(free.step_time_s)} per step, budget "
             f"{format_seconds(p.budget_s)} (over by {format_seconds(free.step_time_s - p.budget_s)})"
         )
-    raise ValueError(f"a plan fits: {format_seconds(free.step_time_s)} per step")
+    return (
+        f"a plan fits ({format_seconds(free.step_time_s)} per step); "
+        "the solver stopped on its time limit before it found one"
+    )
