@@ -230,6 +230,8 @@ def train_cmd(
     seed: int = typer.Option(0, help="seed for everything"),
     lr: float = typer.Option(2e-4, help="Adam learning rate (generator and discriminators)"),
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="a device silent this long is a failure"),
+    replan_on_failure: bool = typer.Option(False, "--replan-on-failure",
+                                           help="dist: plan around a lost device and go on"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer.config import TrainConfig
@@ -240,12 +242,16 @@ def train_cmd(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
-            timeout_s=timeout_s)
+            timeout_s=timeout_s, replan_on_failure=replan_on_failure)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out) as bar:
             task = bar.add_task("round", total=cfg.rounds, info="starting")
 
             def on_start(info: dict) -> None:
+                if "replanned" in info:
+                    r = info["replanned"]
+                    out.print(f"[yellow]lost {r['lost']} in round {r['round']}[/]: re-planned without it, "
+                              "resuming from the last checkpoint", highlight=False)
                 for w in info.get("warnings", []):
                     out.print(f"[yellow]warning:[/] {w}", highlight=False)
                 bar.update(task, completed=info["start_round"],

@@ -64,7 +64,7 @@ def random_fleet(n_clients: int, n_devices: int, *, seed: int = 0) -> dict:
 def bench_sweep(quick: bool) -> str:
     from benchmarks.planner_sweep import sweep
 
-    kw = dict(layers=(8, 16), devices=(2, 4), clients=(1, 20), repeats=1) if quick else {}
+    kw = dict(layers=(8, 16), devices=(2, 4), clients=(1, 20), repeats=1) if quick else dict(repeats=1)
     rows = sweep(**kw)
     header = list(rows[0].keys())
     return md_table(header, [[r[k] for k in header] for r in rows])
@@ -112,6 +112,9 @@ def bench_baselines() -> str:
         for c in clients:
             tables = replace(c.costs, budget_s=None)
             best = solve_client(tables, solver="ilp")
+            if not best.stages:
+                rows.append([path.name, c.name, "no plan (capacity)", *["no plan"] * len(BASELINES)])
+                continue
             ratios = []
             for b in BASELINES:
                 sol = solve_client(tables, solver=b, parts=(0, 3, 6))

@@ -24,7 +24,7 @@ from planner.profile import ModelProfile, profile_model
 
 SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference")
 
-__all__ = ["plan", "solve_client", "SOLVERS", "InputError", "NoFeasiblePlan"]
+__all__ = ["plan", "solve_client", "client_result", "SOLVERS", "InputError", "NoFeasiblePlan"]
 
 
 def solve_client(p: ClientProblem, *, solver: str = "ilp", objective: str = "latency",
@@ -52,6 +52,29 @@ def _seed_parts(model: LayeredModel, units: list[Unit]) -> tuple[int, ...] | Non
         return None
     starts = {u.first: i for i, u in enumerate(units)}
     return tuple(starts[x] for x in layers if x in starts)
+
+
+def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, objective: str, data_weight: float,
+                  processing_time_factor: dict[str, float], layer_names: list[str]) -> PlannedClient:
+    """A solved client as the plan records it: its stages, or its exclusion and why."""
+    if not sol.stages:
+        from planner.explain import explain_infeasible
+
+        try:
+            reason = explain_infeasible(p, objective=objective, layer_names=layer_names)
+        except ValueError:  # a heuristic failed where a plan exists
+            reason = f"the {solver} solver found no placement within capacities and budget; one exists (--solver ilp)"
+        return PlannedClient(name=name, status="excluded", reason=reason, step_time_s=None, stages=(), costs=p,
+                             data_weight=data_weight, solver_status=sol.status,
+                             processing_time_factor=processing_time_factor)
+    transfers = check.cut_transfer_s(p, sol.stages) + [0.0]
+    stages = tuple(
+        PlannedStage(device=p.devices[s.device], start=s.start, end=s.end, compute_s=check.stage_compute_s(p, s),
+                     transfer_s=t, memory_bytes=check.stage_memory_bytes(p, s))
+        for s, t in zip(sol.stages, transfers))
+    return PlannedClient(name=name, status="planned", reason=None, step_time_s=check.step_time_s(p, sol.stages, objective),
+                         stages=stages, costs=p, data_weight=data_weight, solver_status=sol.status,
+                         processing_time_factor=processing_time_factor)
 
 
 def _with_baselines(c: PlannedClient, objective: str, parts: tuple[int, ...] | None) -> PlannedClient:
@@ -97,28 +120,9 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
             solved[p] = solve_client(p, solver=solver, objective=objective, time_limit_s=time_limit_s, parts=parts)
         sol = solved[p]
         ptf = {d.name: d.processing_time_factor for d in client.devices}
-        if not sol.stages:
-            from planner.explain import explain_infeasible
-
-            try:
-                reason = explain_infeasible(p, objective=objective, layer_names=[u.name for u in units])
-            except ValueError:  # a heuristic failed where a plan exists
-                reason = f"the {solver} solver found no placement within capacities and budget; one exists (--solver ilp)"
-            clients.append(PlannedClient(
-                name=client.name, status="excluded", reason=reason,
-                step_time_s=None, stages=(), costs=p, data_weight=client.data_weight,
-                solver_status=sol.status, processing_time_factor=ptf))
-        else:
-            transfers = check.cut_transfer_s(p, sol.stages) + [0.0]
-            stages = tuple(
-                PlannedStage(device=p.devices[s.device], start=s.start, end=s.end,
-                             compute_s=check.stage_compute_s(p, s), transfer_s=t,
-                             memory_bytes=check.stage_memory_bytes(p, s))
-                for s, t in zip(sol.stages, transfers))
-            clients.append(PlannedClient(
-                name=client.name, status="planned", reason=None,
-                step_time_s=check.step_time_s(p, sol.stages, objective), stages=stages, costs=p,
-                data_weight=client.data_weight, solver_status=sol.status, processing_time_factor=ptf))
+        clients.append(client_result(client.name, p, sol, solver=solver, objective=objective,
+                                     data_weight=client.data_weight, processing_time_factor=ptf,
+                                     layer_names=[u.name for u in units]))
         if progress:
             progress("solve", i + 1, len(problems))
     if compare and solver == "ilp":

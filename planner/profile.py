@@ -4,7 +4,8 @@ One *GAN training step* on a discriminator, with batch size ``B`` (see
 ``trainer.step`` for the message schedule), passes through every layer:
 
 1. the discriminator phase: forward on ``2B`` samples (real and fake), backward with
-   gradients for the weights (and for the layer's input, except layer 0);
+   gradients for the weights (and for the layer's input, except layer 0), then the
+   layer's Adam update;
 2. the generator phase: forward on ``B`` fake samples, backward for the input only.
 
 ``time_s`` is the measured wall time of exactly that work for one layer on this
@@ -38,7 +39,7 @@ from fvcore.nn.jit_handles import elementwise_flop_counter
 from planner.jsonio import write_json
 from planner.models import LayeredModel
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 _ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
                     "aten::ge", "aten::tanh", "aten::sigmoid", "aten::relu")
@@ -119,7 +120,8 @@ def _layer_inputs(model: LayeredModel, x: torch.Tensor) -> list[tuple[torch.Tens
     return out
 
 
-def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, first: bool) -> float:
+def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, first: bool,
+                    optimizer: torch.optim.Optimizer | None = None) -> float:
     """Seconds of one GAN training step's work through ``layer`` (module docstring)."""
     params = [p for p in layer.parameters() if p.requires_grad]
     t0 = time.perf_counter()
@@ -127,7 +129,12 @@ def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, f
     out = layer(*xs)
     wrt = list(params) + ([] if first else list(xs))
     if wrt:
-        torch.autograd.grad(out, wrt, torch.ones_like(out))
+        grads = torch.autograd.grad(out, wrt, torch.ones_like(out))
+        if optimizer is not None:  # the discriminator phase ends with the layer's Adam update
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     xs = tuple(a.detach().requires_grad_(True) for a in args_1b)
     out = layer(*xs)
     torch.autograd.grad(out, list(xs), torch.ones_like(out), allow_unused=True)
@@ -146,13 +153,17 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, war
     # Time round-robin over the layers, so a burst of load elsewhere on the machine
     # spreads over every layer's repeats instead of inflating one layer.
     times: list[list[float]] = [[] for _ in model.layers]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizers = [torch.optim.Adam(list(layer.parameters()), lr=1e-12) if list(layer.parameters()) else None
+                  for layer in model.layers]
     for r in range(warmup + repeats):
         for i, layer in enumerate(model.layers):
-            t = time_layer_step(layer, args[i][0], args[i][1], first=(i == 0))
+            t = time_layer_step(layer, args[i][0], args[i][1], first=(i == 0), optimizer=optimizers[i])
             if r >= warmup:
                 times[i].append(t)
         if progress:
             progress(r + 1, warmup + repeats)
+    model.load_state_dict(state)  # the timing's optimizer steps leave no trace
     layers = []
     for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
         args2, args1 = args[i]

@@ -156,3 +156,45 @@ def test_killed_device_ends_the_run_and_resume_completes(tmp_path):
     assert [m["round"] for m in history] == [1, 2]
     assert _children() == []
     assert checkpoint.load(fed, cfg.out_dir / "checkpoint")["round"] == 2
+
+
+def test_replan_on_failure_finishes_without_the_device(tmp_path):
+    import json
+
+    from trainer.run import _train_dist_replanning
+
+    plan = chain_plan("dcgan", [2, 6])  # c0-d0 -> c0-d1 -> c0-d2
+    cfg = _cfg(tmp_path, plan, "run", rounds=3, replan_on_failure=True)
+    victim, pids, killed, notes = "c0-d2", {}, [], []
+
+    def on_start(info):
+        pids.update(info.get("pids", {}))
+        if "replanned" in info:
+            notes.append(info["replanned"])
+
+    def kill_once(m):
+        if m["round"] == 1 and not killed:
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(m["round"])
+
+    box = {}
+
+    def run():
+        try:
+            box["history"] = _train_dist_replanning(cfg, plan, on_round=kill_once, on_start=on_start)
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(180)
+    assert not th.is_alive(), "did not finish within 180 s"
+    if "error" in box:
+        raise box["error"]
+    assert [m["round"] for m in box["history"]] == [1, 2, 3]
+    assert notes and notes[0]["lost"] == victim
+    final = json.loads((cfg.out_dir / "plan.json").read_text())
+    assert victim not in {s["device"] for c in final["clients"] for s in c["stages"]}
+    assert final["solver"]["lost"] == [victim]
+    assert victim not in box["history"][-1]["devices"]
+    assert _children() == []

@@ -153,3 +153,22 @@ def test_fedavg_makes_discriminators_equal(tmp_path):
     a, b = fed.discriminators["client0"], fed.discriminators["client1"]
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_deadline_drops_the_straggler(tmp_path):
+    """A client 50x slower than the deadline allows is dropped from the round; the rest train."""
+    from dataclasses import replace
+
+    plan = chain_plan("dcgan", [5], n_clients=2)
+    slow = plan.clients[1]
+    slow = replace(slow, processing_time_factor={d: 50.0 for d in slow.processing_time_factor})
+    plan = replace(plan, clients=(plan.clients[0], slow))
+    write_plan(plan, tmp_path / "plan.json")
+    cfg = TrainConfig(plan_path=tmp_path / "plan.json", steps_per_round=3, emulate="sleep", eval_every=0,
+                      deadline_s=0.6)
+    fed = build_federation(plan, cfg, tiny_dataset(), lock=threading.Lock())
+    t = InProcessTransport(emulate=True)
+    round_local(fed, t, cfg)
+    assert "client1" in fed.server.dropped and "client0" not in fed.server.dropped
+    assert len(fed.server.losses["client0"]) == 3
+    assert len(fed.server.losses.get("client1", [])) < 3

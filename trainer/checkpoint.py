@@ -1,5 +1,9 @@
 """Checkpoints: everything ``--resume`` needs, written atomically, loaded without pickles.
 
+After a device is lost, a re-planned plan (``solver.replanned_from`` = the checkpoint's
+plan) may resume it: weights, generator, samplers and the Adam state of every stage that
+kept its layers carry over.
+
 ``DIR/checkpoint/state.pt`` holds tensors, numbers, strings, lists and dicts only, and
 is read with ``torch.load(..., weights_only=True)``: a file that needs arbitrary
 unpickling is refused. It is written to a temp file, fsynced and renamed, so a crash
@@ -44,7 +48,8 @@ def state_of(fed: Federation, *, round_done: int, config: dict) -> dict:
                    "z_generator": s.z_generator.get_state()},
         "clients": {c: {"discriminator": d.state_dict(), "dropout": _dropout_states(d)}
                     for c, d in fed.discriminators.items()},
-        "devices": {n: {"optimizer": r.optimizer.state_dict() if r.optimizer is not None else {},
+        "devices": {n: {"stage": [r.stage.start, r.stage.end],
+                        "optimizer": r.optimizer.state_dict() if r.optimizer is not None else {},
                         "sampler": r.sampler.state_dict() if r.sampler is not None else {}}
                     for n, r in fed.devices.items()},
     }
@@ -67,7 +72,8 @@ def load(fed: Federation, directory: Path) -> dict:
         raise InputError(str(path), None, f"not a loadable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise InputError(str(path), "format", f"expected {FORMAT}")
-    if ck.get("plan") != plan_digest(fed.plan):
+    replanned = fed.plan.solver.get("replanned_from") == ck.get("plan")
+    if ck.get("plan") != plan_digest(fed.plan) and not replanned:
         raise InputError(str(path), "plan", "the checkpoint was written for another plan; "
                          "resume with the plan in its run directory, or train into a new --out")
     try:
@@ -80,7 +86,8 @@ def load(fed: Federation, directory: Path) -> dict:
             for i, state in ck["clients"][c]["dropout"].items():
                 d.layers[int(i)].generator.set_state(state)
         for n, r in fed.devices.items():
-            if r.optimizer is not None:
+            same_stage = n in ck["devices"] and ck["devices"][n].get("stage") == [r.stage.start, r.stage.end]
+            if r.optimizer is not None and same_stage:  # a re-planned stage starts with fresh Adam moments
                 r.optimizer.load_state_dict(ck["devices"][n]["optimizer"])
             if r.sampler is not None:
                 r.sampler.load_state_dict(ck["devices"][n]["sampler"], source=str(path))

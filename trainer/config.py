@@ -32,6 +32,7 @@ class TrainConfig:
     lr: float = 2e-4  # Adam learning rate, betas (0.5, 0.999) as DCGAN
     timeout_s: float = 60.0  # a peer silent this long is a failure
     eval_samples: int = 500  # generated images scored per evaluation
+    replan_on_failure: bool = False  # dist: a lost device is planned around and training goes on
 
     @classmethod
     def from_cli(cls, **kw) -> "TrainConfig":

@@ -129,6 +129,30 @@ def sample_images(fed: Federation, n: int, seed: int) -> torch.Tensor:
     return out
 
 
+def _train_dist_replanning(cfg: TrainConfig, plan, *, on_round, on_start) -> list[dict]:
+    """``train_dist``; with ``replan_on_failure``, a lost device is planned around and the
+    run resumes from its last checkpoint, so no completed round is lost."""
+    from dataclasses import replace
+
+    from trainer.dist import DeviceFailure, train_dist
+    from trainer.replan import without_device
+
+    while True:
+        try:
+            return train_dist(cfg, plan, on_round=on_round, on_start=on_start)
+        except DeviceFailure as e:
+            if not cfg.replan_on_failure:
+                raise
+            plan = without_device(plan, e.device, round_no=e.round_no, digest=checkpoint.plan_digest(plan))
+            path = Path(cfg.out_dir) / "plan.json"
+            write_plan(plan, path)
+            resume = (Path(cfg.out_dir) / "checkpoint" / "state.pt").exists()
+            cfg = replace(cfg, plan_path=path, resume=resume)
+            if on_start:
+                on_start({"replanned": {"lost": e.device, "round": e.round_no, "error": str(e)},
+                          "start_round": 0, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned]})
+
+
 def _read_history(path: Path, upto: int) -> list[dict]:
     if not path.is_file():
         return []
@@ -145,9 +169,7 @@ def train(cfg: TrainConfig, *, on_round: Callable[[dict], None] | None = None,
 
     plan = load_plan(cfg.plan_path)
     if cfg.backend == "dist":
-        from trainer.dist import train_dist
-
-        return train_dist(cfg, plan, on_round=on_round, on_start=on_start)
+        return _train_dist_replanning(cfg, plan, on_round=on_round, on_start=on_start)
     dataset = load_dataset(cfg.data, root=cfg.data_root)
     lock = threading.Lock()
     fed = build_federation(plan, cfg, dataset, lock=lock)
