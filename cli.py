@@ -6,8 +6,15 @@ Exit codes: 0 done; 2 a wrong input (one line naming the file and field, no trac
 
 from __future__ import annotations
 
-import json
-import sys
+import os
+
+# Several roles call torch from their own threads (local backend); OpenMP's default of
+# spinning idle workers then steals the cores from the one that computes (measured in
+# BENCHMARKS.md). Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import sys  # noqa: E402
 from enum import Enum
 from pathlib import Path
 from typing import Optional

@@ -12,11 +12,13 @@ waiting for peers), and the bytes each device sent per step against what the pla
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
 from benchmarks.common import machine, md_table, write_section  # noqa: E402
 from planner import plan  # noqa: E402

@@ -16,6 +16,7 @@ import argparse
 import json
 import random
 import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
 from torch import nn  # noqa: E402
 

@@ -47,11 +47,14 @@ class Clock:
     lock: threading.Lock | None = None
     work_s: float = 0.0  # raw seconds of work on this machine
     compute_s: float = 0.0  # work plus emulated slowdown: the device's compute time
+    lock_wait_s: float = 0.0  # seconds spent waiting for another device to finish computing
 
     @contextmanager
     def compute(self):
         if self.lock is not None:
+            t_ask = time.perf_counter()
             self.lock.acquire()
+            self.lock_wait_s += time.perf_counter() - t_ask
         t0 = time.perf_counter()
         try:
             yield
@@ -66,7 +69,7 @@ class Clock:
             self.compute_s += work + max(extra, 0.0)
 
     def reset(self) -> None:
-        self.work_s = self.compute_s = 0.0
+        self.work_s = self.compute_s = self.lock_wait_s = 0.0
 
 
 @dataclass
