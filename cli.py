@@ -79,12 +79,13 @@ def _layer_span(plan, start: int, end: int) -> str:
     return names[start] if end - start == 1 else f"{names[start]} → {names[end - 1]}"
 
 
-def render_plan(plan) -> None:
+def render_plan(plan, console: Console | None = None) -> None:
     """The plan as rich tables: a summary, each client's stages, exclusions."""
+    con = console or out
     s = plan.solver
-    out.print(f"[bold]Plan[/] for model [cyan]{plan.model['name']}[/] ({len(plan.model['layers'])} layers), "
+    con.print(f"[bold]Plan[/] for model [cyan]{plan.model['name']}[/] ({len(plan.model['layers'])} layers), "
               f"batch {plan.batch_size}, objective [cyan]{plan.objective}[/], devices {plan.devices_file}")
-    out.print(f"solver [cyan]{s['name']}[/]: [bold]{s['status']}[/] in {s['seconds']:.2f} s; "
+    con.print(f"solver [cyan]{s['name']}[/]: [bold]{s['status']}[/] in {s['seconds']:.2f} s; "
               f"round time (slowest planned client) [bold]{plan.round_time_s:.2f} s[/]")
     for c in plan.planned:
         p = c.costs
@@ -108,7 +109,7 @@ def render_plan(plan) -> None:
                             for k, v in c.baselines_step_time_s.items())
             t.caption = (t.caption + "; " if t.caption else "") + f"baselines on the same tables: {cmp}"
         t.caption_justify = "left"
-        out.print(t)
+        con.print(t)
     excluded = [c for c in plan.clients if c.status == "excluded"]
     if excluded:
         t = Table(title="Excluded clients", title_justify="left")
@@ -116,7 +117,7 @@ def render_plan(plan) -> None:
         t.add_column("reason")
         for c in excluded:
             t.add_row(c.name, c.reason or "")
-        out.print(t)
+        con.print(t)
 
 
 @app.command("plan")
@@ -157,11 +158,12 @@ def plan_cmd(
             p = plan(m, profile, batch_size=batch_size, solver=solver, objective=objective,
                      time_limit_s=time_limit, devices_file=str(devices), progress=progress)
         write_plan(p, out_path)
+        write_plan_table(p, out_path.with_suffix(".txt"))
         if fmt == Fmt.json:
             out.print_json(json.dumps(p.to_json()))
         else:
             render_plan(p)
-            out.print(f"wrote {out_path}")
+            out.print(f"wrote {out_path} and {out_path.with_suffix('.txt')}")
 
     _guard(run)
 
@@ -250,8 +252,9 @@ def train_cmd(
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
             timeout_s=timeout_s, replan_on_failure=replan_on_failure)
+        follower = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 (the server) reports
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out) as bar:
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out, disable=follower) as bar:
             task = bar.add_task("round", total=cfg.rounds, info="starting")
 
             def on_start(info: dict) -> None:
@@ -270,7 +273,11 @@ def train_cmd(
                 bar.update(task, completed=m["round"], info=f"{g}{fid}, {m['round_time_s']:.1f} s/round")
 
             history = train(cfg, on_round=on_round, on_start=on_start)
-        render_summary(history, cfg.out_dir)
+        if not follower:
+            from planner.planfile import load_plan
+
+            write_plan_table(load_plan(Path(cfg.out_dir) / "plan.json"), Path(cfg.out_dir) / "plan.txt")
+            render_summary(history, cfg.out_dir)
 
     from trainer.dist import DeviceFailure
 
@@ -278,6 +285,16 @@ def train_cmd(
         _guard(run)
     except DeviceFailure as e:  # a process of --backend dist failed: which device, which round
         _fail(1, f"error: {e}")
+
+
+def write_plan_table(plan, path: Path) -> None:
+    """The same tables as plain text, for the run directory."""
+    from planner.jsonio import write_atomic
+
+    with open(os.devnull, "w") as sink:
+        buf = Console(record=True, width=120, file=sink, color_system=None)
+        render_plan(plan, buf)
+    write_atomic(path, buf.export_text())
 
 
 def render_summary(history: list[dict], out_dir: Path) -> None:
@@ -307,7 +324,8 @@ def render_summary(history: list[dict], out_dir: Path) -> None:
     quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence") if last.get(k) is not None)
     if quality:
         out.print(f"quality: {quality}")
-    out.print(f"wrote {out_dir}/metrics.jsonl, samples/round_{last['round']:04d}.png, losses.png, times.png, checkpoint/")
+    out.print(f"wrote {out_dir}/plan.txt, metrics.jsonl, samples/round_{last['round']:04d}.png, losses.png, times.png, "
+              "checkpoint/")
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from planner import plan  # noqa: E402
 from planner.devices import load_profile, parse_profile  # noqa: E402
 from planner.models import Generator, build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
+from planner.profile import profile_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
 from trainer.federation import build_federation  # noqa: E402
@@ -138,9 +139,17 @@ def main() -> None:
     repeats, steps_b, rounds_c, steps_c = (5, 5, 2, 5) if args.quick else (15, 10, 10, 10)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        lab = plan(build_discriminator("dcgan"), load_profile("profiles/lab.json"), devices_file="profiles/lab.json")
+        # Profile afresh, twice: the plan's predictions then come from the machine as it is
+        # now, and the two profiles show how much this machine's timings drift by themselves.
+        model = build_discriminator("dcgan")
+        first = profile_model(model, use_cache=False).step_time_s
+        prof = profile_model(model, use_cache=False)
+        drift = abs(prof.step_time_s - first) / first
+        lab = plan(model, load_profile("profiles/lab.json"), devices_file="profiles/lab.json", model_profile=prof)
         write_plan(lab, tmp / "lab.json")
-        parts = [f"Machine: {machine()}. Command: `python benchmarks/trainer.py{' --quick' if args.quick else ''}`.\n"]
+        parts = [f"Machine: {machine()}. Command: `python benchmarks/trainer.py{' --quick' if args.quick else ''}`. "
+                 f"Two fresh profiles of dcgan just before the runs: {first * 1e3:.0f} and {prof.step_time_s * 1e3:.0f} "
+                 f"ms per step ({drift:.1%} apart): this machine's own drift.\n"]
         print("(a) split overhead ...", flush=True)
         parts.append("### (a) Split against unsplit\n\n" + bench_overhead(lab, tmp, repeats))
         print(parts[-1], flush=True)

@@ -9,9 +9,11 @@ comparison). The result is a :class:`~planner.planfile.Plan` (SPEC §2).
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 
 from planner import check
 from planner.costs import Unit, planning_units, profile_problems
@@ -113,18 +115,22 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     parts = _seed_parts(model, units)
     problems = profile_problems(devices, units)
     t0 = time.perf_counter()
-    solved: dict[ClientProblem, Solution] = {}  # identical tables are solved once
-    clients = []
-    for i, (client, p) in enumerate(zip(devices.clients, problems)):
-        if p not in solved:
-            solved[p] = solve_client(p, solver=solver, objective=objective, time_limit_s=time_limit_s, parts=parts)
-        sol = solved[p]
-        ptf = {d.name: d.processing_time_factor for d in client.devices}
-        clients.append(client_result(client.name, p, sol, solver=solver, objective=objective,
-                                     data_weight=client.data_weight, processing_time_factor=ptf,
-                                     layer_names=[u.name for u in units]))
-        if progress:
-            progress("solve", i + 1, len(problems))
+    unique = list(dict.fromkeys(problems))  # identical tables are solved once
+    solved: dict[ClientProblem, Solution] = {}
+    # CBC runs as a child process, so threads solve clients on every core at once.
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(unique)))) as pool:
+        futures = {pool.submit(solve_client, p, solver=solver, objective=objective, time_limit_s=time_limit_s,
+                               parts=parts): p for p in unique}
+        for done, fut in enumerate(as_completed(futures), 1):
+            solved[futures[fut]] = fut.result()
+            if progress:
+                progress("solve", done, len(unique))
+    clients = [
+        client_result(client.name, p, solved[p], solver=solver, objective=objective, data_weight=client.data_weight,
+                      processing_time_factor={d.name: d.processing_time_factor for d in client.devices},
+                      layer_names=[u.name for u in units])
+        for client, p in zip(devices.clients, problems)
+    ]
     if compare and solver == "ilp":
         clients = [_with_baselines(c, objective, parts) for c in clients]
     seconds = time.perf_counter() - t0

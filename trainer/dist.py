@@ -15,10 +15,13 @@ the other, with the same plan, data and code on both::
     # ranks.json: {"server": 0, "a-phone": 1, "a-laptop": 2, "b-phone": 3}
     # machine A (10.0.0.1): ranks 0-1
     FSL_RANKS=ranks.json torchrun --nnodes 2 --node-rank 0 --nproc-per-node 2 \
-        --master-addr 10.0.0.1 --master-port 29500 -m trainer.dist_worker --plan plan.json --out run
+        --master-addr 10.0.0.1 --master-port 29500 -m cli train --plan plan.json --backend dist --out run
     # machine B: ranks 2-3
     FSL_RANKS=ranks.json torchrun --nnodes 2 --node-rank 1 --nproc-per-node 2 \
-        --master-addr 10.0.0.1 --master-port 29500 -m trainer.dist_worker --plan plan.json --out run
+        --master-addr 10.0.0.1 --master-port 29500 -m cli train --plan plan.json --backend dist --out run
+
+(Checked on one machine: ``torchrun --nnodes 1 --nproc-per-node 3 --master-addr
+127.0.0.1 ... -m cli train --backend dist`` for a plan of one client on two devices.)
 
 Only rank 0 (the server) writes ``--out``. ``--resume`` reads the checkpoint there and
 sends every device its state, so devices need no shared disk.
