@@ -317,7 +317,9 @@ def render_summary(history: list[dict], out_dir: Path) -> None:
         t.caption = "--emulate none: predictions are for this machine (the plan's compute / processing_time_factor)"
         t.caption_justify = "left"
     out.print(t)
-    steps = ", ".join(f"{c}: {v['step_time_s']:.2f} s (plan {v['predicted_step_time_s']:.2f} s)"
+    steps = ", ".join(f"{c}: {v['step_time_s']:.2f} s (plan {v['predicted_step_time_s']:.2f} s"
+                      + (f", {v['host_wait_s']:.2f} s of it waiting for this machine's cores)"
+                         if v.get("host_wait_s") else ")")
                       + (f", dropped at step {v['dropped_at_step']}" if v["dropped_at_step"] is not None else "")
                       for c, v in last["clients"].items())
     out.print(f"client step times: {steps}")

@@ -62,7 +62,7 @@ import torch.multiprocessing as mp
 
 from planner.errors import InputError
 from trainer.federation import check_plan_model
-from trainer.transport import SERVER, LinkTable, PeerTimeout, StopRound, TransferLog, Transport, nbytes
+from trainer.transport import LOST, SERVER, LinkTable, PeerLost, TransferLog, Transport  # noqa: F401 - PeerLost: API
 
 MAX_DIMS = 8
 HEADER_LEN = 3 + MAX_DIMS
@@ -70,14 +70,6 @@ TAGS = ("stop", "bye", "fake", "act_d", "grad_d", "act_g", "grad_g", "fake_grad"
         "metrics", "state", "start", "round")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
           torch.uint8, torch.bool)
-
-
-class PeerLost(RuntimeError):
-    """The connection to a peer broke (its process died)."""
-
-    def __init__(self, dst: str, src: str, cause: BaseException):
-        self.src, self.dst = src, dst
-        super().__init__(f"{dst} lost its connection to {src} ({type(cause).__name__}: {str(cause)[:160]})")
 
 
 def encode_header(tensor: torch.Tensor, tag: str) -> torch.Tensor:
@@ -120,39 +112,20 @@ class DistTransport(Transport):
                 if payload.numel():
                     dist.recv(payload, src=rank)
             except Exception as e:  # noqa: BLE001 - handed to the role's next recv
-                q.put(("__lost__", e))
+                q.put((LOST, e))
                 return
             q.put((tag, payload))
             if tag == "bye":
                 return
 
-    def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> None:
-        t0 = time.perf_counter()
-        payload = tensor.detach().contiguous()
-        n = nbytes(payload)
-        if self.emulate:
-            time.sleep(self.links.delay_s(src, dst, n))
+    def _put(self, src: str, dst: str, tag: str, payload: torch.Tensor) -> None:
         rank = self.ranks[dst]
         dist.send(encode_header(payload, tag), dst=rank)
         if payload.numel():
             dist.send(payload, dst=rank)
-        self.log.record_send(src, dst, tag, n, time.perf_counter() - t0)
 
-    def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None) -> torch.Tensor:
-        t0 = time.perf_counter()
-        try:
-            got, payload = self._queues[src].get(timeout=timeout_s)
-        except queue.Empty:
-            raise PeerTimeout(dst, src, tag, timeout_s or 0.0) from None
-        if got == "__lost__":
-            self._queues[src].put((got, payload))  # every later recv fails the same way
-            raise PeerLost(dst, src, payload)
-        self.log.record_recv(dst, nbytes(payload), time.perf_counter() - t0)
-        if got == "stop":
-            raise StopRound(src)
-        if got != tag:
-            raise RuntimeError(f"{dst} expected {tag!r} from {src}, got {got!r}")
-        return payload
+    def _inbox(self, dst: str, src: str) -> queue.Queue:
+        return self._queues[src]
 
     def close(self, timeout_s: float) -> None:
         """Say ``bye`` to every peer, then wait (bounded) until each peer has said it."""

@@ -30,6 +30,17 @@ class StopRound(Exception):
     """Raised by ``recv`` when the peer sent ``stop``: the round is over for this role."""
 
 
+LOST = "__lost__"  # queued by a receiver whose connection broke; the payload is the error
+
+
+class PeerLost(RuntimeError):
+    """The connection to a peer broke (its process died)."""
+
+    def __init__(self, dst: str, src: str, cause: BaseException):
+        self.src, self.dst = src, dst
+        super().__init__(f"{dst} lost its connection to {src} ({type(cause).__name__}: {str(cause)[:160]})")
+
+
 class PeerTimeout(Exception):
     """A ``recv`` waited longer than its timeout."""
 
@@ -94,16 +105,54 @@ class TransferLog:
 
 
 class Transport:
-    """Point-to-point tensors between named roles."""
+    """Point-to-point tensors between named roles.
+
+    ``send`` and ``recv`` are written once here: timing, link emulation, the transfer
+    log, ``stop`` and tag checks. An implementation moves the bytes: ``_put`` hands a
+    payload towards ``dst``; ``_inbox(dst, src)`` is the FIFO queue of ``(tag, payload)``
+    that arrived at ``dst`` from ``src``.
+    """
 
     log: TransferLog
+    links: LinkTable
+    emulate: bool
+
+    def _put(self, src: str, dst: str, tag: str, payload: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _inbox(self, dst: str, src: str) -> queue.Queue:
+        raise NotImplementedError
+
+    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The payload to hand over (a private copy where the receiver shares memory)."""
+        return tensor.detach().contiguous()
 
     def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> None:
-        raise NotImplementedError
+        t0 = time.perf_counter()
+        payload = self._prepare(tensor)
+        n = nbytes(payload)
+        if self.emulate:
+            time.sleep(self.links.delay_s(src, dst, n))
+        self._put(src, dst, tag, payload)
+        self.log.record_send(src, dst, tag, n, time.perf_counter() - t0)
 
     def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None) -> torch.Tensor:
         """The next tensor from ``src``; raises StopRound on ``stop``, PeerTimeout on timeout."""
-        raise NotImplementedError
+        t0 = time.perf_counter()
+        inbox = self._inbox(dst, src)
+        try:
+            got, payload = inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            raise PeerTimeout(dst, src, tag, timeout_s or 0.0) from None
+        if got == LOST:
+            inbox.put((got, payload))  # every later recv fails the same way
+            raise PeerLost(dst, src, payload)
+        self.log.record_recv(dst, nbytes(payload), time.perf_counter() - t0)
+        if got == "stop":
+            raise StopRound(src)
+        if got != tag:
+            raise RuntimeError(f"{dst} expected {tag!r} from {src}, got {got!r}")
+        return payload
 
 
 def nbytes(t: torch.Tensor) -> int:
@@ -120,31 +169,15 @@ class InProcessTransport(Transport):
         self._queues: dict[tuple[str, str], queue.Queue] = defaultdict(queue.Queue)
         self._lock = threading.Lock()
 
-    def _queue(self, src: str, dst: str) -> queue.Queue:
+    def _inbox(self, dst: str, src: str) -> queue.Queue:
         with self._lock:
             return self._queues[(src, dst)]
 
-    def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> None:
-        t0 = time.perf_counter()
-        payload = tensor.detach().clone()
-        n = nbytes(payload)
-        if self.emulate:
-            time.sleep(self.links.delay_s(src, dst, n))
-        self._queue(src, dst).put((tag, payload))
-        self.log.record_send(src, dst, tag, n, time.perf_counter() - t0)
+    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().clone()  # the receiver is another thread: never share storage
 
-    def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None) -> torch.Tensor:
-        t0 = time.perf_counter()
-        try:
-            got, payload = self._queue(src, dst).get(timeout=timeout_s)
-        except queue.Empty:
-            raise PeerTimeout(dst, src, tag, timeout_s or 0.0) from None
-        self.log.record_recv(dst, nbytes(payload), time.perf_counter() - t0)
-        if got == "stop":
-            raise StopRound(src)
-        if got != tag:
-            raise RuntimeError(f"{dst} expected {tag!r} from {src}, got {got!r}")
-        return payload
+    def _put(self, src: str, dst: str, tag: str, payload: torch.Tensor) -> None:
+        self._inbox(dst, src).put((tag, payload))
 
     def pending(self, dst: str, src: str) -> int:
-        return self._queue(src, dst).qsize()
+        return self._inbox(dst, src).qsize()
