@@ -55,25 +55,29 @@ def _children() -> list[str]:
     return [c for c in found if "resource_tracker" not in c]
 
 
-def _train(cfg, plan, **kw) -> list[dict]:
-    """train_dist, bounded: a hang fails the test instead of the session."""
-    from trainer.dist import train_dist
-
+def _bounded(fn, limit_s: float = 120.0):
+    """``fn()`` in a thread, bounded: a hang fails the test instead of the session."""
     box: dict = {}
 
     def run():
         try:
-            box["history"] = train_dist(cfg, plan, dataset=tiny_dataset(96), **kw)
+            box["result"] = fn()
         except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
             box["error"] = e
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
-    th.join(120)
-    assert not th.is_alive(), "train_dist did not return within 120 s"
+    th.join(limit_s)
+    assert not th.is_alive(), f"did not return within {limit_s:.0f} s"
     if "error" in box:
         raise box["error"]
-    return box["history"]
+    return box["result"]
+
+
+def _train(cfg, plan, **kw) -> list[dict]:
+    from trainer.dist import train_dist
+
+    return _bounded(lambda: train_dist(cfg, plan, dataset=tiny_dataset(96), **kw))
 
 
 def test_header_round_trip():
@@ -177,24 +181,11 @@ def test_replan_on_failure_finishes_without_the_device(tmp_path):
             os.kill(pids[victim], signal.SIGKILL)
             killed.append(m["round"])
 
-    box = {}
-
-    def run():
-        try:
-            box["history"] = _train_dist_replanning(cfg, plan, on_round=kill_once, on_start=on_start)
-        except BaseException as e:  # noqa: BLE001
-            box["error"] = e
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    th.join(180)
-    assert not th.is_alive(), "did not finish within 180 s"
-    if "error" in box:
-        raise box["error"]
-    assert [m["round"] for m in box["history"]] == [1, 2, 3]
+    history = _bounded(lambda: _train_dist_replanning(cfg, plan, on_round=kill_once, on_start=on_start), 180)
+    assert [m["round"] for m in history] == [1, 2, 3]
     assert notes and notes[0]["lost"] == victim
     final = json.loads((cfg.out_dir / "plan.json").read_text())
     assert victim not in {s["device"] for c in final["clients"] for s in c["stages"]}
     assert final["solver"]["lost"] == [victim]
-    assert victim not in box["history"][-1]["devices"]
+    assert victim not in history[-1]["devices"]
     assert _children() == []
