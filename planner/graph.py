@@ -49,8 +49,3 @@ def legal_cuts(g: nx.DiGraph) -> list[int]:
         if all(u == cut for u, _ in crossing):
             out.append(cut)
     return out
-
-
-def cut_bytes_per_batch(g: nx.DiGraph, cut: int) -> int:
-    """Bytes of the tensors that cross the cut after ``cut`` for one batch, one way."""
-    return sum(d["bytes"] for u, v, d in g.edges(data=True) if u != INPUT and u <= cut < v)

@@ -178,6 +178,3 @@ class InProcessTransport(Transport):
 
     def _put(self, src: str, dst: str, tag: str, payload: torch.Tensor) -> None:
         self._inbox(dst, src).put((tag, payload))
-
-    def pending(self, dst: str, src: str) -> int:
-        return self._inbox(dst, src).qsize()
