@@ -47,7 +47,8 @@ def unit_layers(plan: Plan, model: LayeredModel, source: str) -> list[tuple[int,
     return spans
 
 
-def check_plan_model(plan: Plan, source: str) -> LayeredModel:
+def check_plan_model(plan: Plan, source: str) -> tuple[LayeredModel, list[tuple[int, int]]]:
+    """The plan's model, built fresh, and each planning unit's layer span; InputError if they disagree."""
     name = plan.model["name"]
     if name not in DISCRIMINATORS:
         raise InputError(source, "model.name", f"unknown model {name!r}, expected one of {', '.join(DISCRIMINATORS)}")
@@ -57,8 +58,7 @@ def check_plan_model(plan: Plan, source: str) -> LayeredModel:
                          f"({plan.model['fingerprint'][:19]}… vs {model.fingerprint()[:19]}…); plan again")
     if list(plan.model["input_shape"]) != list(model.input_shape):
         raise InputError(source, "model.input_shape", f"expected {list(model.input_shape)}")
-    unit_layers(plan, model, source)
-    return model
+    return model, unit_layers(plan, model, source)
 
 
 def fit_images(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -82,8 +82,7 @@ def _reseed_dropout(model: LayeredModel, seed: int) -> None:
 
 def build_federation(plan: Plan, cfg: TrainConfig, dataset: Dataset, *, lock=None) -> Federation:
     source = str(cfg.plan_path)
-    template = check_plan_model(plan, source)
-    spans = unit_layers(plan, template, source)
+    template, spans = check_plan_model(plan, source)
     planned = plan.planned
     images = fit_images(dataset.images, template.input_shape)
     weights = [c.data_weight for c in planned]

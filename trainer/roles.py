@@ -96,7 +96,7 @@ class DeviceRole:
                  labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Forward this segment, hand on, take the gradient back, backward. Returns
         (gradient for the input or None, loss if this device is last)."""
-        params = [p for p in self.stage.parameters()] if phase == "d" else []
+        params = list(self.stage.parameters()) if phase == "d" else []
         with self.clock.compute():
             x = x.detach().requires_grad_(input_grad)
             out = self.stage(x)
