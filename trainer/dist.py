@@ -62,7 +62,7 @@ import torch.multiprocessing as mp
 
 from planner.errors import InputError
 from trainer.federation import check_plan_model
-from trainer.transport import LOST, SERVER, LinkTable, PeerLost, TransferLog, Transport  # noqa: F401 - PeerLost: API
+from trainer.transport import LOST, SERVER, LinkTable, PeerLost, Transport  # noqa: F401 - PeerLost: API
 
 MAX_DIMS = 8
 HEADER_LEN = 3 + MAX_DIMS
@@ -91,10 +91,8 @@ class DistTransport(Transport):
 
     def __init__(self, me: str, ranks: dict[str, int], peers: list[str], *, links: LinkTable | None = None,
                  emulate: bool = False):
+        super().__init__(links, emulate=emulate)
         self.me, self.ranks, self.peers = me, ranks, list(peers)
-        self.links = links or LinkTable()
-        self.emulate = emulate
-        self.log = TransferLog()
         self._queues = {p: queue.Queue() for p in self.peers}
         self._threads = [threading.Thread(target=self._receive, args=(p,), name=f"recv-{p}", daemon=True)
                          for p in self.peers]

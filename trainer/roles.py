@@ -31,45 +31,56 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from trainer.transport import SERVER, PeerTimeout, StopRound, Transport
+from trainer.transport import SERVER, PeerTimeout, StopRound, Transport, paced_sleep
 
 
 @dataclass
 class Clock:
-    """Times a device's work; under emulation it then sleeps to ``factor`` x that time.
+    """Times a device's work; under emulation the device then takes ``factor`` x that time.
 
     ``lock`` (local backend) lets one device compute at a time, so the work measured
-    is what the profile measured, not two devices fighting over two cores.
+    is what the profile measured, not two devices fighting over two cores. Waiting for
+    the lock is this host's artefact, not the emulated device's: under emulation the
+    wait is taken out of the slowdown's sleep, so a compute phase ends ``factor`` x
+    ``work`` after the device was ready to start, unless the host's cores were busy for
+    longer than that. What they could not hide is ``host_wait_s``.
     """
 
     factor: float = 1.0  # processing_time_factor of the device
     emulate: bool = False
     lock: threading.Lock | None = None
     work_s: float = 0.0  # raw seconds of work on this machine
-    compute_s: float = 0.0  # work plus emulated slowdown: the device's compute time
+    compute_s: float = 0.0  # work x factor under emulation, else work: the device's compute time
     lock_wait_s: float = 0.0  # seconds spent waiting for another device to finish computing
+    host_wait_s: float = 0.0  # the part of lock_wait_s the emulated slowdown could not absorb
+    sleep_debt_s: float = 0.0  # how much the last sleep overslept (paced_sleep)
 
     @contextmanager
     def compute(self):
+        t_ask = time.perf_counter()
         if self.lock is not None:
-            t_ask = time.perf_counter()
             self.lock.acquire()
-            self.lock_wait_s += time.perf_counter() - t_ask
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            work = time.perf_counter() - t0
+            t1 = time.perf_counter()
             if self.lock is not None:
                 self.lock.release()
-            extra = (self.factor - 1.0) * work if self.emulate else 0.0
-            if extra > 0:
-                time.sleep(extra)
+            work, waited = t1 - t0, t0 - t_ask
             self.work_s += work
-            self.compute_s += work + max(extra, 0.0)
+            self.lock_wait_s += waited
+            if self.emulate:
+                extra = (self.factor - 1.0) * work
+                self.compute_s += work + max(extra, 0.0)
+                self.host_wait_s += max(waited - max(extra, 0.0), 0.0)
+                self.sleep_debt_s = paced_sleep(extra - waited, self.sleep_debt_s)
+            else:
+                self.compute_s += work
+                self.host_wait_s += waited
 
     def reset(self) -> None:
-        self.work_s = self.compute_s = self.lock_wait_s = 0.0
+        self.work_s = self.compute_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0
 
 
 @dataclass

@@ -90,10 +90,10 @@ def round_metrics(fed: Federation, t: Transport, *, round_no: int, wall_s: float
     for c in fed.plan.planned:
         head = fed.devices[c.stages[0].device]
         done = max(head.steps_done, 1)
-        host_wait = sum(fed.devices[st.device].clock.lock_wait_s for st in c.stages) / done
+        host_wait = sum(fed.devices[st.device].clock.host_wait_s for st in c.stages) / done
         clients[c.name] = {
             "step_time_s": head.chain_s / done, "predicted_step_time_s": c.step_time_s,
-            "host_wait_s": host_wait,  # waiting for this machine's cores, an emulation artefact
+            "host_wait_s": host_wait,  # waiting for this machine's cores beyond what emulation hides
             "steps": head.steps_done, "dropped_at_step": s.dropped.get(c.name),
         }
         for st in c.stages:

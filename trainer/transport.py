@@ -104,6 +104,21 @@ class TransferLog:
                 d.clear()
 
 
+def paced_sleep(seconds: float, debt: float) -> float:
+    """Sleep ``seconds`` less what earlier sleeps overslept (``debt``); returns the new debt.
+
+    ``time.sleep`` wakes late (the scheduler, the GIL), by ~0.1-1 ms a call; over the
+    dozens of sleeps of one emulated step that drift would add up, so each sleep pays
+    back what the one before overslept.
+    """
+    want = max(seconds, 0.0) - debt
+    if want <= 0:
+        return -want
+    t0 = time.perf_counter()
+    time.sleep(want)
+    return max(time.perf_counter() - t0 - want, 0.0)
+
+
 class Transport:
     """Point-to-point tensors between named roles.
 
@@ -116,6 +131,12 @@ class Transport:
     log: TransferLog
     links: LinkTable
     emulate: bool
+
+    def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, log: TransferLog | None = None):
+        self.links = links or LinkTable()
+        self.emulate = emulate
+        self.log = log or TransferLog()
+        self._sleep_debt: dict[str, float] = defaultdict(float)  # per sender, see paced_sleep
 
     def _put(self, src: str, dst: str, tag: str, payload: torch.Tensor) -> None:
         raise NotImplementedError
@@ -132,7 +153,7 @@ class Transport:
         payload = self._prepare(tensor)
         n = nbytes(payload)
         if self.emulate:
-            time.sleep(self.links.delay_s(src, dst, n))
+            self._sleep_debt[src] = paced_sleep(self.links.delay_s(src, dst, n), self._sleep_debt[src])
         self._put(src, dst, tag, payload)
         self.log.record_send(src, dst, tag, n, time.perf_counter() - t0)
 
@@ -163,9 +184,7 @@ class InProcessTransport(Transport):
     """Roles are threads of one process; each (src, dst) pair is a FIFO queue."""
 
     def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, keep_messages: bool = False):
-        self.links = links or LinkTable()
-        self.emulate = emulate
-        self.log = TransferLog(messages=[] if keep_messages else None)
+        super().__init__(links, emulate=emulate, log=TransferLog(messages=[] if keep_messages else None))
         self._queues: dict[tuple[str, str], queue.Queue] = defaultdict(queue.Queue)
         self._lock = threading.Lock()
 
