@@ -23,6 +23,7 @@ from trainer.run import train
 
 SOLVERS = ("ilp", "fsl-gan", "uniform", "params")
 BASELINES = SOLVERS[1:]
+ILP_AGAIN = "ilp (again)"  # the ILP's plan, run a second time at the end of its group
 
 
 # -- planning helpers ---------------------------------------------------------------------
@@ -135,8 +136,13 @@ def plan_quality_runs(ctx: Context) -> list[dict]:
     profiles["random (seed 0)"] = random_fleet(ctx.size["pq_random_clients"])
     runs = []
     for pname, prof in profiles.items():
+        # profile afresh for every device profile, as `fsl plan --no-cache` would: this
+        # machine's speed drifts ~10% over minutes, so predictions come from its speed now
+        ctx.cache.pop("model", None)
         plans, notes = plans_for(ctx, prof)
-        for s, p in plans.items():
+        # the ILP's plan runs first and again last, so its measurement brackets the
+        # baselines' and drift during the group cancels out of the ratios
+        for s, p in [*plans.items(), (ILP_AGAIN, plans["ilp"])]:
             print(f"   {pname} / {s}: predicted round {p.round_time_s * steps:.1f} s", flush=True)
             # round 1 is an untimed warm-up: a federation's first steps pay one-off costs
             # (allocations, Adam's state, first kernels) that no later step pays
@@ -146,28 +152,49 @@ def plan_quality_runs(ctx: Context) -> list[dict]:
     return runs
 
 
+def ilp_reference(runs: list[dict]) -> dict[str, dict]:
+    """Per device profile, the ILP plan's metrics as the mean of its two runs (first and last)."""
+    out = {}
+    for r in runs:
+        if r["solver"] not in ("ilp", ILP_AGAIN):
+            continue
+        ref = out.setdefault(r["profile"], {"runs": []})
+        ref["runs"].append(r["m"])
+    for ref in out.values():
+        ms = ref.pop("runs")
+        ref["predicted_round_time_s"] = ms[0]["predicted_round_time_s"]
+        ref["round_time_s"] = sum(m["round_time_s"] for m in ms) / len(ms)
+        ref["clients"] = {n: {"predicted_step_time_s": c["predicted_step_time_s"],
+                              "step_time_s": sum(m["clients"][n]["step_time_s"] for m in ms) / len(ms)}
+                          for n, c in ms[0]["clients"].items()}
+    return out
+
+
 def plan_quality(ctx: Context) -> tuple[str, str]:
     runs = plan_quality_runs(ctx)
-    ilp = {r["profile"]: r for r in runs if r["solver"] == "ilp"}
+    ilp = ilp_reference(runs)
     rows, crows, pts, notes = [], [], [], {}
     for r in runs:
-        b, m = ilp[r["profile"]]["m"], r["m"]
+        b, m = ilp[r["profile"]], r["m"]
         notes[r["profile"]] = r["notes"]
         pr, mr = m["predicted_round_time_s"] / b["predicted_round_time_s"], m["round_time_s"] / b["round_time_s"]
         rows.append([r["profile"], r["solver"], f"{len(m['clients'])}/{len(b['clients'])}",
                      m["predicted_round_time_s"], m["round_time_s"], pr, mr])
-        if r["solver"] != "ilp":
+        if r["solver"] in BASELINES:
             pts.append((pr, mr, r["solver"], "round"))
         for name, c in m["clients"].items():
             cb = b["clients"][name]
             cp, cm = c["predicted_step_time_s"] / cb["predicted_step_time_s"], c["step_time_s"] / cb["step_time_s"]
-            if r["solver"] != "ilp":
+            if r["solver"] in BASELINES:
                 crows.append([r["profile"], name, r["solver"], c["predicted_step_time_s"], c["step_time_s"], cp, cm])
                 pts.append((cp, cm, r["solver"], "client"))
     steps = ctx.size["pq_steps"]
     body = (f"Each plan trained for 2 rounds of {steps} step(s), `--emulate sleep`, eval off, seed 0; the second "
-            "round is the one timed (the first pays one-off start-up costs). "
-            "Ratios are to the ILP plan's on the same profile (> 1: slower than the ILP). 'clients': planned by "
+            "round is the one timed (the first pays one-off start-up costs). The model is profiled afresh before "
+            "each device profile's plans. "
+            f"The ILP's plan runs first and again last in each profile's group ('{ILP_AGAIN}'); ratios are to the "
+            "mean of its two runs (> 1: slower than the ILP), so the two ILP rows show how far the same plan "
+            "moves in a minute on this machine. 'clients': planned by "
             "this solver / by the ILP; where a baseline places fewer clients its round time leaves the missing "
             "(often the slowest) client out, so compare those rows per client.\n\n"
             + md_table(["profile", "solver", "clients", "predicted round s", "measured round s", "predicted / ILP",
@@ -199,13 +226,14 @@ def _same_stages(a: PlannedClient, b: PlannedClient) -> bool:
 
 
 def repeat_spread(runs: list[dict]) -> list[float]:
-    """|measured step ratio - 1| of clients whose baseline plan is the ILP's own, stage for
-    stage: the same work timed twice, in two runs a few seconds apart. This machine's noise."""
+    """|measured step ratio - 1| of clients whose plan in a later run of the group (the ILP's
+    second run, or a baseline that chose the same stages) is the ILP's own, stage for stage:
+    the same work timed twice, up to a minute or two apart. This machine's noise."""
     ilp = {r["profile"]: r for r in runs if r["solver"] == "ilp"}
     out = []
     for r in runs:
         if r["solver"] == "ilp":
-            continue
+            continue  # the first ILP run is the reference; 'ilp (again)' is compared with it
         b = ilp[r["profile"]]
         mine = {c.name: c for c in r["plan"].planned}
         for c in b["plan"].planned:
@@ -216,11 +244,15 @@ def repeat_spread(runs: list[dict]) -> list[float]:
 
 def cost_model(ctx: Context) -> tuple[str, str]:
     runs = plan_quality_runs(ctx)
-    dev, cli, own, rnd, rnd_g, named = [], [], [], [], [], []
+    dev, cli, own, rnd, rnd_g, named, fast = [], [], [], [], [], [], []
     for r in runs:
         m = r["m"]
-        dev += [(d["predicted_compute_s"], d["compute_s"]) for d in m["devices"].values()]
-        named += [(r["profile"], r["solver"], n, d) for n, d in m["devices"].items()]
+        for n, d in m["devices"].items():
+            if d["processing_time_factor"] < 1:  # faster than this host: cannot be emulated
+                fast.append(f"{n} ({r['profile']}, {r['solver']}, factor {d['processing_time_factor']:g})")
+                continue
+            dev.append((d["predicted_compute_s"], d["compute_s"]))
+            named.append((r["profile"], r["solver"], n, d))
         cli += [(c["predicted_step_time_s"], c["step_time_s"]) for c in m["clients"].values()]
         own += [(c["predicted_step_time_s"], c["step_time_s"] - c["host_wait_s"]) for c in m["clients"].values()]
         rnd.append((m["predicted_round_time_s"], m["round_time_s"]))
@@ -240,7 +272,8 @@ def cost_model(ctx: Context) -> tuple[str, str]:
             "`--emulate sleep`); error = (measured - predicted) / predicted. Target: median absolute error within "
             "10%. 'Core waits' are the seconds a device waited for this 2-core host beyond what its emulated "
             "slowdown could hide (`host_wait_s`): an artefact of emulating many devices on one machine. The noise "
-            "floor compares clients whose baseline plan is stage for stage the ILP's: identical work, timed twice."
+            "floor compares clients whose plan in a later run of the group (the ILP's second run, or a baseline "
+            "that chose the same stages) is stage for stage the ILP's: identical work, timed twice."
             "\n\n"
             + md_table(["quantity", "n", "median abs. error", "worst abs. error", "median error (signed)"], rows))
     worst = sorted(named, key=lambda x: -abs(x[3]["compute_s"] / x[3]["predicted_compute_s"] - 1))[:5]
@@ -250,6 +283,9 @@ def cost_model(ctx: Context) -> tuple[str, str]:
                          "error"],
                         [[p_, s_, n, d["processing_time_factor"], d["predicted_compute_s"], d["compute_s"], d["work_s"],
                           f"{d['compute_s'] / d['predicted_compute_s'] - 1:+.1%}"] for p_, s_, n, d in worst]))
+    if fast:
+        body += ("\n\nLeft out of the device rows: devices faster than this host (`processing_time_factor` < 1), "
+                 "which `--emulate sleep` runs at this host's speed (the run warns): " + "; ".join(fast) + ".")
     body += ("\n\nThe plan's round time is its slowest client's step times the steps; the server's generator "
              "step (forward and backward, once per step, on the server's own hardware, which the device profile "
              "does not describe) comes on top, hence the last row.")
