@@ -4,8 +4,9 @@
 
 Names (default: all, in this order):
 
-- ``plan-quality``: every solver on every profile (and a seeded random fleet), one short
-  round under ``--emulate sleep``: measured and predicted times as ratios to the ILP's;
+- ``plan-quality``: every solver on every profile (and a seeded random fleet), a warm-up
+  and a timed round under ``--emulate sleep``, the ILP's plan first and again last:
+  measured and predicted times as ratios to the ILP's;
 - ``cost-model``: predicted against measured compute per device and step time per client,
   from the plan-quality runs (run them first if they are not in this invocation);
 - ``clients``: 1, 2, 4, 8 clients on the same total data: FID, G loss, round time;
