@@ -89,6 +89,14 @@ def non_iid(ctx: Context) -> tuple[str, str]:
             rows.append([f"{alpha:g}", agg, hist[-1]["fid"], " / ".join(f"{f:.1f}" for _, f in curves[alpha, agg]),
                          hist[-1]["class_score"], median([h["g_loss"] for h in hist[-3:]]),
                          median([h["round_time_s"] for h in hist])])
+    skew, again = ALPHAS[0], []
+    for seed in sz["niid_extra_seeds"]:  # the most skewed setting again: does the order hold?
+        for agg in AGGREGATES:
+            print(f"   alpha {skew:g}, aggregate {agg}, seed {seed} ...", flush=True)
+            hist = run_plan(ctx, p, f"niid-{skew}-{agg}-s{seed}", rounds=rounds, steps_per_round=steps,
+                            emulate="none", eval_every=every, alpha=skew, aggregate=agg, seed=seed)
+            again.append([seed, agg, " ".join(shard_labels(skew, 3, seed=seed)), hist[-1]["fid"],
+                          " / ".join(f"{f:.1f}" for _, f in _fids(hist)), hist[-1]["class_score"]])
     shards = "; ".join(f"alpha {a:g}: " + " ".join(shard_labels(a, 3)) for a in ALPHAS)
     body = (f"3 clients of `synthetic_profile(3)`, the digits split by a Dirichlet(alpha) over labels "
             f"(alpha 100 is close to IID); {rounds} rounds x {steps} steps, `--emulate none`, FID every "
@@ -97,6 +105,10 @@ def non_iid(ctx: Context) -> tuple[str, str]:
             "`swap` passes each discriminator on to the next client.\n\n"
             + md_table(["alpha", "aggregate", "FID (end)", "FID at each evaluation", "class score (end)",
                         "G loss (median, last 3 rounds)", "round s (median)"], rows))
+    if again:
+        body += (f"\n\nAlpha {skew:g} again with other seeds (a new Dirichlet draw, initialisation and noise):\n\n"
+                 + md_table(["seed", "aggregate", "labels making up 90% of each shard", "FID (end)",
+                             "FID at each evaluation", "class score (end)"], again))
     fig, axes = plt.subplots(1, len(ALPHAS), figsize=(4 * len(ALPHAS), 4), sharey=True)
     for ax, alpha in zip(axes, ALPHAS):
         for agg in AGGREGATES:

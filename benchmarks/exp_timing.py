@@ -123,7 +123,7 @@ def random_fleet(n_clients: int, *, seed: int = 0) -> dict:
 def run_plan(ctx: Context, p: Plan, tag: str, **cfg) -> list[dict]:
     out = ctx.out(tag)
     write_plan(p, out / "plan.json")
-    return train(TrainConfig(plan_path=out / "plan.json", out_dir=out / "run", seed=0, **cfg))
+    return train(TrainConfig(plan_path=out / "plan.json", out_dir=out / "run", **{"seed": 0, **cfg}))
 
 
 # -- 1. plan quality ----------------------------------------------------------------------

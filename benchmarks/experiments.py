@@ -47,14 +47,14 @@ FULL = dict(
     pq_steps=3,  # plan-quality: steps of the timed round per (profile, solver), after a warm-up round
     pq_random_clients=3,  # clients of the random fleet (3 devices each)
     clients_counts=(1, 2, 4, 8), clients_rounds=15, clients_steps=10, clients_eval_every=3,
-    niid_rounds=15, niid_steps=10, niid_eval_every=3,
+    niid_rounds=15, niid_steps=10, niid_eval_every=3, niid_extra_seeds=(1,),
     comm_steps=2, comm_points=13,  # bandwidth grid: 1..10,000 Mbps, log-spaced
     strag_rounds=2, strag_steps=3, strag_slow=10.0, strag_slack=3.0,
 )
 QUICK = dict(
     pq_steps=1, pq_random_clients=2,
     clients_counts=(1, 2, 4, 8), clients_rounds=2, clients_steps=2, clients_eval_every=1,
-    niid_rounds=2, niid_steps=1, niid_eval_every=2,
+    niid_rounds=2, niid_steps=1, niid_eval_every=2, niid_extra_seeds=(1,),
     comm_steps=1, comm_points=9,
     strag_rounds=1, strag_steps=2, strag_slow=10.0, strag_slack=3.0,
 )
