@@ -41,7 +41,7 @@ from benchmarks.common import ROOT, machine, write_section  # noqa: E402
 
 FIGURES = ROOT / "benchmarks" / "figures"
 
-# Sizes: steps/rounds per experiment. Full mode is sized for ~35 minutes on 2 cores, most
+# Sizes: steps/rounds per experiment. Full mode is sized for ~40 minutes on 2 cores, most
 # of it the GAN runs: 150 steps each, enough for FID to fall from ~70 to ~20 (quick start).
 FULL = dict(
     pq_steps=3,  # plan-quality: steps of the timed round per (profile, solver), after a warm-up round
