@@ -17,7 +17,8 @@ Names (default: all, in this order):
 
 Each writes a table, a figure ``benchmarks/figures/NAME.png`` and a section ``exp-NAME``
 of BENCHMARKS.md. Every experiment has a fixed seed; ``--quick`` shrinks every size.
-The experiments themselves live in ``exp_timing.py`` and ``exp_gan.py``.
+The experiments live in ``exp_plans.py``, ``exp_gan.py`` and ``exp_network.py``; what they
+share in ``exp_setup.py``.
 """
 
 from __future__ import annotations
@@ -86,15 +87,15 @@ def save_figure(fig, name: str) -> str:
 
 
 def _registry() -> dict:
-    from benchmarks import exp_gan, exp_timing
+    from benchmarks import exp_gan, exp_network, exp_plans
 
     return {
-        "plan-quality": exp_timing.plan_quality,
-        "cost-model": exp_timing.cost_model,
+        "plan-quality": exp_plans.plan_quality,
+        "cost-model": exp_plans.cost_model,
         "clients": exp_gan.clients,
         "non-iid": exp_gan.non_iid,
-        "communication": exp_timing.communication,
-        "straggler": exp_timing.straggler,
+        "communication": exp_network.communication,
+        "straggler": exp_network.straggler,
     }
 
 

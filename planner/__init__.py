@@ -62,10 +62,7 @@ def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, ob
     if not sol.stages:
         from planner.explain import explain_infeasible
 
-        try:
-            reason = explain_infeasible(p, objective=objective, layer_names=layer_names)
-        except ValueError:  # a heuristic failed where a plan exists
-            reason = f"the {solver} solver found no placement within capacities and budget; one exists (--solver ilp)"
+        reason = explain_infeasible(p, objective=objective, layer_names=layer_names, solver=solver)
         return PlannedClient(name=name, status="excluded", reason=reason, step_time_s=None, stages=(), costs=p,
                              data_weight=data_weight, solver_status=sol.status,
                              processing_time_factor=processing_time_factor)

@@ -23,6 +23,8 @@ from dataclasses import replace
 from planner.ilp import solve_ilp
 from planner.problem import ClientProblem, Objective
 
+EXACT_SOLVERS = ("ilp", "reference")  # a miss by these means a time limit; by any other, a heuristic
+
 _UNITS = (("GB", 10**9), ("MB", 10**6), ("kB", 10**3))
 PREFIX_DP_MAX_DEVICES = 16  # reason 4 walks all subsets of devices
 
@@ -74,12 +76,14 @@ def _covered_prefix(p: ClientProblem) -> int:
 
 
 def explain_infeasible(
-    p: ClientProblem, *, objective: Objective = "latency", layer_names: Sequence[str] | None = None
+    p: ClientProblem, *, objective: Objective = "latency", layer_names: Sequence[str] | None = None,
+    solver: str = "ilp",
 ) -> str:
     """A sentence saying why no feasible plan exists for ``p``; see the module docstring.
 
     ``layer_names`` (optional, one per layer) name layers instead of their indices.
-    When a plan does fit (a time-limited solver gave up before finding it), says so.
+    When a plan does fit, says so: an exact ``solver`` gave up on its time limit, a
+    heuristic one missed it.
     """
     data, L = p.data_device, p.n_layers
     data_name = p.devices[data]
@@ -118,7 +122,12 @@ def explain_infeasible(
             f"best plan needs {format_seconds(free.step_time_s)} per step, budget "
             f"{format_seconds(p.budget_s)} (over by {format_seconds(free.step_time_s - p.budget_s)})"
         )
+    if solver in EXACT_SOLVERS:
+        return (
+            f"a plan fits ({format_seconds(free.step_time_s)} per step); "
+            "the solver stopped on its time limit before it found one"
+        )
     return (
         f"a plan fits ({format_seconds(free.step_time_s)} per step); "
-        "the solver stopped on its time limit before it found one"
+        f"the {solver} heuristic did not find it (--solver ilp does)"
     )

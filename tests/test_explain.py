@@ -79,3 +79,17 @@ def test_a_feasible_client_is_blamed_on_the_time_limit():
     assert explain_infeasible(p) == (
         "a plan fits (2.00 s per step); the solver stopped on its time limit before it found one"
     )
+
+
+def test_a_heuristic_that_misses_a_feasible_plan_is_blamed_not_the_time_limit():
+    from planner import client_result
+    from planner.problem import Solution
+
+    p = problem([[1, 1]], [[1, 1]], [10])
+    assert explain_infeasible(p, solver="uniform") == (
+        "a plan fits (2.00 s per step); the uniform heuristic did not find it (--solver ilp does)"
+    )
+    c = client_result("c", p, Solution.infeasible(), solver="params", objective="latency", data_weight=1.0,
+                      processing_time_factor={"dev0": 1.0}, layer_names=["a", "b"])
+    assert (c.status, c.reason) == (
+        "excluded", "a plan fits (2.00 s per step); the params heuristic did not find it (--solver ilp does)")

@@ -71,9 +71,9 @@ class Clock:
             self.work_s += work
             self.lock_wait_s += waited
             if self.emulate:
-                extra = (self.factor - 1.0) * work
-                self.compute_s += work + max(extra, 0.0)
-                self.host_wait_s += max(waited - max(extra, 0.0), 0.0)
+                extra = max(self.factor - 1.0, 0.0) * work  # a factor below 1 runs at this host's speed
+                self.compute_s += work + extra
+                self.host_wait_s += max(waited - extra, 0.0)
                 self.sleep_debt_s = paced_sleep(extra - waited, self.sleep_debt_s)
             else:
                 self.compute_s += work
