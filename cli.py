@@ -233,7 +233,8 @@ def train_cmd(
     aggregate: str = typer.Option("none", help="between rounds: none, fedavg or swap discriminators"),
     deadline_s: Optional[float] = typer.Option(None, "--deadline-s", help="drop a client slower than this per round"),
     data: str = typer.Option("digits", help="digits (embedded) or mnist (with --data-root)"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder with MNIST IDX files"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder with MNIST IDX files; "
+                                             "'DIR/{client}': each client's data device reads its own folder"),
     alpha: Optional[float] = typer.Option(None, help="Dirichlet alpha for non-IID shards (default IID)"),
     eval_every: int = typer.Option(1, "--eval-every", help="rounds between FID/KID evaluations (0: never)"),
     seed: int = typer.Option(0, help="seed for everything"),
@@ -243,8 +244,7 @@ def train_cmd(
                                            help="dist: plan around a lost device and go on"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
-    from trainer.config import TrainConfig
-    from trainer.run import train
+    from trainer import DeviceFailure, TrainConfig, train
 
     def run():
         cfg = TrainConfig.from_cli(
@@ -278,8 +278,6 @@ def train_cmd(
 
             write_plan_table(load_plan(Path(cfg.out_dir) / "plan.json"), Path(cfg.out_dir) / "plan.txt")
             render_summary(history, cfg.out_dir)
-
-    from trainer.dist import DeviceFailure
 
     try:
         _guard(run)

@@ -81,41 +81,42 @@ def fault_writer(tmp: Path, trials: int = 5) -> list:
 
 
 def fault_device(tmp: Path) -> list:
+    from planner import plan
+    from planner.devices import load_profile
+    from planner.models import dcgan_discriminator
     from planner.planfile import write_plan
-    from tests.test_trainer import chain_plan, tiny_dataset
-    from trainer.config import TrainConfig
-    from trainer.dist import DeviceFailure, train_dist
+    from trainer import DeviceFailure, TrainConfig, train
 
-    plan = chain_plan("dcgan", [2])
-    write_plan(plan, tmp / "plan.json")
+    lab = plan(dcgan_discriminator(), load_profile(ROOT / "profiles/lab.json"), compare=False)
+    write_plan(lab, tmp / "plan.json")
+    victim = lab.planned[0].stages[-1].device
     cfg = TrainConfig(plan_path=tmp / "plan.json", out_dir=tmp / "run", backend="dist", rounds=3, steps_per_round=3,
                       emulate="none", eval_every=0, timeout_s=8.0)
     pids, killed = {}, []
 
     def on_round(m):
         if m["round"] == 1:
-            os.kill(pids["c0-d1"], signal.SIGKILL)
+            os.kill(pids[victim], signal.SIGKILL)
             killed.append(time.monotonic())
 
     try:
-        train_dist(cfg, plan, dataset=tiny_dataset(96), on_start=lambda i: pids.update(i["pids"]), on_round=on_round)
+        train(cfg, on_start=lambda i: pids.update(i["pids"]), on_round=on_round)
         outcome = "run did not fail (unexpected)"
     except DeviceFailure as e:
         outcome = f"stopped {time.monotonic() - killed[0]:.1f} s after the kill: `{e}`"
     left = [p for p in pids.values() if Path(f"/proc/{p}").exists()
             and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3]]
-    resumed = TrainConfig(**{**cfg.__dict__, "resume": True})
-    hist = train_dist(resumed, plan, dataset=tiny_dataset(96))
-    return ["device process SIGKILLed mid-round (dist backend)", "kill c0-d1 after round 1 of 3",
+    hist = train(TrainConfig(**{**cfg.__dict__, "resume": True}))
+    return ["device process SIGKILLed mid-round (dist backend)", f"kill {victim} after round 1 of 3 (profiles/lab.json)",
             f"{outcome}; {len(left)} processes left; `--resume` finished rounds {[h['round'] for h in hist]}",
             "round 2's partial work only (round 1 checkpointed)"]
 
 
 def fault_time_limit() -> list:
+    from benchmarks.planner_sweep import random_client
     from planner.ilp import solve_ilp
-    from tests.test_reliability import _big_problem
 
-    p = _big_problem()
+    p = random_client(12, 64, seed=3)
     t0 = time.perf_counter()
     sol = solve_ilp(p, time_limit_s=0.05)
     return ["solver time limit hit", "12 devices x 64 layers, `time_limit_s=0.05`",

@@ -26,7 +26,7 @@ from planner.profile import ModelProfile, profile_model
 
 SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference")
 
-__all__ = ["plan", "solve_client", "client_result", "SOLVERS", "InputError", "NoFeasiblePlan"]
+__all__ = ["plan", "solve_client", "client_result", "overall_status", "SOLVERS", "InputError", "NoFeasiblePlan"]
 
 
 def solve_client(p: ClientProblem, *, solver: str = "ilp", objective: str = "latency",
@@ -62,7 +62,11 @@ def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, ob
     if not sol.stages:
         from planner.explain import explain_infeasible
 
-        reason = explain_infeasible(p, objective=objective, layer_names=layer_names, solver=solver)
+        if sol.status == "time_limit":  # explaining would mean solving without the limit
+            reason = ("not solved within the time limit (--time-limit): the solver found no plan "
+                      "and ruled none out")
+        else:
+            reason = explain_infeasible(p, objective=objective, layer_names=layer_names, solver=solver)
         return PlannedClient(name=name, status="excluded", reason=reason, step_time_s=None, stages=(), costs=p,
                              data_weight=data_weight, solver_status=sol.status,
                              processing_time_factor=processing_time_factor)
@@ -84,11 +88,13 @@ def _with_baselines(c: PlannedClient, objective: str, parts: tuple[int, ...] | N
     return replace(c, baselines_step_time_s=out)
 
 
-def _overall_status(statuses: list[str]) -> str:
-    for s in ("heuristic", "feasible"):
-        if s in statuses:
-            return s
-    return "optimal" if statuses else "infeasible"
+def overall_status(statuses: list[str]) -> str:
+    """``optimal`` only when every client's solve, planned or excluded, was proven."""
+    if "heuristic" in statuses:
+        return "heuristic"
+    if "feasible" in statuses or "time_limit" in statuses:
+        return "feasible"
+    return "optimal"
 
 
 def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver: str = "ilp",
@@ -146,7 +152,7 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
                "profiled_on": {"host": model_profile.host, "torch": model_profile.torch_version,
                                "threads": model_profile.threads}},
         batch_size=batch_size, objective=objective,
-        solver={"name": solver, "status": _overall_status([c.solver_status for c in planned]),
+        solver={"name": solver, "status": overall_status([c.solver_status for c in clients]),
                 "seconds": round(seconds, 4), "time_limit_s": time_limit_s},
         devices_file=devices_file,
         round_time_s=max(c.step_time_s for c in planned),

@@ -11,7 +11,7 @@ Per unit ``u`` and device ``d`` (SPEC §2):
 - ``memory_bytes[d][u]`` = the unit's training memory (``planner.profile``);
 - ``cut_bytes[u]`` = 6 x the unit's output for one batch: in one step the activation
   goes forward and its gradient back in the discriminator phase (2 x batch each) and
-  again in the generator phase (1 x batch each);
+  again in the generator phase (1 x batch each) (``planner.schedule``);
 - a link between ``a`` and ``b`` has the smaller bandwidth and the larger latency of
   the two devices unless the client lists the pair in ``links``.
 """
@@ -25,8 +25,7 @@ from planner.graph import build_graph, legal_cuts
 from planner.models import LayeredModel
 from planner.problem import ClientProblem
 from planner.profile import ModelProfile
-
-SAMPLES_CROSSING_PER_STEP = 6  # x batch: 2B forward + 2B back, then B forward + B back
+from planner.schedule import cut_bytes_per_step
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def client_problem(client: Client, units: list[Unit], *, budget_s: float | None)
         compute_s=tuple(tuple(d.processing_time_factor * u.time_s for u in units) for d in devs),
         memory_bytes=tuple(tuple(u.memory_bytes for u in units) for _ in devs),
         capacity_bytes=tuple(d.capacity_bytes for d in devs),
-        cut_bytes=tuple(SAMPLES_CROSSING_PER_STEP * u.output_bytes for u in units[:-1]),
+        cut_bytes=tuple(cut_bytes_per_step(u.output_bytes) for u in units[:-1]),
         link_bytes_per_s=bw,
         link_latency_s=lat,
         budget_s=budget_s,

@@ -310,8 +310,8 @@ def solve_ilp(
     ``throughput`` runs several solver calls (see :func:`_solve_bottleneck`) sharing the
     time limit. With a time limit, a greedy plan that meets the budget is handed to CBC as
     its first incumbent (``latency``) or kept as the fallback, so a stopped solve returns
-    at least that plan as ``feasible``; with none, a stopped solve returns ``infeasible``
-    although infeasibility is then not proven.
+    at least that plan as ``feasible``; with none, a stopped solve returns ``time_limit``
+    (no plan, and none ruled out), never ``infeasible``.
     ``step_time_s`` is recomputed from the decoded stages with :func:`check.step_time_s`.
     """
     if objective not in OBJECTIVES:
@@ -330,6 +330,8 @@ def solve_ilp(
     if outcome == "unknown" and greedy is not None:
         outcome, stages = "feasible", tuple(greedy)
     seconds = time.perf_counter() - t0
+    if not stages and outcome == "unknown":  # stopped on the time limit: nothing found, nothing proven
+        return Solution(stages=(), status="time_limit", step_time_s=math.inf, seconds=seconds)
     if not stages:
         return Solution.infeasible(seconds=seconds)
     return Solution(

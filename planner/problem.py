@@ -92,8 +92,9 @@ class Solution:
     """What a solver returns for one client.
 
     ``status`` is ``optimal`` (proven), ``feasible`` (best found, not proven, e.g. a time
-    limit was hit), ``heuristic`` (a baseline), or ``infeasible`` (then ``stages`` is
-    empty and ``step_time_s`` is ``math.inf``).
+    limit was hit), ``heuristic`` (a baseline), ``infeasible`` (proven, or a heuristic
+    found nothing) or ``time_limit`` (stopped before finding a plan or ruling one out);
+    the last two have empty ``stages`` and ``step_time_s`` ``math.inf``.
     """
 
     stages: tuple[Stage, ...]

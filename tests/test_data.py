@@ -15,8 +15,8 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from planner.errors import InputError
-from trainer.data import (ShardSampler, load_dataset, load_digits_28, load_mnist,
-                          shard_dirichlet, shard_iid, shard_sizes)
+from trainer.data import DataSource, load_dataset, load_digits_28, load_mnist
+from trainer.shards import ShardSampler, shard_dirichlet, shard_iid, shard_sizes
 from trainer.images import grid_array, save_grid
 
 
@@ -134,6 +134,47 @@ def test_mnist_missing_things(tmp_path: Path) -> None:
         load_mnist(tmp_path)
     with pytest.raises(InputError, match="'train' or 'test'"):
         load_mnist(tmp_path, split="val")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_rows_are_the_rows_of_the_whole_file(tmp_path: Path, gz: bool) -> None:
+    _write_mnist(tmp_path, n=9, gz=gz)
+    whole, part = load_mnist(tmp_path), load_mnist(tmp_path, indices=np.array([7, 2, 5]))
+    assert torch.equal(part.images, whole.images[[7, 2, 5]]) and part.labels.tolist() == [7, 2, 5]
+    assert part.indices.tolist() == [7, 2, 5] and part.digest() != whole.digest()
+    with pytest.raises(InputError, match="rows up to 9"):
+        load_mnist(tmp_path, indices=np.array([9]))
+
+
+def test_digits_rows_are_the_rows_of_the_whole_set() -> None:
+    whole, part = load_digits_28(), load_digits_28(np.array([5, 1000, 3]))
+    assert torch.equal(part.images, whole.images[[5, 1000, 3]])
+    assert torch.equal(part.labels, whole.labels[[5, 1000, 3]])
+
+
+@pytest.mark.parametrize("alpha", [None, 0.3])
+def test_client_shards_are_disjoint_and_never_touch_the_held_out_split(alpha) -> None:
+    src = DataSource("digits", alpha=alpha, seed=3)
+    weights = [1.0, 2.0, 1.5]
+    held = set(src.held_out().indices.tolist())
+    shards = [set(src.shard_rows(weights, k).tolist()) for k in range(3)]
+    assert len(held) == round(1797 * 0.2)
+    assert not any(a & b for i, a in enumerate(shards) for b in shards[i + 1:])
+    assert set().union(*shards) == set(range(1797)) - held
+    mine = src.client_data(weights, 1, "b")
+    assert set(mine.indices.tolist()) == shards[1] and len(mine) == len(shards[1])
+
+
+def test_per_client_folders_hold_each_client_its_own_data(tmp_path: Path) -> None:
+    _write_mnist(tmp_path / "alice", n=4)
+    _write_mnist(tmp_path / "bob", n=6)
+    _write_mnist(tmp_path / "server", n=3, prefix="t10k")
+    src = DataSource("mnist", root=str(tmp_path / "{client}"))
+    assert src.per_client
+    assert len(src.client_data([1, 1], 0, "alice")) == 4 and len(src.client_data([1, 1], 1, "bob")) == 6
+    assert len(src.held_out()) == 3 and src.held_out().name == "mnist-test"
+    with pytest.raises(InputError, match="carol"):
+        src.client_data([1], 0, "carol")
 
 
 def test_load_dataset_dispatch_errors() -> None:

@@ -1,11 +1,12 @@
 """The dist backend against the local one; a killed device ends the run cleanly; resume.
 
-Every run is on loopback with a few seconds of timeout; ``train_dist`` kills its own
+Every run is on loopback with a few seconds of timeout; the dist backend kills its own
 processes on the way out, and each test checks that none is left.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -15,26 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from planner.planfile import write_plan
-from tests.test_trainer import chain_plan, tiny_dataset
-from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.dist import DeviceFailure, PeerLost, _root_cause, decode_header, encode_header
-from trainer.dist_worker import pack, unpack
-from trainer.federation import build_federation
-from trainer.run import round_local, round_metrics
-from trainer.transport import InProcessTransport
+from tests.helpers import chain_plan, config, final_states
+from trainer import DeviceFailure, train
+from trainer.errors import PeerLost, RankFailure, root_cause
+from trainer.state import pack, unpack
+from trainer.wire import decode_header, encode_header
 
 pytestmark = pytest.mark.slow
 STEPS = 3
 TIMEOUT_S = 8.0
 
 
-def _cfg(tmp_path: Path, plan, out: str, **kw) -> TrainConfig:
-    write_plan(plan, tmp_path / "plan.json")
-    base = dict(plan_path=tmp_path / "plan.json", out_dir=tmp_path / out, backend="dist", steps_per_round=STEPS,
-                emulate="none", eval_every=0, timeout_s=TIMEOUT_S)
-    return TrainConfig(**(base | kw))
+def _cfg(tmp_path: Path, plan, out: str, **kw):
+    return config(tmp_path, plan, out, **({"backend": "dist", "steps_per_round": STEPS, "timeout_s": TIMEOUT_S} | kw))
 
 
 def _children() -> list[str]:
@@ -74,63 +68,75 @@ def _bounded(fn, limit_s: float = 120.0):
     return box["result"]
 
 
-def _train(cfg, plan, **kw) -> list[dict]:
-    from trainer.dist import train_dist
-
-    return _bounded(lambda: train_dist(cfg, plan, dataset=tiny_dataset(96), **kw))
+def _train(cfg, **kw) -> list[dict]:
+    return _bounded(lambda: train(cfg, **kw), 180)
 
 
 def test_header_round_trip():
     for t in (torch.zeros(0), torch.ones(2, 3, 4, 5), torch.arange(7), torch.zeros(3, dtype=torch.uint8)):
-        tag, dtype, shape = decode_header(encode_header(t, "act_d"))
-        assert (tag, dtype, shape) == ("act_d", t.dtype, tuple(t.shape))
-    with pytest.raises(ValueError):
-        encode_header(torch.zeros(1), "no-such-tag")
+        tag, epoch, dtype, shape = decode_header(encode_header(t, "act_d", 7))
+        assert (tag, epoch, dtype, shape) == ("act_d", 7, t.dtype, tuple(t.shape))
+    with pytest.raises(Exception, match="unknown tag"):
+        encode_header(torch.zeros(1), "no-such-tag", 0)
+    with pytest.raises(Exception, match="malformed"):
+        decode_header(torch.tensor([999, 0, 0, 0] + [0] * 8))
     state = {"w": torch.randn(3), "n": 4, "nested": {"s": "x"}}
-    back = unpack(pack(state))
+    back = unpack(pack(state), source="test")
     assert torch.equal(back["w"], state["w"]) and back["n"] == 4 and back["nested"] == {"s": "x"}
 
 
 def test_root_cause_prefers_the_dead_process():
-    lost = {"round": 2, "peer": "d1", "type": "PeerLost", "message": "d0 lost its connection to d1"}
-    e = _root_cause([("d0", lost), ("d1", -9)], 2)
+    lost = RankFailure("d0", 2, "peer", "PeerLost: d0 lost its connection to d1", peer="d1")
+    e = root_cause([lost, RankFailure.died("d1", 2, -9)], 2)
     assert isinstance(e, DeviceFailure) and e.device == "d1" and "SIGKILL" in str(e) and "round 2" in str(e)
-    e = _root_cause([("server", {"round": 3, "peer": "d2", "type": "PeerTimeout", "message": "waited"})], 1)
+    e = root_cause([RankFailure("server", 3, "peer", "PeerTimeout: waited", peer="d2")], 1)
     assert e.device == "d2" and e.round_no == 3
-    assert issubclass(PeerLost, RuntimeError)
+    aborted = RankFailure("d3", 1, "aborted", "RunAborted: d0 failed")
+    e = root_cause([aborted, RankFailure("d0", 1, "own", "ValueError: boom")], 1)
+    assert e.device == "d0" and "boom" in str(e)
+    assert issubclass(PeerLost, Exception) and RankFailure.of("x", 1, PeerLost("a", "b", OSError())).kind == "peer"
+
+
+def _without_times(m: dict) -> dict:
+    """A round's metrics without what depends on wall-clock time."""
+    m = json.loads(json.dumps(m))
+    m.pop("round_time_s")
+    m["server"].pop("compute_s")
+    for c in m["clients"].values():
+        c.pop("step_time_s"), c.pop("host_wait_s")
+    for d in m["devices"].values():
+        for k in ("compute_s", "work_s", "wait_s"):
+            d.pop(k)
+    return m
 
 
 def test_dist_equals_local(tmp_path):
-    plan = chain_plan("dcgan", [2])  # one client, two devices
-    cfg = _cfg(tmp_path, plan, "dist", rounds=1)
-    history = _train(cfg, plan)
+    """Two clients, three rounds: the same start report, losses and bytes every round, and
+    the same final checkpoint, whichever backend runs the one loop."""
+    plan = chain_plan("dcgan", [[2], [3, 7]])
+    starts = {}
+    runs = {b: _train(_cfg(tmp_path, plan, b, backend=b, rounds=3), on_start=lambda i, b=b: starts.setdefault(b, i))
+            for b in ("dist", "local")}
     assert _children() == []
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank: Adam turns last-bit differences of tiny gradients into lr-sized steps
-    try:
-        fed = build_federation(plan, cfg, tiny_dataset(96), lock=threading.Lock())
-        t = InProcessTransport()
-        round_local(fed, t, cfg)
-    finally:
-        torch.set_num_threads(threads)
-    local = round_metrics(fed, t, round_no=1, wall_s=0.0, steps=STEPS)
-
-    (m,) = history
-    assert set(m) == set(local)
-    assert m["g_loss"] == pytest.approx(local["g_loss"], abs=1e-5)
-    assert m["d_loss"].keys() == local["d_loss"].keys()
-    for c, v in local["d_loss"].items():
-        assert m["d_loss"][c] == pytest.approx(v, abs=1e-5)
-    for name, d in local["devices"].items():  # the same bytes crossed each device's links
-        assert (m["devices"][name]["bytes_sent"], m["devices"][name]["bytes_received"]) == \
-            (d["bytes_sent"], d["bytes_received"])
-    ck = torch.load(cfg.out_dir / "checkpoint" / "state.pt", weights_only=True)
-    for k, v in fed.server.generator.state_dict().items():
-        torch.testing.assert_close(ck["server"]["generator"][k], v, atol=1e-5, rtol=0)
-    for c, d in fed.discriminators.items():  # the server's mirror holds every device's stage
-        for k, v in d.state_dict().items():
-            torch.testing.assert_close(ck["clients"][c]["discriminator"][k], v, atol=1e-5, rtol=0)
+    assert [m["round"] for m in runs["dist"]] == [1, 2, 3]
+    for dm, lm in zip(runs["dist"], runs["local"]):
+        d, lo = _without_times(dm), _without_times(lm)
+        assert d.keys() == lo.keys()
+        assert d["g_loss"] == pytest.approx(lo["g_loss"], abs=1e-5)
+        for c in lo["d_loss"]:
+            assert d["d_loss"][c] == pytest.approx(lo["d_loss"][c], abs=1e-5)
+        d.pop("g_loss"), lo.pop("g_loss"), d.pop("d_loss"), lo.pop("d_loss")
+        assert d == lo  # bytes per device, steps, predictions: identical
+    for key in ("start_round", "rounds", "clients", "warnings"):
+        assert starts["dist"][key] == starts["local"][key]
+    strip = [{k: v for k, v in p.items() if k not in ("pid", "host")} for p in starts["local"]["processes"]]
+    assert strip == [{k: v for k, v in p.items() if k not in ("pid", "host")} for p in starts["dist"]["processes"]]
+    (g_d, discs_d), (g_l, discs_l) = final_states(tmp_path / "dist", plan), final_states(tmp_path / "local", plan)
+    for k, v in g_l.items():
+        torch.testing.assert_close(g_d[k], v, atol=1e-5, rtol=0)
+    for c, state in discs_l.items():
+        for k, v in state.items():
+            torch.testing.assert_close(discs_d[c][k], v, atol=1e-5, rtol=0)
 
 
 def test_killed_device_ends_the_run_and_resume_completes(tmp_path):
@@ -144,29 +150,22 @@ def test_killed_device_ends_the_run_and_resume_completes(tmp_path):
             killed_at.append(time.monotonic())
 
     with pytest.raises(DeviceFailure) as err:
-        _train(cfg, plan, on_start=lambda info: pids.update(info["pids"]), on_round=kill_after_first)
+        _train(cfg, on_start=lambda info: pids.update(info["pids"]), on_round=kill_after_first)
     assert time.monotonic() - killed_at[0] < TIMEOUT_S
     assert err.value.device == victim and err.value.round_no == 2
     assert victim in str(err.value) and "round 2" in str(err.value)
     assert _children() == []
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    assert torch.load(cfg.out_dir / "checkpoint" / "server.pt", weights_only=True)["round"] == 1
 
-    fed = build_federation(plan, cfg, tiny_dataset(96))
-    assert checkpoint.load(fed, cfg.out_dir / "checkpoint")["round"] == 1
-
-    resumed = _cfg(tmp_path, plan, "run", rounds=2, resume=True)
-    history = _train(resumed, plan)
+    history = _train(_cfg(tmp_path, plan, "run", rounds=2, resume=True))
     assert [m["round"] for m in history] == [1, 2]
     assert _children() == []
-    assert checkpoint.load(fed, cfg.out_dir / "checkpoint")["round"] == 2
+    assert torch.load(cfg.out_dir / "checkpoint" / "server.pt", weights_only=True)["round"] == 2
 
 
 def test_replan_on_failure_finishes_without_the_device(tmp_path):
-    import json
-
-    from trainer.run import _train_dist_replanning
-
     plan = chain_plan("dcgan", [2, 6])  # c0-d0 -> c0-d1 -> c0-d2
     cfg = _cfg(tmp_path, plan, "run", rounds=3, replan_on_failure=True)
     victim, pids, killed, notes = "c0-d2", {}, [], []
@@ -181,7 +180,7 @@ def test_replan_on_failure_finishes_without_the_device(tmp_path):
             os.kill(pids[victim], signal.SIGKILL)
             killed.append(m["round"])
 
-    history = _bounded(lambda: _train_dist_replanning(cfg, plan, on_round=kill_once, on_start=on_start), 180)
+    history = _train(cfg, on_round=kill_once, on_start=on_start)
     assert [m["round"] for m in history] == [1, 2, 3]
     assert notes and notes[0]["lost"] == victim
     final = json.loads((cfg.out_dir / "plan.json").read_text())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import trainer.roles as roles
+import trainer.clock as clock_module
 import trainer.transport as transport
-from trainer.roles import Clock
+from trainer.clock import Clock
 from trainer.transport import paced_sleep
 
 
@@ -48,7 +48,7 @@ class BusyHostLock:
 @pytest.fixture
 def fake(monkeypatch):
     t = FakeTime()
-    monkeypatch.setattr(roles, "time", t)
+    monkeypatch.setattr(clock_module, "time", t)
     monkeypatch.setattr(transport, "time", t)
     return t
 
@@ -107,5 +107,16 @@ def test_link_sleeps_are_paced_per_sender(fake):
     t = transport.InProcessTransport(links, emulate=True)
     start = fake.now
     for _ in range(20):
-        t.send("a", "b", torch.zeros(2500), tag="x")  # 10,000 bytes at 1 MB/s: 10 ms each
+        t.send("a", "b", torch.zeros(2500), tag="act_d")  # 10,000 bytes at 1 MB/s: 10 ms each
     assert fake.now - start == pytest.approx(20 * 0.01 + 0.001)
+
+
+def test_only_a_steps_messages_cross_emulated_links(fake):
+    """Checkpoint state and reports are not planned, so they are not delayed."""
+    links = transport.LinkTable(bytes_per_s={("a", "b"): 1e6}, latency_s={("a", "b"): 0.004})
+    t = transport.InProcessTransport(links, emulate=True)
+    t.send("a", "b", torch.zeros(2500), tag="state")
+    t.send("a", "b", torch.zeros(2500), tag="report")
+    assert fake.slept == []
+    t.send("a", "b", torch.zeros(2500), tag="grad_g")  # 10 ms of bytes + a quarter of the latency
+    assert fake.slept == [pytest.approx(0.011)]

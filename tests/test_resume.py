@@ -9,75 +9,68 @@ import pytest
 import torch
 
 from planner.errors import InputError
-from planner.planfile import write_plan
-from tests.test_trainer import chain_plan, tiny_dataset
-from trainer.config import TrainConfig
-from trainer.run import train
-
-
-@pytest.fixture(autouse=True)
-def tiny_data(monkeypatch):
-    monkeypatch.setattr("trainer.run.load_dataset", lambda name, root=None: tiny_dataset(96))
-
-
-def _cfg(tmp_path, plan, out, **kw):
-    write_plan(plan, tmp_path / "plan.json")
-    return TrainConfig(plan_path=tmp_path / "plan.json", out_dir=out, steps_per_round=2, emulate="none",
-                       eval_every=0, **kw)
-
-
-def _params(out):
-    ck = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
-    return ck
+from tests.helpers import chain_plan, final_states, run
 
 
 def test_resume_is_exact(tmp_path):
-    plan = chain_plan("dcgan", [2, 6], n_clients=2)
-    straight = train(_cfg(tmp_path, plan, tmp_path / "a", rounds=4))
-    train(_cfg(tmp_path, plan, tmp_path / "b", rounds=2))
-    resumed = train(_cfg(tmp_path, plan, tmp_path / "b", rounds=4, resume=True))
+    plan = chain_plan("dcgan", [[2, 6], [4]])
+    straight = run(tmp_path, plan, "a", rounds=4)
+    run(tmp_path, plan, "b", rounds=2)
+    resumed = run(tmp_path, plan, "b", rounds=4, resume=True)
     assert [h["g_loss"] for h in straight] == [h["g_loss"] for h in resumed]
     assert [h["d_loss"] for h in straight] == [h["d_loss"] for h in resumed]
-    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
-    for k, v in a["server"]["generator"].items():
-        assert torch.equal(v, b["server"]["generator"][k]), k
-    for c in a["clients"]:
-        for k, v in a["clients"][c]["discriminator"].items():
-            assert torch.equal(v, b["clients"][c]["discriminator"][k]), (c, k)
+    (ga, da), (gb, db) = final_states(tmp_path / "a", plan), final_states(tmp_path / "b", plan)
+    for k, v in ga.items():
+        assert torch.equal(v, gb[k]), k
+    for c in da:
+        for k, v in da[c].items():
+            assert torch.equal(v, db[c][k]), (c, k)
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
-    for f in ("plan.json", "metrics.jsonl", "losses.png", "times.png", "samples/round_0004.png"):
+    for f in ("plan.json", "metrics.jsonl", "processes.json", "losses.png", "times.png", "samples/round_0004.png"):
         assert (tmp_path / "b" / f).is_file(), f
-    row = rows[-1]
-    for d in row["devices"].values():
+    kept = sorted(p.name for p in (tmp_path / "b" / "checkpoint").iterdir())
+    assert kept == ["client-client0-r0003.pt", "client-client0-r0004.pt", "client-client1-r0003.pt",
+                    "client-client1-r0004.pt", "server.pt"]
+    for d in rows[-1]["devices"].values():
         assert {"compute_s", "predicted_compute_s", "bytes_sent", "bytes_received"} <= set(d)
 
 
 def test_resume_with_another_plan_is_an_input_error(tmp_path):
-    plan = chain_plan("dcgan", [2], n_clients=1)
-    train(_cfg(tmp_path, plan, tmp_path / "run", rounds=1))
-    other = chain_plan("dcgan", [4], n_clients=1)
+    run(tmp_path, chain_plan("dcgan", [2]), rounds=1)
     with pytest.raises(InputError, match="another plan"):
-        train(_cfg(tmp_path, other, tmp_path / "run", rounds=2, resume=True))
+        run(tmp_path, chain_plan("dcgan", [4]), rounds=2, resume=True)
 
 
 def test_a_planted_pickle_is_refused(tmp_path):
-    plan = chain_plan("dcgan", [2], n_clients=1)
-    train(_cfg(tmp_path, plan, tmp_path / "run", rounds=1))
+    plan = chain_plan("dcgan", [2])
+    run(tmp_path, plan, rounds=1)
     marker = tmp_path / "pwned"
 
     class Evil:
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    (tmp_path / "run" / "checkpoint" / "state.pt").write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(InputError, match="not a loadable checkpoint"):
-        train(_cfg(tmp_path, plan, tmp_path / "run", rounds=2, resume=True))
-    assert not marker.exists()
+    for name in ("server.pt", "client-client0-r0001.pt"):
+        target = tmp_path / "run" / "checkpoint" / name
+        saved = target.read_bytes()
+        target.write_bytes(pickle.dumps(Evil()))
+        with pytest.raises(InputError, match="not a loadable checkpoint"):
+            run(tmp_path, plan, rounds=2, resume=True)
+        assert not marker.exists()
+        target.write_bytes(saved)
+
+
+def test_a_missing_client_checkpoint_names_the_file(tmp_path):
+    plan = chain_plan("dcgan", [2])
+    run(tmp_path, plan, rounds=1)
+    (tmp_path / "run" / "checkpoint" / "client-client0-r0001.pt").unlink()
+    with pytest.raises(InputError, match="client-client0-r0001.pt: no checkpoint"):
+        run(tmp_path, plan, rounds=2, resume=True)
 
 
 def test_a_run_directory_is_not_overwritten_without_resume(tmp_path):
-    plan = chain_plan("dcgan", [2], n_clients=1)
-    train(_cfg(tmp_path, plan, tmp_path / "run", rounds=1))
+    plan = chain_plan("dcgan", [2])
+    run(tmp_path, plan, rounds=1)
     with pytest.raises(InputError, match="--resume"):
-        train(_cfg(tmp_path, plan, tmp_path / "run", rounds=2))
+        run(tmp_path, plan, rounds=2)

@@ -1,174 +1,162 @@
-"""The split run against an unsplit reference; privacy of the raw data; resume."""
+"""The split run against references written independently of trainer/: one piece, the
+generator's weighted feedback, fedavg and swap; the raw data's privacy; the deadline."""
 
 from __future__ import annotations
 
+import json
 import random
-import threading
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from planner.models import Generator, SeededDropout, build_discriminator
-from planner.planfile import Plan, PlannedClient, PlannedStage, write_plan
-from planner import check
-from planner.problem import ClientProblem, Stage
-from trainer.config import TrainConfig
-from trainer.data import Dataset
-from trainer.federation import build_federation
-from trainer.run import round_local
+from tests.helpers import B, chain_plan, config, final_states, first_real_batch, run
+from trainer.backends.local import run_local
+from trainer.build import RunSpec
 from trainer.transport import InProcessTransport
 
-B = 8
 
-
-def chain_plan(model_name: str, cuts: list[int], *, n_clients: int = 1) -> Plan:
-    """A plan with stages cut after the given layers (chain models), on fresh devices."""
-    model = build_discriminator(model_name)
-    L = len(model)
-    bounds = [0] + [c + 1 for c in cuts] + [L]
-    clients = []
-    for ci in range(n_clients):
-        names = tuple(f"c{ci}-d{i}" for i in range(len(bounds) - 1))
-        n = len(names)
-        costs = ClientProblem(
-            devices=names, data_device=0, compute_s=tuple((0.001,) * L for _ in names),
-            memory_bytes=tuple((1,) * L for _ in names), capacity_bytes=(10**9,) * n,
-            cut_bytes=(1,) * (L - 1), link_bytes_per_s=tuple(tuple(0.0 if a == b else 1e12 for b in range(n)) for a in range(n)),
-            link_latency_s=tuple((0.0,) * n for _ in range(n)))
-        stages = tuple(PlannedStage(names[i], bounds[i], bounds[i + 1], 0.001, 0.0, 1) for i in range(n))
-        step = check.step_time_s(costs, [Stage(i, bounds[i], bounds[i + 1]) for i in range(n)])
-        clients.append(PlannedClient(name=f"client{ci}", status="planned", reason=None, step_time_s=step,
-                                     stages=stages, costs=costs, data_weight=1.0 + ci,
-                                     processing_time_factor={d: 1.0 for d in names}))
-    layers = [{"name": nd.name, "flops": 0, "param_bytes": 0, "output_bytes": 0, "model_layers": [i, i + 1]}
-              for i, nd in enumerate(model.nodes)]
-    return Plan(model={"name": model_name, "fingerprint": model.fingerprint(), "input_shape": list(model.input_shape),
-                       "layers": layers},
-                batch_size=B, objective="latency", solver={"name": "test", "status": "heuristic", "seconds": 0},
-                devices_file=None, round_time_s=0.01, clients=tuple(clients))
-
-
-def tiny_dataset(n: int = 64) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    return Dataset(images=torch.rand(n, 1, 28, 28, generator=g) * 2 - 1, labels=torch.arange(n) % 10, name="tiny")
-
-
-def run_split(plan: Plan, tmp_path: Path, *, steps: int = 1, keep_messages=False, **kw):
-    write_plan(plan, tmp_path / "plan.json")
-    cfg = TrainConfig(plan_path=tmp_path / "plan.json", steps_per_round=steps, emulate="none", eval_every=0, **kw)
-    fed = build_federation(plan, cfg, tiny_dataset(), lock=threading.Lock())
-    t = InProcessTransport(emulate=False, keep_messages=keep_messages)
-    round_local(fed, t, cfg)
-    return fed, t
-
-
-def unsplit_step(plan: Plan, fed_seed: int, real: torch.Tensor, z: torch.Tensor, dropout_seed: int):
-    """The same algorithm in one piece, written independently of trainer/."""
-    torch.manual_seed(fed_seed + 1)
-    d = build_discriminator(plan.model["name"])
-    for i, layer in enumerate(d.layers):
-        if isinstance(layer, SeededDropout):
-            layer.reseed(dropout_seed * 1009 + i)
-    torch.manual_seed(fed_seed)
+def reference_step(plan, *, seed: int = 0):
+    """One step of every client's whole discriminator and the generator, in one piece:
+    (discriminators, generator, [(d_loss, g_loss)] per client)."""
+    ds = []
+    for k in range(len(plan.planned)):
+        torch.manual_seed(seed + 1)
+        d = build_discriminator(plan.model["name"])
+        for i, layer in enumerate(d.layers):
+            if isinstance(layer, SeededDropout):
+                layer.reseed((seed * 7919 + k) * 1009 + i)
+        ds.append(d)
+    torch.manual_seed(seed)
     g = Generator()
-    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    z = torch.randn(B, 100, generator=torch.Generator().manual_seed(seed + 12345))
     fake = g(z)
-    out = d(torch.cat([real, fake.detach()])).squeeze(1)
-    loss_d = F.binary_cross_entropy_with_logits(out[:B], torch.ones(B)) + \
-        F.binary_cross_entropy_with_logits(out[B:], torch.zeros(B))
-    opt_d.zero_grad()
-    loss_d.backward()
-    opt_d.step()
-    loss_g = F.binary_cross_entropy_with_logits(d(fake).squeeze(1), torch.ones(B))
+    losses = []
+    for k, d in enumerate(ds):
+        opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        out = d(torch.cat([first_real_batch(plan, k, seed=seed), fake.detach()])).squeeze(1)
+        loss_d = F.binary_cross_entropy_with_logits(out[:B], torch.ones(B)) + \
+            F.binary_cross_entropy_with_logits(out[B:], torch.zeros(B))
+        opt.zero_grad()
+        loss_d.backward()
+        opt.step()
+        losses.append(loss_d.item())
+    w = [c.data_weight for c in plan.planned]
+    g_losses = [F.binary_cross_entropy_with_logits(d(fake).squeeze(1), torch.ones(B)) for d in ds]
+    # d/dG of sum_k w_k loss_k / sum w, summed in client order as the server does: Adam's
+    # first step is about lr x sign(gradient), so a different summation order would move
+    # near-zero entries by up to lr and hide what this test is for
+    feedback = [torch.autograd.grad(lk, fake, retain_graph=True)[0] for lk in g_losses]
     opt_g.zero_grad()
-    loss_g.backward()
+    fake.backward(sum(fk * (wk / sum(w)) for fk, wk in zip(feedback, w)))
     opt_g.step()
-    return d, g, loss_d.item(), loss_g.item()
+    return ds, g, [(ld, lg.item()) for ld, lg in zip(losses, g_losses)]
 
 
-@pytest.mark.parametrize("trial", range(4))
+def assert_states_equal(got: dict, module: torch.nn.Module, atol: float = 1e-6) -> None:
+    want = module.state_dict()
+    assert set(got) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, atol=atol, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("trial", range(3))
 def test_split_equals_unsplit(tmp_path, trial):
     rng = random.Random(trial)
     L = len(build_discriminator("dcgan"))
-    cuts = sorted(rng.sample(range(L - 1), rng.randint(1, 4)))
-    plan = chain_plan("dcgan", cuts)
-    fed, _ = run_split(plan, tmp_path)
-    # the reference sees the same real batch and z: replay the samplers' generators
-    from trainer.data import ShardSampler, shard_iid
-    images = tiny_dataset().images
-    shard = shard_iid(len(images), [1.0], seed=0)[0]
-    real = ShardSampler(images[torch.as_tensor(shard)], batch_size=B, seed=0).next_batch()
-    z = torch.randn(B, 100, generator=torch.Generator().manual_seed(12345))
-    d, g, loss_d, loss_g = unsplit_step(plan, 0, real, z, dropout_seed=0)
-    (d_loss_split, g_loss_split), = fed.server.losses["client0"]
-    assert d_loss_split == pytest.approx(loss_d, abs=1e-6)
-    assert g_loss_split == pytest.approx(loss_g, abs=1e-6)
-    for a, b in zip(fed.discriminators["client0"].parameters(), d.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
-    for a, b in zip(fed.server.generator.parameters(), g.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    plan = chain_plan("dcgan", sorted(rng.sample(range(L - 1), rng.randint(1, 4))))
+    (m,) = run(tmp_path, plan, rounds=1, steps_per_round=1)
+    ds, g, losses = reference_step(plan)
+    assert m["d_loss"]["client0"] == pytest.approx(losses[0][0], abs=1e-6)
+    assert m["g_loss"] == pytest.approx(losses[0][1], abs=1e-6)
+    gen, discs = final_states(tmp_path / "run", plan)
+    assert_states_equal(discs["client0"], ds[0])
+    assert_states_equal(gen, g)
+
+
+def test_generator_feedback_is_weighted_by_data_weight(tmp_path):
+    """Two clients of data_weight 1 and 3, cut differently: the generator's step follows
+    the weighted mean of their feedback (a plain mean would move it elsewhere)."""
+    plan = chain_plan("dcgan", [[2], [4, 7]], weights=[1.0, 3.0])
+    (m,) = run(tmp_path, plan, rounds=1, steps_per_round=1)
+    ds, g, losses = reference_step(plan)
+    gen, discs = final_states(tmp_path / "run", plan)
+    assert_states_equal(gen, g)
+    for k, c in enumerate(plan.planned):
+        assert_states_equal(discs[c.name], ds[k])
+        assert m["d_loss"][c.name] == pytest.approx(losses[k][0], abs=1e-6)
+    assert m["g_loss"] == pytest.approx((losses[0][1] + 3 * losses[1][1]) / 4, abs=1e-6)
+    assert abs(losses[0][1] - losses[1][1]) > 1e-4  # else the weighting would not show
+
+
+def _params(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.endswith(("weight", "bias"))}
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "swap"])
+def test_aggregation_against_an_independent_computation(tmp_path, mode):
+    """Three clients cut at different places, unequal shards: after a round, fedavg gives
+    every client the sample-weighted average of all, swap gives client i client i-1's."""
+    plan = chain_plan("dcgan", [[2], [5], [2, 6]], weights=[1.0, 2.0, 3.0])
+    run(tmp_path, plan, "none", rounds=1, steps_per_round=1)
+    run(tmp_path, plan, mode, rounds=1, steps_per_round=1, aggregate=mode)
+    _, before = final_states(tmp_path / "none", plan)
+    _, after = final_states(tmp_path / mode, plan)
+    rows = json.loads((tmp_path / mode / "processes.json").read_text())["processes"]
+    n = {r["client"]: r["training_samples"] for r in rows if r["training_samples"]}
+    names = [c.name for c in plan.planned]
+    assert len(set(n.values())) == 3  # unequal shards, so a plain mean would differ
+    key = "layers.0.weight"
+    assert not torch.equal(before[names[0]][key], before[names[1]][key])  # clients differ before combining
+    for i, c in enumerate(names):
+        if mode == "fedavg":
+            want = {k: sum(n[o] * before[o][k] for o in names) / sum(n.values()) for k in _params(before[c])}
+        else:
+            want = _params(before[names[i - 1]])
+        for k, v in want.items():
+            torch.testing.assert_close(after[c][k], v, atol=1e-6, rtol=0, msg=f"{c} {k}")
 
 
 def test_raw_images_never_leave_the_data_device(tmp_path):
     plan = chain_plan("dcgan", [2, 5], n_clients=2)
-    fed, t = run_split(plan, tmp_path, steps=2, keep_messages=True)
-    images = tiny_dataset().images
-    real_rows = {tuple(img.flatten()[:32].tolist()) for img in images}
-    assert t.log.messages, "the transport carried nothing"
-    shapes = set()
-    for src, dst, tag, nbytes in t.log.messages:
-        shapes.add(tag)
-        if src.endswith("-d0") and dst != "server":
-            assert tag in ("act_d", "act_g"), tag
-    # inspect the payloads themselves: no message holds a row of a real image
-    t2 = InProcessTransport(emulate=False)
-    sent = []
-    orig = t2.send
+    cfg = config(tmp_path, plan, rounds=1, steps_per_round=2)
+    t = InProcessTransport(keep_messages=True)
+    sent, send = [], t.send
 
     def spy(src, dst, tensor, *, tag):
         sent.append((src, dst, tag, tensor.detach().clone()))
-        orig(src, dst, tensor, tag=tag)
+        send(src, dst, tensor, tag=tag)
 
-    t2.send = spy
-    write_plan(plan, tmp_path / "plan.json")
-    cfg = TrainConfig(plan_path=tmp_path / "plan.json", steps_per_round=2, emulate="none", eval_every=0)
-    fed = build_federation(plan, cfg, tiny_dataset(), lock=threading.Lock())
-    round_local(fed, t2, cfg)
-    assert sent
+    t.send = spy
+    run_local(RunSpec(cfg, plan), transport=t)
+    real = {tuple(img.flatten()[:64].tolist()) for k in range(2) for img in first_real_batch(plan, k)}
+    tags = {tag for _, _, tag, _ in sent}
+    assert {"act_d", "grad_d", "act_g", "grad_g", "fake", "fake_grad", "losses"} <= tags
     for src, dst, tag, tensor in sent:
+        if src.endswith("-d0") and dst != "server" and tag not in ("state", "report"):
+            assert tag in ("act_d", "act_g"), (src, dst, tag)
         if tensor.dim() == 4 and tensor.shape[1:] == (1, 28, 28):
             assert tag in ("fake", "fake_grad"), (src, dst, tag)
             for img in tensor:
-                assert tuple(img.flatten()[:32].tolist()) not in real_rows
-    assert {"act_d", "grad_d", "act_g", "grad_g", "fake", "fake_grad", "losses"} <= shapes | {x[2] for x in sent}
+                assert tuple(img.flatten()[:64].tolist()) not in real
 
 
-def test_fedavg_makes_discriminators_equal(tmp_path):
+def test_deadline_releases_a_dropped_client_at_once(tmp_path):
+    """A client slower than the deadline allows (each of its compute phases within
+    --timeout-s, its step not) is dropped at its first step; its devices stop at once, so
+    the rest of the round may last many times --timeout-s."""
     plan = chain_plan("dcgan", [5], n_clients=2)
-    # client1 is cut elsewhere: fedavg must still align layers
-    fed, _ = run_split(plan, tmp_path, steps=2, aggregate="fedavg")
-    a, b = fed.discriminators["client0"], fed.discriminators["client1"]
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q)
-
-
-def test_deadline_drops_the_straggler(tmp_path):
-    """A client 50x slower than the deadline allows is dropped from the round; the rest train."""
-    from dataclasses import replace
-
-    plan = chain_plan("dcgan", [5], n_clients=2)
-    slow = plan.clients[1]
-    slow = replace(slow, processing_time_factor={d: 50.0 for d in slow.processing_time_factor})
-    plan = replace(plan, clients=(plan.clients[0], slow))
-    write_plan(plan, tmp_path / "plan.json")
-    cfg = TrainConfig(plan_path=tmp_path / "plan.json", steps_per_round=3, emulate="sleep", eval_every=0,
-                      deadline_s=0.6)
-    fed = build_federation(plan, cfg, tiny_dataset(), lock=threading.Lock())
-    t = InProcessTransport(emulate=True)
-    round_local(fed, t, cfg)
-    assert "client1" in fed.server.dropped and "client0" not in fed.server.dropped
-    assert len(fed.server.losses["client0"]) == 3
-    assert len(fed.server.losses.get("client1", [])) < 3
+    fast, slow = plan.clients
+    plan = replace(plan, clients=(
+        replace(fast, processing_time_factor={d: 2.0 for d in fast.processing_time_factor}),
+        replace(slow, processing_time_factor={d: 20.0 for d in slow.processing_time_factor})))
+    timeout_s, steps, deadline_s = 1.0, 60, 30.0
+    (m,) = run(tmp_path, plan, rounds=1, steps_per_round=steps, emulate="sleep", deadline_s=deadline_s,
+               timeout_s=timeout_s)
+    assert m["clients"]["client1"]["dropped_at_step"] == 0 and m["clients"]["client0"]["dropped_at_step"] is None
+    assert m["clients"]["client0"]["steps"] == steps and m["clients"]["client1"]["steps"] == 0
+    drop_s = deadline_s / steps  # the first step's deadline
+    assert m["round_time_s"] - drop_s >= 3 * timeout_s, "the test needs a round that outlasts 3 timeouts"

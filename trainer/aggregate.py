@@ -2,10 +2,11 @@
 
 Each device sends its segment's parameters (one flat tensor) to the server; the server
 puts each client's discriminator together (its stages in chain order cover the model
-in order), combines, and sends each device its part back.
+in order), combines, and sends each device its part back. The server sees every
+client's weights: SECURITY.md says what that means.
 
-- ``fedavg``: every client gets the average of all, weighted by shard size, layer by
-  layer (FedAvg, McMahan et al. 2017).
+- ``fedavg``: every client gets the average of all, weighted by the number of training
+  samples its data device reported, layer by layer (FedAvg, McMahan et al. 2017).
 - ``swap``: client ``i`` gets client ``i-1``'s discriminator (MD-GAN's swapping,
   Hardy et al. 2019), so each generator critic sees other data over time.
 """
@@ -18,29 +19,34 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from trainer.transport import SERVER, Transport
 
 
-def device_exchange(name: str, stage: torch.nn.Module, t: Transport, *, timeout_s: float | None) -> None:
+def combine(mode: str, whole: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Each client's new flat discriminator from every client's (same layout)."""
+    names = list(whole)
+    if mode == "fedavg":
+        total = sum(weights[c] for c in names)
+        avg = sum(whole[c] * (weights[c] / total) for c in names)
+        return {c: avg for c in names}
+    if mode == "swap":
+        return {c: whole[names[i - 1]] for i, c in enumerate(names)}
+    raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def device_exchange(name: str, stage: torch.nn.Module, t: Transport, *, timeout_s: float | None,
+                    late_ok: bool = False) -> None:
     params = list(stage.parameters())
     flat = parameters_to_vector(params).detach() if params else torch.zeros(0)
     t.send(name, SERVER, flat, tag="weights")
-    new = t.recv(name, SERVER, tag="weights", timeout_s=timeout_s)
+    new = t.recv(name, SERVER, tag="weights", timeout_s=timeout_s, late_ok=late_ok)
     if params:
         with torch.no_grad():
             vector_to_parameters(new, params)
 
 
 def server_combine(mode: str, chains: dict[str, list[str]], weights: dict[str, float], t: Transport,
-                   *, timeout_s: float | None) -> None:
-    parts = {c: [t.recv(SERVER, d, tag="weights", timeout_s=timeout_s) for d in chain] for c, chain in chains.items()}
-    whole = {c: torch.cat(p) for c, p in parts.items()}
-    names = list(chains)
-    if mode == "fedavg":
-        total = sum(weights[c] for c in names)
-        avg = sum(whole[c] * (weights[c] / total) for c in names)
-        new = {c: avg for c in names}
-    elif mode == "swap":
-        new = {c: whole[names[i - 1]] for i, c in enumerate(names)}
-    else:
-        raise ValueError(f"unknown aggregation {mode!r}")
+                   *, timeout_s: float | None, late: set[str] = frozenset()) -> None:
+    parts = {c: [t.recv(SERVER, d, tag="weights", timeout_s=timeout_s, late_ok=d in late) for d in chain]
+             for c, chain in chains.items()}
+    new = combine(mode, {c: torch.cat(p) for c, p in parts.items()}, weights)
     for c, chain in chains.items():
         sizes = [p.numel() for p in parts[c]]
         for d, piece in zip(chain, torch.split(new[c], sizes)):

@@ -11,6 +11,7 @@ from planner.errors import InputError
 BACKENDS = ("local", "dist")
 EMULATE = ("sleep", "none")
 AGGREGATE = ("none", "fedavg", "swap")
+DATASETS = ("digits", "mnist")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class TrainConfig:
     aggregate: str = "none"  # between rounds: none | fedavg | swap discriminators
     deadline_s: float | None = None  # a client slower than this per round is dropped
     data: str = "digits"  # digits (embedded) | mnist
-    data_root: Path | None = None  # folder of MNIST IDX files
+    data_root: Path | None = None  # folder of MNIST IDX files; with {client}: each client's own folder
     alpha: float | None = None  # Dirichlet alpha for non-IID shards; None = IID
     eval_every: int = 1  # rounds between FID/KID evaluations; 0 = never
     seed: int = 0  # seeds everything
@@ -60,7 +61,13 @@ class TrainConfig:
                 raise bad(opt, f"must be a finite number > 0, found {v}")
         if self.eval_every < 0:
             raise bad("--eval-every", f"must be >= 0, found {self.eval_every}")
+        if self.data not in DATASETS:
+            raise bad("--data", f"expected one of {', '.join(DATASETS)}, found {self.data!r}")
         if self.data == "mnist" and self.data_root is None:
             raise bad("--data-root", "--data mnist needs --data-root DIR with the MNIST IDX files")
+        if self.data_root is not None and self.data != "mnist":
+            raise bad("--data-root", f"is for --data mnist; --data {self.data} is embedded")
+        if self.data_root is not None and "{client}" in str(self.data_root) and self.alpha is not None:
+            raise bad("--alpha", "shards one data set; with per-client folders ({client}) each client's data is its own")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise bad("--out", f"{self.out_dir} exists and is not a directory")

@@ -3,8 +3,8 @@
 The plan carries every client's cost tables (SPEC §2), so the lost device's row and
 column are dropped and the client is solved again with the exact ILP; no profiling, no
 device file needed. A client whose data device is lost is excluded: its data cannot move.
-Training then resumes from the last checkpoint (``trainer.checkpoint`` accepts a plan
-whose ``solver.replanned_from`` names the checkpoint's plan).
+Training then resumes from the last checkpoint (``trainer.state`` accepts a plan whose
+``solver.lineage`` names the checkpoint's plan).
 """
 
 from __future__ import annotations
@@ -57,5 +57,6 @@ def without_device(plan: Plan, device: str, *, round_no: int, digest: str) -> Pl
     planned = [c for c in clients if c.status == "planned"]
     if not planned:
         raise NoFeasiblePlan({c.name: c.reason or "" for c in clients})
-    solver = {**plan.solver, "replanned_from": digest, "lost": [*plan.solver.get("lost", []), device]}
+    solver = {**plan.solver, "replanned_from": digest, "lineage": [*plan.solver.get("lineage", []), digest],
+              "lost": [*plan.solver.get("lost", []), device]}
     return replace(plan, clients=clients, round_time_s=max(c.step_time_s for c in planned), solver=solver)

@@ -1,86 +1,62 @@
 """One training step, written once per role; the transport decides where roles run.
 
-Message schedule of one step for a client whose discriminator is split over devices
-``d0`` (holds the data) -> ``d1`` -> ``d2``; the server holds the generator ``G``::
+The messages of a step are ``planner.schedule``'s (drawn there). A device's step::
 
-    server            d0                    d1                    d2 (last)
-      | fake = G(z)    |                     |                     |
-      |---- fake ----->| x = [real ; fake]   |                     |
-      |                |--- act_d (2B) ----->|--- act_d (2B) ----->| D loss
-      |                |<-- grad_d ----------|<-- grad_d ----------| backward
-      |                | Adam step           | Adam step           | Adam step
-      |                |--- act_g (B) ------>|--- act_g (B) ------>| G loss
-      |                |<-- grad_g ----------|<-- grad_g ----------|
-      |<- fake_grad ---|                     |                     |
-      |<------------------------ losses [d_loss, g_loss] ----------|
-      | G step on sum_c w_c * fake_grad_c / sum_c w_c
+    d0 (data):  real, fake <- server | forward [real; fake] | act_d -> d1 ... grad_d <- d1
+                backward, Adam step | forward fake | act_g -> d1 ... grad_g <- d1 | fake_grad -> server
+    di:         act_d <- d(i-1) | forward | act_d -> d(i+1) ... | backward, Adam | grad_d -> d(i-1)
+                act_g <- d(i-1) | forward | act_g -> d(i+1) ... | backward      | grad_g -> d(i-1)
+    dk (last):  as di, but the loss instead of a next device; losses -> server
 
 Real images never leave ``d0``: only the activation of its first segment does. The
 generator phase uses the discriminator as updated in the same step, like DCGAN.
 Losses: discriminator ``BCE(D(real), 1) + BCE(D(fake), 0)``; generator the
-non-saturating ``BCE(D(G(z)), 1)``, weighted over clients by ``data_weight`` (MD-GAN).
+non-saturating ``BCE(D(G(z)), 1)``; the server's generator step follows
+``sum_c w_c * fake_grad_c / sum_c w_c`` over the clients that answered, ``w_c`` the
+client's ``data_weight`` (MD-GAN).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
-from trainer.transport import SERVER, PeerTimeout, StopRound, Transport, paced_sleep
+from planner.schedule import CUT_MESSAGES, FAKE, FAKE_GRAD, LOSSES
+from trainer.clock import Clock
+from trainer.errors import PeerTimeout, StopRound
+from trainer.transport import SERVER, Transport
+
+ACT = {m.phase: m.tag for m in CUT_MESSAGES if m.direction == "forward"}  # phase -> activation tag
+GRAD = {m.phase: m.tag for m in CUT_MESSAGES if m.direction == "backward"}  # phase -> gradient tag
 
 
 @dataclass
-class Clock:
-    """Times a device's work; under emulation the device then takes ``factor`` x that time.
+class DeviceReport:
+    """What a device tells the server after each round (sums over the round's steps)."""
 
-    ``lock`` (local backend) lets one device compute at a time, so the work measured
-    is what the profile measured, not two devices fighting over two cores. Waiting for
-    the lock is this host's artefact, not the emulated device's: under emulation the
-    wait is taken out of the slowdown's sleep, so a compute phase ends ``factor`` x
-    ``work`` after the device was ready to start, unless the host's cores were busy for
-    longer than that. What they could not hide is ``host_wait_s``.
-    """
+    compute_s: float  # the device's compute time (emulated under --emulate sleep)
+    work_s: float  # seconds of real work on this host
+    host_wait_s: float  # waiting for this host's cores beyond what emulation hides
+    wait_s: float  # waiting in recv for peers
+    bytes_sent: float  # a step's messages (what the plan predicts)
+    bytes_received: float
+    control_bytes_sent: float  # everything else: aggregation, reports
+    control_bytes_received: float
+    steps_done: float
+    chain_s: float  # data device: seconds from fake received to fake_grad sent
 
-    factor: float = 1.0  # processing_time_factor of the device
-    emulate: bool = False
-    lock: threading.Lock | None = None
-    work_s: float = 0.0  # raw seconds of work on this machine
-    compute_s: float = 0.0  # work x factor under emulation, else work: the device's compute time
-    lock_wait_s: float = 0.0  # seconds spent waiting for another device to finish computing
-    host_wait_s: float = 0.0  # the part of lock_wait_s the emulated slowdown could not absorb
-    sleep_debt_s: float = 0.0  # how much the last sleep overslept (paced_sleep)
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor(astuple(self), dtype=torch.float64)
 
-    @contextmanager
-    def compute(self):
-        t_ask = time.perf_counter()
-        if self.lock is not None:
-            self.lock.acquire()
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            t1 = time.perf_counter()
-            if self.lock is not None:
-                self.lock.release()
-            work, waited = t1 - t0, t0 - t_ask
-            self.work_s += work
-            self.lock_wait_s += waited
-            if self.emulate:
-                extra = max(self.factor - 1.0, 0.0) * work  # a factor below 1 runs at this host's speed
-                self.compute_s += work + extra
-                self.host_wait_s += max(waited - extra, 0.0)
-                self.sleep_debt_s = paced_sleep(extra - waited, self.sleep_debt_s)
-            else:
-                self.compute_s += work
-                self.host_wait_s += waited
-
-    def reset(self) -> None:
-        self.work_s = self.compute_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "DeviceReport":
+        values = t.tolist()
+        if len(values) != len(fields(cls)):
+            raise ValueError(f"a report has {len(fields(cls))} values, found {len(values)}")
+        return cls(*values)
 
 
 @dataclass
@@ -89,19 +65,19 @@ class DeviceRole:
 
     name: str
     client: str
-    stage: torch.nn.Module
-    optimizer: torch.optim.Optimizer | None  # None when the stage has no parameters
+    stage: torch.nn.Module  # planner.models.Segment
+    optimizer: torch.optim.Optimizer | None  # None: the stage has no parameters
     prev: str | None  # None: this device holds the data
     next: str | None  # None: this device computes the loss
     batch_size: int
     sampler: object | None = None  # ShardSampler on the data device
     clock: Clock = field(default_factory=Clock)
     timeout_s: float | None = None
-    chain_s: float = 0.0  # data device: seconds from fake received to fake_grad sent
+    chain_s: float = 0.0
     steps_done: int = 0
 
     def _recv(self, t: Transport, src: str, tag: str) -> torch.Tensor:
-        return t.recv(self.name, src, tag=tag, timeout_s=self.timeout_s)
+        return t.recv(self.name, src, tag=tag, timeout_s=self.timeout_s, stoppable=True)
 
     def _through(self, t: Transport, x: torch.Tensor, phase: str, *, input_grad: bool,
                  labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -116,8 +92,8 @@ class DeviceRole:
                 loss = F.binary_cross_entropy_with_logits(out.squeeze(1), labels, reduction="none")
                 loss = loss.view(-1, len(labels) // (2 if phase == "d" else 1)).mean(1).sum()
         if self.next is not None:
-            t.send(self.name, self.next, out, tag=f"act_{phase}")
-            g_out = self._recv(t, self.next, f"grad_{phase}")
+            t.send(self.name, self.next, out, tag=ACT[phase])
+            g_out = self._recv(t, self.next, GRAD[phase])
         with self.clock.compute():
             wrt = params + ([x] if input_grad else [])
             grads = torch.autograd.grad(loss if loss is not None else out, wrt,
@@ -131,48 +107,60 @@ class DeviceRole:
 
     def step(self, t: Transport) -> None:
         B = self.batch_size
-        # discriminator phase
-        if self.prev is None:
+        if self.prev is None:  # discriminator phase
             real = self.sampler.next_batch()
-            fake = self._recv(t, SERVER, "fake")
+            fake = self._recv(t, SERVER, FAKE.tag)
             t_chain = time.perf_counter()
             x = torch.cat([real, fake])
         else:
-            x = self._recv(t, self.prev, "act_d")
+            x = self._recv(t, self.prev, ACT["d"])
         labels = torch.cat([torch.ones(B), torch.zeros(B)])
         g_in, d_loss = self._through(t, x, "d", input_grad=self.prev is not None, labels=labels)
         if self.prev is not None:
-            t.send(self.name, self.prev, g_in, tag="grad_d")
-        # generator phase
-        x = fake if self.prev is None else self._recv(t, self.prev, "act_g")
+            t.send(self.name, self.prev, g_in, tag=GRAD["d"])
+        x = fake if self.prev is None else self._recv(t, self.prev, ACT["g"])  # generator phase
         g_in, g_loss = self._through(t, x, "g", input_grad=True, labels=torch.ones(B))
-        t.send(self.name, self.prev or SERVER, g_in, tag="grad_g" if self.prev else "fake_grad")
+        t.send(self.name, self.prev or SERVER, g_in, tag=GRAD["g"] if self.prev else FAKE_GRAD.tag)
         if self.prev is None:
             self.chain_s += time.perf_counter() - t_chain
         self.steps_done += 1
         if self.next is None:
-            t.send(self.name, SERVER, torch.stack([d_loss.detach(), g_loss.detach()]), tag="losses")
+            t.send(self.name, SERVER, torch.stack([d_loss.detach(), g_loss.detach()]), tag=LOSSES)
 
     def run(self, t: Transport, steps: int) -> int:
-        """Run ``steps`` steps or until told to stop; returns the steps done."""
+        """Run ``steps`` steps or until the server stops this client; returns the steps done."""
         self.clock.reset()
         self.chain_s, self.steps_done = 0.0, 0
         for i in range(steps):
             try:
                 self.step(t)
             except StopRound:
-                if self.next is not None:
-                    t.send(self.name, self.next, torch.zeros(0), tag="stop")
                 return i
         return steps
+
+    def report(self, t: Transport) -> DeviceReport:
+        log, me, c = t.log, self.name, self.clock
+        return DeviceReport(
+            compute_s=c.compute_s, work_s=c.work_s, host_wait_s=c.host_wait_s, wait_s=log.recv_wait_s.get(me, 0.0),
+            bytes_sent=log.bytes_sent.get(me, 0), bytes_received=log.bytes_received.get(me, 0),
+            control_bytes_sent=log.control_bytes_sent.get(me, 0),
+            control_bytes_received=log.control_bytes_received.get(me, 0),
+            steps_done=self.steps_done, chain_s=self.chain_s)
 
 
 @dataclass
 class ClientView:
     name: str
-    data_device: str
-    last_device: str
+    devices: tuple[str, ...]  # the chain, data device first
     weight: float
+
+    @property
+    def data_device(self) -> str:
+        return self.devices[0]
+
+    @property
+    def last_device(self) -> str:
+        return self.devices[-1]
 
 
 @dataclass
@@ -190,11 +178,11 @@ class ServerRole:
     dropped: dict[str, int] = field(default_factory=dict)  # client -> step it was dropped at
     clock: Clock = field(default_factory=Clock)
 
-    def _release(self, t: Transport, c: ClientView) -> None:
-        """Collect a dropped client's late answers, then tell its chain to stop."""
-        t.recv(SERVER, c.data_device, tag="fake_grad", timeout_s=self.timeout_s)
-        t.recv(SERVER, c.last_device, tag="losses", timeout_s=self.timeout_s)
-        t.send(SERVER, c.data_device, torch.zeros(0), tag="stop")
+    def _drop(self, t: Transport, c: ClientView, step: int) -> None:
+        """Stop ``c``'s devices now: they end the round and wait for the next one."""
+        self.dropped[c.name] = step
+        for d in c.devices:
+            t.send(SERVER, d, torch.zeros(0), tag="stop")
 
     def step(self, t: Transport, step: int, round_start: float, steps: int) -> None:
         active = [c for c in self.clients if c.name not in self.dropped]
@@ -202,24 +190,22 @@ class ServerRole:
             z = torch.randn(self.batch_size, self.generator.z_dim, generator=self.z_generator)
             fake = self.generator(z)
         for c in active:
-            t.send(SERVER, c.data_device, fake, tag="fake")
-        grads, late = {}, []
+            t.send(SERVER, c.data_device, fake, tag=FAKE.tag)
+        grads = {}
         for c in active:
             timeout = self.timeout_s
             if self.deadline_s is not None:
-                left = round_start + self.deadline_s * (step + 1) / steps - time.perf_counter()
-                timeout = max(left, 1e-3) if timeout is None else min(max(left, 1e-3), timeout)
+                left = max(round_start + self.deadline_s * (step + 1) / steps - time.perf_counter(), 1e-3)
+                timeout = left if timeout is None else min(left, timeout)
             try:
-                grads[c.name] = t.recv(SERVER, c.data_device, tag="fake_grad", timeout_s=timeout)
+                grads[c.name] = t.recv(SERVER, c.data_device, tag=FAKE_GRAD.tag, timeout_s=timeout)
             except PeerTimeout:
                 if self.deadline_s is None:
                     raise
-                late.append(c)
+                self._drop(t, c, step)
                 continue
-            d_loss, g_loss = t.recv(SERVER, c.last_device, tag="losses", timeout_s=self.timeout_s).tolist()
+            d_loss, g_loss = t.recv(SERVER, c.last_device, tag=LOSSES, timeout_s=self.timeout_s).tolist()
             self.losses.setdefault(c.name, []).append((d_loss, g_loss))
-        for c in late:
-            self.dropped[c.name] = step
         if not grads:
             return
         weights = {c.name: c.weight for c in active if c.name in grads}
@@ -231,12 +217,13 @@ class ServerRole:
             self.optimizer.step()
 
     def run(self, t: Transport, steps: int) -> None:
-        """One round of ``steps`` steps; clients dropped on the way are released at the end."""
+        """One round of ``steps`` steps."""
         self.dropped, self.losses = {}, {}
         self.clock.reset()
         start = time.perf_counter()
         for i in range(steps):
             self.step(t, i, start, steps)
-        for c in self.clients:
-            if c.name in self.dropped:
-                self._release(t, c)
+
+    def late_devices(self) -> set[str]:
+        """Devices of the clients dropped this round: their late step messages are expected."""
+        return {d for c in self.clients if c.name in self.dropped for d in c.devices}

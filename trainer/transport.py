@@ -1,15 +1,25 @@
-"""Moving tensors between roles: one small interface, an in-process implementation.
+"""Moving tensors between roles: one interface, written once; implementations move bytes.
 
-Roles are named by strings: ``"server"`` or a device name from the plan. A message is
-one tensor with a tag (``act_d``, ``grad_d``, ``act_g``, ``grad_g``, ``fake``,
-``fake_grad``, ``losses``, ``stop``...). Every transport records each message's
-bytes and seconds in :class:`TransferLog`, so metrics report what actually crossed.
+Roles are named by strings: ``"server"`` or a device name from the plan. A message is one
+tensor with a tag from ``planner.schedule.TAGS`` and the round (``epoch``) it belongs to.
+Each role has one inbox; ``recv(dst, src, tag)`` takes the next message from ``src``,
+keeping others aside for later, so a ``stop`` from the server reaches a device whatever
+peer it is waiting for.
 
-Link emulation (``emulate="sleep"``): a message between two devices of a client takes
-``bytes / link_bytes_per_s + latency / 4`` seconds, from the plan's own tables. SPEC §2
-charges a link's latency once per cut per step; four messages cross a cut in a step
-(activation and gradient, in each of the two phases), so each carries a quarter of it.
-Messages to and from the server are not part of the plan and are not delayed.
+- **Rounds.** ``begin_round(role, r)`` moves a role to round ``r``; a message of an earlier
+  round is late (its client was dropped) and is discarded on arrival.
+- **Stop.** The server drops a late client by sending ``stop`` to its devices. A ``recv``
+  inside the steps (``stoppable=True``) then raises :class:`StopRound`; outside them it is
+  ignored (the steps were over anyway), and step messages a stopped role still finds are
+  discarded (``late_ok``).
+- **Tags.** Every tag is checked against the schedule on send; a ``recv`` that finds
+  another tag than it expects raises :class:`ProtocolError`.
+- **Link emulation** (``emulate=True``): a step message between two devices of a client
+  takes ``bytes / link_bytes_per_s + latency / 4`` seconds (the plan's own tables; SPEC §2
+  charges a link's latency once per cut and micro-batch, and four messages cross it).
+  Control messages and the server's are not planned and not delayed.
+- **Log.** :class:`TransferLog` counts each role's bytes and waits, step and control
+  messages apart, so metrics report what actually crossed.
 """
 
 from __future__ import annotations
@@ -17,36 +27,25 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import torch
 
+from planner.schedule import MESSAGES_PER_CUT_PER_MICRO_BATCH, STEP_TAGS, TAGS
+from trainer.errors import PeerLost, PeerTimeout, ProtocolError, RunAborted, StopRound
+
 SERVER = "server"
-MESSAGES_PER_CUT_PER_STEP = 4
+LOST = "__lost__"  # a broken connection; the payload is the error
+ABORT = "__abort__"  # the run is being torn down; every recv raises RunAborted
 
 
-class StopRound(Exception):
-    """Raised by ``recv`` when the peer sent ``stop``: the round is over for this role."""
-
-
-LOST = "__lost__"  # queued by a receiver whose connection broke; the payload is the error
-
-
-class PeerLost(RuntimeError):
-    """The connection to a peer broke (its process died)."""
-
-    def __init__(self, dst: str, src: str, cause: BaseException):
-        self.src, self.dst = src, dst
-        super().__init__(f"{dst} lost its connection to {src} ({type(cause).__name__}: {str(cause)[:160]})")
-
-
-class PeerTimeout(Exception):
-    """A ``recv`` waited longer than its timeout."""
-
-    def __init__(self, dst: str, src: str, tag: str, timeout_s: float):
-        self.src, self.dst, self.tag = src, dst, tag
-        super().__init__(f"{dst} waited {timeout_s:.0f} s for {tag!r} from {src}")
+@dataclass(frozen=True)
+class Envelope:
+    src: str
+    tag: str
+    epoch: int
+    payload: object  # a tensor, or the error of LOST / ABORT
 
 
 @dataclass
@@ -60,7 +59,7 @@ class LinkTable:
         key = (src, dst)
         if key not in self.bytes_per_s:
             return 0.0
-        return nbytes / self.bytes_per_s[key] + self.latency_s[key] / MESSAGES_PER_CUT_PER_STEP
+        return nbytes / self.bytes_per_s[key] + self.latency_s[key] / MESSAGES_PER_CUT_PER_MICRO_BATCH
 
     @classmethod
     def from_plan(cls, plan) -> "LinkTable":
@@ -75,33 +74,41 @@ class LinkTable:
         return table
 
 
+def _counter() -> defaultdict:
+    return defaultdict(int)
+
+
 @dataclass
 class TransferLog:
-    """Bytes and seconds per role, sent and received; thread-safe."""
+    """Bytes and seconds per role, sent and received; thread-safe. ``bytes_*`` count a
+    step's messages (what the plan predicts), ``control_bytes_*`` everything else."""
 
-    bytes_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    bytes_received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    send_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    bytes_sent: dict[str, int] = field(default_factory=_counter)
+    bytes_received: dict[str, int] = field(default_factory=_counter)
+    control_bytes_sent: dict[str, int] = field(default_factory=_counter)
+    control_bytes_received: dict[str, int] = field(default_factory=_counter)
     recv_wait_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    discarded: dict[str, int] = field(default_factory=_counter)  # late messages dropped on arrival
     messages: list[tuple[str, str, str, int]] | None = None  # (src, dst, tag, bytes) if kept
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record_send(self, src: str, dst: str, tag: str, nbytes: int, seconds: float) -> None:
+    def record_send(self, src: str, dst: str, tag: str, nbytes: int) -> None:
         with self.lock:
-            self.bytes_sent[src] += nbytes
-            self.send_s[src] += seconds
+            (self.bytes_sent if tag in STEP_TAGS else self.control_bytes_sent)[src] += nbytes
             if self.messages is not None:
                 self.messages.append((src, dst, tag, nbytes))
 
-    def record_recv(self, dst: str, nbytes: int, seconds: float) -> None:
+    def record_recv(self, dst: str, tag: str, nbytes: int, seconds: float) -> None:
         with self.lock:
-            self.bytes_received[dst] += nbytes
+            (self.bytes_received if tag in STEP_TAGS else self.control_bytes_received)[dst] += nbytes
             self.recv_wait_s[dst] += seconds
 
-    def reset(self) -> None:
+    def reset(self, role: str) -> None:
+        """Start counting ``role``'s round afresh."""
         with self.lock:
-            for d in (self.bytes_sent, self.bytes_received, self.send_s, self.recv_wait_s):
-                d.clear()
+            for d in (self.bytes_sent, self.bytes_received, self.control_bytes_sent,
+                      self.control_bytes_received, self.recv_wait_s, self.discarded):
+                d.pop(role, None)
 
 
 def paced_sleep(seconds: float, debt: float) -> float:
@@ -119,81 +126,131 @@ def paced_sleep(seconds: float, debt: float) -> float:
     return max(time.perf_counter() - t0 - want, 0.0)
 
 
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 class Transport:
-    """Point-to-point tensors between named roles.
+    """Point-to-point tensors between named roles (see the module docstring).
 
-    ``send`` and ``recv`` are written once here: timing, link emulation, the transfer
-    log, ``stop`` and tag checks. An implementation moves the bytes: ``_put`` hands a
-    payload towards ``dst``; ``_inbox(dst, src)`` is the FIFO queue of ``(tag, payload)``
-    that arrived at ``dst`` from ``src``.
+    An implementation moves bytes: ``_put(dst, envelope)`` hands a message towards
+    ``dst``, whose arrival ends in :meth:`_arrive`.
     """
-
-    log: TransferLog
-    links: LinkTable
-    emulate: bool
 
     def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, log: TransferLog | None = None):
         self.links = links or LinkTable()
         self.emulate = emulate
         self.log = log or TransferLog()
+        self._inbox: dict[str, queue.Queue] = defaultdict(queue.Queue)
+        self._aside: dict[tuple[str, str], deque] = defaultdict(deque)  # (dst, src): taken, not yet wanted
+        self._epoch: dict[str, int] = defaultdict(int)
+        self._stopped: dict[str, int] = {}  # role -> epoch it was stopped in
+        self._aborted: dict[str, str] = {}  # role -> why the run is being torn down
         self._sleep_debt: dict[str, float] = defaultdict(float)  # per sender, see paced_sleep
+        self._lock = threading.Lock()
 
-    def _put(self, src: str, dst: str, tag: str, payload: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def _inbox(self, dst: str, src: str) -> queue.Queue:
+    # -- what an implementation provides
+    def _put(self, dst: str, envelope: Envelope) -> None:
         raise NotImplementedError
 
     def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         """The payload to hand over (a private copy where the receiver shares memory)."""
         return tensor.detach().contiguous()
 
+    def _arrive(self, dst: str, envelope: Envelope) -> None:
+        with self._lock:
+            box = self._inbox[dst]
+        box.put(envelope)
+
+    # -- the interface
+    def begin_round(self, role: str, epoch: int) -> None:
+        self._epoch[role] = epoch
+        self.log.reset(role)
+
+    def epoch(self, role: str) -> int:
+        return self._epoch[role]
+
+    def stopped(self, role: str) -> bool:
+        """Whether ``role`` was stopped in its current round."""
+        return self._stopped.get(role) == self._epoch[role]
+
     def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> None:
-        t0 = time.perf_counter()
+        if tag not in TAGS:
+            raise ProtocolError(f"{src} sends unknown tag {tag!r}; known: {', '.join(TAGS)}")
         payload = self._prepare(tensor)
         n = nbytes(payload)
-        if self.emulate:
+        if self.emulate and tag in STEP_TAGS:
             self._sleep_debt[src] = paced_sleep(self.links.delay_s(src, dst, n), self._sleep_debt[src])
-        self._put(src, dst, tag, payload)
-        self.log.record_send(src, dst, tag, n, time.perf_counter() - t0)
+        self._put(dst, Envelope(src, tag, self._epoch[src], payload))
+        self.log.record_send(src, dst, tag, n)
 
-    def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None) -> torch.Tensor:
-        """The next tensor from ``src``; raises StopRound on ``stop``, PeerTimeout on timeout."""
+    def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None, stoppable: bool = False,
+             late_ok: bool = False) -> torch.Tensor:
+        """The next tensor tagged ``tag`` from ``src``; raises StopRound (``stoppable``),
+        PeerTimeout after ``timeout_s``, PeerLost, RunAborted or ProtocolError."""
         t0 = time.perf_counter()
-        inbox = self._inbox(dst, src)
-        try:
-            got, payload = inbox.get(timeout=timeout_s)
-        except queue.Empty:
-            raise PeerTimeout(dst, src, tag, timeout_s or 0.0) from None
-        if got == LOST:
-            inbox.put((got, payload))  # every later recv fails the same way
-            raise PeerLost(dst, src, payload)
-        self.log.record_recv(dst, nbytes(payload), time.perf_counter() - t0)
-        if got == "stop":
-            raise StopRound(src)
-        if got != tag:
-            raise RuntimeError(f"{dst} expected {tag!r} from {src}, got {got!r}")
-        return payload
+        deadline = None if timeout_s is None else t0 + timeout_s
+        while True:
+            if dst in self._aborted:
+                raise RunAborted(self._aborted[dst])
+            env = self._next(dst, src, deadline, tag, timeout_s)
+            if env.tag == ABORT:
+                self._aborted[dst] = str(env.payload)
+                continue
+            if env.tag == LOST:
+                self._aside[(dst, src)].appendleft(env)  # every later recv fails the same way
+                raise PeerLost(dst, src, env.payload)
+            if env.epoch < self._epoch[dst] or (env.tag in STEP_TAGS and late_ok and tag not in STEP_TAGS):
+                with self.log.lock:
+                    self.log.discarded[dst] += 1
+                continue
+            if env.tag == "stop":
+                if env.epoch == self._epoch[dst] and self._stopped.get(dst) != env.epoch:
+                    self._stopped[dst] = env.epoch
+                    if stoppable:
+                        raise StopRound(env.src)
+                continue
+            if env.tag != tag:
+                raise ProtocolError(f"{dst} expected {tag!r} from {src}, got {env.tag!r} (round {env.epoch})")
+            self.log.record_recv(dst, tag, nbytes(env.payload), time.perf_counter() - t0)
+            return env.payload
 
+    def _next(self, dst: str, src: str, deadline: float | None, tag: str, timeout_s: float | None) -> Envelope:
+        """The next envelope from ``src``, or a ``stop`` / ``abort`` from anyone."""
+        aside = self._aside[(dst, src)]
+        if aside:
+            return aside.popleft()
+        with self._lock:
+            box = self._inbox[dst]
+        while True:
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and left <= 0:
+                raise PeerTimeout(dst, src, tag, timeout_s or 0.0)
+            try:
+                env = box.get(timeout=left)
+            except queue.Empty:
+                raise PeerTimeout(dst, src, tag, timeout_s or 0.0) from None
+            if env.src == src or env.tag in ("stop", ABORT):
+                return env
+            self._aside[(dst, env.src)].append(env)
 
-def nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+    def abort(self, roles, reason: str) -> None:
+        """Wake every role in ``roles``: their next (or current) ``recv`` raises RunAborted."""
+        for r in roles:
+            self._arrive(r, Envelope("?", ABORT, 0, reason))
+
+    def close(self, timeout_s: float) -> None:
+        """Release what the implementation holds (threads, connections)."""
 
 
 class InProcessTransport(Transport):
-    """Roles are threads of one process; each (src, dst) pair is a FIFO queue."""
+    """Roles are threads of one process; a message is put straight into the inbox."""
 
     def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, keep_messages: bool = False):
         super().__init__(links, emulate=emulate, log=TransferLog(messages=[] if keep_messages else None))
-        self._queues: dict[tuple[str, str], queue.Queue] = defaultdict(queue.Queue)
-        self._lock = threading.Lock()
-
-    def _inbox(self, dst: str, src: str) -> queue.Queue:
-        with self._lock:
-            return self._queues[(src, dst)]
 
     def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().clone()  # the receiver is another thread: never share storage
 
-    def _put(self, src: str, dst: str, tag: str, payload: torch.Tensor) -> None:
-        self._inbox(dst, src).put((tag, payload))
+    def _put(self, dst: str, envelope: Envelope) -> None:
+        self._arrive(dst, envelope)

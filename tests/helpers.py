@@ -1,0 +1,88 @@
+"""Plans cut by hand, runs in a temporary folder, and what a run leaves behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from planner import check
+from planner.models import build_discriminator
+from planner.planfile import Plan, PlannedClient, PlannedStage, write_plan
+from planner.problem import ClientProblem, Stage
+from planner.schedule import cut_bytes_per_step
+from trainer import TrainConfig, train
+from trainer.data import DataSource, load_digits_28
+from trainer.shards import ShardSampler
+
+B = 8  # batch size of the hand-cut plans
+
+
+def chain_plan(model_name: str, cuts: list[int] | list[list[int]], *, n_clients: int = 1,
+               weights: list[float] | None = None, batch: int = B) -> Plan:
+    """A plan cutting a chain model after the given layers, on fresh devices ``c<i>-d<j>``.
+
+    ``cuts`` is one list for every client or a list per client; client ``i`` has
+    ``data_weight`` ``weights[i]`` (default ``1 + i``)."""
+    model = build_discriminator(model_name)
+    L = len(model)
+    per_client = cuts if cuts and isinstance(cuts[0], list) else [cuts] * n_clients
+    with torch.no_grad():
+        x, out_bytes = torch.zeros(batch, *model.input_shape), []
+        for i in range(L):
+            x = model.run(x, i, i + 1)
+            out_bytes.append(x.numel() * x.element_size())
+    clients = []
+    for ci, client_cuts in enumerate(per_client):
+        bounds = [0] + [c + 1 for c in client_cuts] + [L]
+        names = tuple(f"c{ci}-d{i}" for i in range(len(bounds) - 1))
+        n = len(names)
+        costs = ClientProblem(
+            devices=names, data_device=0, compute_s=tuple((0.001,) * L for _ in names),
+            memory_bytes=tuple((1,) * L for _ in names), capacity_bytes=(10**9,) * n,
+            cut_bytes=tuple(cut_bytes_per_step(b) for b in out_bytes[:-1]),
+            link_bytes_per_s=tuple(tuple(0.0 if a == b else 1e12 for b in range(n)) for a in range(n)),
+            link_latency_s=tuple((0.0,) * n for _ in range(n)))
+        stages = [Stage(i, bounds[i], bounds[i + 1]) for i in range(n)]
+        transfers = check.cut_transfer_s(costs, stages) + [0.0]
+        planned = tuple(PlannedStage(names[i], bounds[i], bounds[i + 1], check.stage_compute_s(costs, s),
+                                     transfers[i], check.stage_memory_bytes(costs, s)) for i, s in enumerate(stages))
+        clients.append(PlannedClient(
+            name=f"client{ci}", status="planned", reason=None, step_time_s=check.step_time_s(costs, stages),
+            stages=planned, costs=costs, data_weight=weights[ci] if weights else 1.0 + ci,
+            processing_time_factor={d: 1.0 for d in names}))
+    layers = [{"name": nd.name, "flops": 0, "param_bytes": 0, "output_bytes": ob, "model_layers": [i, i + 1]}
+              for i, (nd, ob) in enumerate(zip(model.nodes, out_bytes))]
+    return Plan(model={"name": model_name, "fingerprint": model.fingerprint(), "input_shape": list(model.input_shape),
+                       "layers": layers},
+                batch_size=batch, objective="latency", solver={"name": "test", "status": "heuristic", "seconds": 0},
+                devices_file=None, round_time_s=max(c.step_time_s for c in clients), clients=tuple(clients))
+
+
+def config(tmp_path: Path, plan: Plan, out: str = "run", **kw) -> TrainConfig:
+    """A quick run's options: few steps, no emulation, no evaluation."""
+    write_plan(plan, tmp_path / "plan.json")
+    base = dict(plan_path=tmp_path / "plan.json", out_dir=tmp_path / out, steps_per_round=2, emulate="none",
+                eval_every=0, timeout_s=8.0)
+    return TrainConfig(**(base | kw))
+
+
+def run(tmp_path: Path, plan: Plan, out: str = "run", **kw) -> list[dict]:
+    return train(config(tmp_path, plan, out, **kw))
+
+
+def final_states(out: Path, plan: Plan) -> tuple[dict, dict[str, dict]]:
+    """(the generator's weights, each client's discriminator weights) of a finished run."""
+    ck = out / "checkpoint"
+    server = torch.load(ck / "server.pt", weights_only=True)
+    clients = {}
+    for c in plan.planned:
+        latest = sorted(ck.glob(f"client-{c.name}-r*.pt"))[-1]
+        clients[c.name] = torch.load(latest, weights_only=True)["weights"]
+    return server["generator"], clients
+
+
+def first_real_batch(plan: Plan, k: int, *, seed: int = 0) -> torch.Tensor:
+    """The first real batch client ``k``'s data device draws (its sampler replayed)."""
+    rows = DataSource("digits", seed=seed).shard_rows([c.data_weight for c in plan.planned], k)
+    return ShardSampler(load_digits_28(rows).images, batch_size=plan.batch_size, seed=seed * 31 + k).next_batch()

@@ -1,0 +1,173 @@
+"""The dist backend: one process per planned device plus the server, over gloo.
+
+:func:`run_dist` starts the processes itself (``spawn``; rank 0 is the server, then the
+devices in plan order), each bound to 127.0.0.1 and a free port with one torch thread,
+and supervises them: the first process to fail or go silent ends the run, every process
+is killed, and the error names the device and the round. Each process builds only its
+own role and loads only its own data: nothing but the plan and the options is handed to
+it.
+
+Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) this process is one rank; a JSON
+file named by ``FSL_RANKS`` maps role names to ranks (default: server 0, then the plan's
+devices in order). README's "Several machines" shows a two-machine command, which
+``tests/test_multinode.py`` runs on one machine with two torchrun agents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from datetime import timedelta
+from multiprocessing.connection import wait as wait_any
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from planner.errors import InputError
+from trainer.build import RunSpec
+from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
+from trainer.loop import BETWEEN_ROUNDS_S, run_role
+from trainer.transport import SERVER, LinkTable
+from trainer.wire import DistTransport
+
+GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' reports
+
+
+def default_ranks(spec: RunSpec) -> dict[str, int]:
+    return {n: i for i, n in enumerate(spec.roles())}
+
+
+def peers_of(spec: RunSpec, me: str) -> list[str]:
+    """Whom ``me`` exchanges messages with: the server talks to every device; a device to
+    the server and the other devices of its client."""
+    if me == SERVER:
+        return spec.roles()[1:]
+    _, c = spec.client_of(me)
+    return [SERVER] + [s.device for s in c.stages if s.device != me]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
+    """This process's role, from joining the group to leaving it."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
+                            timeout=timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S))
+    t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
+                      emulate=spec.cfg.emulate == "sleep")
+    history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
+    t.close(timeout_s=spec.cfg.timeout_s)
+    dist.destroy_process_group()
+    return history
+
+
+def _spawned(spec: RunSpec, me: str, ranks: dict[str, int], port: int, conn) -> None:
+    """Entry of a spawned rank: report to the parent through ``conn``, exit 1 on failure."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    try:
+        history = _play(spec, me, ranks, init_method=f"tcp://127.0.0.1:{port}",
+                        report=lambda kind, body: conn.send((kind, body)))
+        conn.send(("done", history))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", RankFailure.of(me, 0, e)))
+        conn.close()
+        os._exit(1)
+
+
+def _supervise(spec: RunSpec, procs: dict, conns: dict, on_round, on_start) -> list[dict]:
+    names = {c: n for n, c in conns.items()}
+    live, done, reported, failures, history = set(conns.values()), set(), set(), [], []
+    round_no, first_failure = 0, None
+    quiet_limit = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
+    last_news = time.monotonic()
+    while len(done) < len(procs):
+        for c in wait_any(list(live), timeout=0.2):
+            try:
+                kind, body = c.recv()
+            except (EOFError, OSError):
+                live.discard(c)
+                continue
+            name, last_news = names[c], time.monotonic()
+            if kind == "start":
+                round_no = body["start_round"]
+                if on_start:
+                    on_start(body | {"pids": {n: p.pid for n, p in procs.items()}})
+            elif kind == "round":
+                round_no = body["round"]
+                if on_round:
+                    on_round(body)
+            elif kind == "done":
+                done.add(name)
+                history = body if name == SERVER else history
+            elif kind == "error":
+                reported.add(name)
+                failures.append(body)
+        for name, p in procs.items():
+            if name not in done and name not in reported and p.exitcode not in (None, 0):
+                reported.add(name)
+                failures.append(RankFailure.died(name, round_no + 1, p.exitcode))
+        if failures and first_failure is None:
+            first_failure = time.monotonic()
+        if first_failure is not None and (time.monotonic() - first_failure > GRACE_S or not live):
+            raise root_cause(failures, round_no + 1)
+        if time.monotonic() - last_news > quiet_limit:
+            raise DeviceFailure(SERVER, round_no + 1, f"no progress for {quiet_limit:.0f} s")
+    return history
+
+
+def _kill_all(procs: dict) -> None:
+    for p in procs.values():
+        if p.is_alive():
+            p.kill()
+    for p in procs.values():
+        p.join(10)
+
+
+def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
+    """Train as ``spec`` says with a process per role; returns every round's metrics (on a
+    torchrun rank other than 0: ``[]``)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return _torchrun(spec, on_start=on_start, on_round=on_round)
+    ranks, port = default_ranks(spec), free_port()
+    ctx = mp.get_context("spawn")
+    procs, conns = {}, {}
+    try:
+        for name in ranks:
+            recv_end, send_end = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_spawned, args=(spec, name, ranks, port, send_end), name=f"fsl-{name}",
+                            daemon=True)
+            p.start()
+            send_end.close()
+            procs[name], conns[name] = p, recv_end
+        return _supervise(spec, procs, conns, on_round, on_start)
+    finally:
+        _kill_all(procs)
+
+
+def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    source = os.environ.get("FSL_RANKS")
+    ranks = {str(k): int(v) for k, v in json.loads(Path(source).read_text()).items()} if source else default_ranks(spec)
+    want = set(default_ranks(spec))
+    if set(ranks) != want or sorted(ranks.values()) != list(range(world)):
+        raise InputError(source or "WORLD_SIZE", None, f"expected ranks 0..{world - 1} for {sorted(want)}, "
+                         f"found {ranks}")
+    me = next(n for n, k in ranks.items() if k == rank)
+
+    def report(kind: str, body: dict) -> None:
+        hook = on_start if kind == "start" else on_round
+        if hook:
+            hook(body)
+
+    try:
+        return _play(spec, me, ranks, init_method="env://", report=report)
+    except RoleError as e:
+        raise root_cause([RankFailure.of(me, e.round_no, e)], e.round_no) from e.cause

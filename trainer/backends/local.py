@@ -1,0 +1,49 @@
+"""The local backend: every role a thread of this process, over an in-process transport.
+
+Roles share this machine's cores; a lock lets one compute at a time, so the work each
+measures is what the profile measured (``trainer.clock``). The first role to fail aborts
+the others (their ``recv`` raises at once) and its error, classified like the dist
+backend's (``trainer.errors.root_cause``), is raised here.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from trainer.build import RunSpec
+from trainer.errors import RankFailure, RoleError, root_cause
+from trainer.loop import run_role
+from trainer.transport import SERVER, InProcessTransport, LinkTable, Transport
+
+
+def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transport | None = None) -> list[dict]:
+    """Train as ``spec`` says with a thread per role; returns every round's metrics."""
+    t = transport or InProcessTransport(LinkTable.from_plan(spec.plan), emulate=spec.cfg.emulate == "sleep")
+    roles = spec.roles()
+    lock = threading.Lock()
+    result: dict[str, list[dict]] = {}
+    failures: list[RankFailure] = []
+    errors: dict[str, BaseException] = {}
+
+    def report(kind: str, body: dict) -> None:
+        hook = on_start if kind == "start" else on_round
+        if hook:
+            hook(body)
+
+    def play(name: str) -> None:
+        try:
+            result[name] = run_role(spec, name, t, lock=lock, report=report if name == SERVER else None)
+        except BaseException as e:  # noqa: BLE001 - whatever a role raises ends the run
+            errors[name] = e.cause if isinstance(e, RoleError) else e
+            failures.append(RankFailure.of(name, 0, e))
+            t.abort(roles, f"{name} failed")
+
+    threads = [threading.Thread(target=play, args=(n,), name=f"fsl-{n}", daemon=True) for n in roles]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if failures:
+        own = next((errors[f.role] for f in failures if f.kind == "own"), None)
+        raise root_cause(failures, max(f.round_no for f in failures)) from own  # keeps a bug's traceback
+    return result[SERVER]

@@ -1,0 +1,188 @@
+"""Build one role of a run from the plan: the server's generator, or one device's segment.
+
+Each role builds only its own part. The plan is checked against the model first (SPEC
+§2-3): the model must exist, its fingerprint, planning units and per-sample sizes must
+match the plan's tables, and the batch size must be sane. A data device loads its own
+client's shard and nothing else (``trainer.data.DataSource``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from planner.errors import InputError
+from planner.models import DISCRIMINATORS, Generator, LayeredModel, SeededDropout, build_discriminator
+from planner.planfile import Plan, PlannedClient
+from trainer.clock import Clock
+from trainer.config import TrainConfig
+from trainer.data import DataSource, Dataset
+from trainer.roles import ClientView, DeviceRole, ServerRole
+from trainer.shards import ShardSampler
+from trainer.transport import SERVER
+
+ADAM_BETAS = (0.5, 0.999)  # DCGAN's
+MAX_BATCH = 4096
+_SEEDED = threading.Lock()  # roles of the local backend build in parallel threads; torch's RNG is global
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a role needs to play its part: the options and the plan."""
+
+    cfg: TrainConfig
+    plan: Plan
+
+    @property
+    def source(self) -> str:
+        return str(self.cfg.plan_path)
+
+    @property
+    def data(self) -> DataSource:
+        c = self.cfg
+        return DataSource(c.data, None if c.data_root is None else str(c.data_root), c.alpha, c.seed)
+
+    def roles(self) -> list[str]:
+        """The server, then every planned device in plan order."""
+        return [SERVER] + [s.device for c in self.plan.planned for s in c.stages]
+
+    def client_of(self, device: str) -> tuple[int, PlannedClient]:
+        for k, c in enumerate(self.plan.planned):
+            if device in {s.device for s in c.stages}:
+                return k, c
+        raise KeyError(device)
+
+
+def unit_layers(plan: Plan, model: LayeredModel, source: str) -> list[tuple[int, int]]:
+    """Model layer range ``[first, end)`` of each planning unit, checked against the model."""
+    spans, expect = [], 0
+    for i, layer in enumerate(plan.model["layers"]):
+        span = layer.get("model_layers", [i, i + 1])
+        if not (isinstance(span, list) and len(span) == 2 and span[0] == expect and span[1] > span[0]):
+            raise InputError(source, f"model.layers[{i}].model_layers",
+                             f"expected [{expect}, >{expect}], found {span!r}")
+        spans.append((span[0], span[1]))
+        expect = span[1]
+    if expect != len(model):
+        raise InputError(source, "model.layers", f"plan covers {expect} layers, model {model.model_name} has {len(model)}")
+    return spans
+
+
+def check_plan_model(plan: Plan, source: str) -> tuple[LayeredModel, list[tuple[int, int]]]:
+    """The plan's model, built fresh, and each planning unit's layer span; InputError if
+    they disagree (model, fingerprint, input shape, batch size, the tables' sizes)."""
+    name = plan.model["name"]
+    if name not in DISCRIMINATORS:
+        raise InputError(source, "model.name", f"unknown model {name!r}, expected one of {', '.join(DISCRIMINATORS)}")
+    if not 1 <= plan.batch_size <= MAX_BATCH:
+        raise InputError(source, "batch_size", f"must be within 1..{MAX_BATCH}, found {plan.batch_size}")
+    with _SEEDED:
+        model = build_discriminator(name)
+    if plan.model["fingerprint"] != model.fingerprint():
+        raise InputError(source, "model.fingerprint", f"does not match model {name} of this version "
+                         f"({plan.model['fingerprint'][:19]}… vs {model.fingerprint()[:19]}…); plan again")
+    if list(plan.model["input_shape"]) != list(model.input_shape):
+        raise InputError(source, "model.input_shape", f"expected {list(model.input_shape)}")
+    spans = unit_layers(plan, model, source)
+    _check_sizes(plan, model, spans, source)
+    return model, spans
+
+
+def _check_sizes(plan: Plan, model: LayeredModel, spans: list[tuple[int, int]], source: str) -> None:
+    """Each unit's output bytes in the plan must be ``batch_size`` x what the model
+    produces per sample: a plan whose batch size or tables were edited is refused here,
+    before anything is allocated."""
+    with torch.no_grad():
+        x = torch.zeros(1, *model.input_shape)
+        outs = []
+        for a, b in spans:
+            x = model.run(x, a, b)
+            outs.append(x.numel() * x.element_size())
+    for i, (layer, per_sample) in enumerate(zip(plan.model["layers"], outs)):
+        want = per_sample * plan.batch_size
+        if layer["output_bytes"] != want:
+            raise InputError(source, f"model.layers[{i}].output_bytes", f"{layer['output_bytes']} bytes does not match "
+                             f"batch_size {plan.batch_size} x {per_sample} bytes per sample ({want})")
+
+
+def fit_images(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Resize [N,1,28,28] images to the model's input (e.g. 64x64)."""
+    if tuple(images.shape[1:]) == tuple(shape):
+        return images
+    return F.interpolate(images, size=shape[1:], mode="bilinear", align_corners=False).clamp(-1, 1)
+
+
+def adam(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer | None:
+    """Adam over the module's parameters; None for a stage without any (e.g. activations)."""
+    params = list(module.parameters())
+    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS) if params else None
+
+
+def client_discriminator(spec: RunSpec, k: int) -> LayeredModel:
+    """Client ``k``'s discriminator as it starts: every client from the same weights,
+    its own dropout streams."""
+    with _SEEDED:
+        torch.manual_seed(spec.cfg.seed + 1)
+        d = build_discriminator(spec.plan.model["name"])
+    for i, layer in enumerate(d.layers):
+        if isinstance(layer, SeededDropout):
+            layer.reseed((spec.cfg.seed * 7919 + k) * 1009 + i)
+    return d.train()
+
+
+@dataclass
+class DeviceParts:
+    role: DeviceRole
+    model: LayeredModel  # the client's discriminator; the role's segment shares its layers
+    data: Dataset | None  # the data device's training data; None elsewhere
+    chain: list[tuple[str, int, int]]  # the client's devices, data device first, with model-layer spans
+
+
+def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None) -> DeviceParts:
+    """Device ``name``'s role and what comes with it (see :class:`DeviceParts`)."""
+    cfg, plan = spec.cfg, spec.plan
+    template, spans = check_plan_model(plan, spec.source)
+    k, c = spec.client_of(name)
+    chain = [s.device for s in c.stages]
+    i = chain.index(name)
+    st = c.stages[i]
+    d = client_discriminator(spec, k)
+    seg = d.segment(spans[st.start][0], spans[st.end - 1][1])
+    data, sampler = None, None
+    if i == 0:
+        data = spec.data.client_data([x.data_weight for x in plan.planned], k, c.name)
+        sampler = ShardSampler(fit_images(data.images, template.input_shape), batch_size=plan.batch_size,
+                               seed=cfg.seed * 31 + k)
+    role = DeviceRole(
+        name=name, client=c.name, stage=seg, optimizer=adam(seg, cfg.lr),
+        prev=chain[i - 1] if i > 0 else None, next=chain[i + 1] if i + 1 < len(chain) else None,
+        batch_size=plan.batch_size, sampler=sampler,
+        clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep", lock=lock),
+        timeout_s=cfg.timeout_s)
+    spans_of = [(s.device, spans[s.start][0], spans[s.end - 1][1]) for s in c.stages]
+    return DeviceParts(role, d, data, spans_of)
+
+
+def build_server(spec: RunSpec, *, lock: threading.Lock | None = None) -> ServerRole:
+    cfg, plan = spec.cfg, spec.plan
+    template, _ = check_plan_model(plan, spec.source)
+    with _SEEDED:
+        torch.manual_seed(cfg.seed)
+        g = Generator(image_size=template.input_shape[-1])
+    views = [ClientView(c.name, tuple(s.device for s in c.stages), c.data_weight) for c in plan.planned]
+    return ServerRole(
+        generator=g.train(), optimizer=adam(g, cfg.lr), clients=views, batch_size=plan.batch_size,
+        z_generator=torch.Generator().manual_seed(cfg.seed + 12345), deadline_s=cfg.deadline_s,
+        timeout_s=cfg.timeout_s, clock=Clock(lock=lock))
+
+
+def emulation_warnings(plan: Plan, cfg: TrainConfig) -> list[str]:
+    """Things a person should know before trusting the timings."""
+    fast = sorted(s.device for c in plan.planned for s in c.stages if c.processing_time_factor.get(s.device, 1) < 1)
+    if cfg.emulate != "sleep" or not fast:
+        return []
+    return [f"{', '.join(fast)} should run faster than this machine (processing_time_factor < 1); "
+            "emulation can only slow a device down, so they run at this machine's speed"]

@@ -1,0 +1,59 @@
+"""A device's compute time, measured, and under emulation stretched to the device's speed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from trainer.transport import paced_sleep
+
+
+@dataclass
+class Clock:
+    """Times a device's work; under emulation the device then takes ``factor`` x that time.
+
+    ``lock`` (local backend) lets one device compute at a time, so the work measured
+    is what the profile measured, not two devices fighting over two cores. Waiting for
+    the lock is this host's artefact, not the emulated device's: under emulation the
+    wait is taken out of the slowdown's sleep, so a compute phase ends ``factor`` x
+    ``work`` after the device was ready to start, unless the host's cores were busy for
+    longer than that. What they could not hide is ``host_wait_s``.
+    """
+
+    factor: float = 1.0  # processing_time_factor of the device
+    emulate: bool = False
+    lock: threading.Lock | None = None
+    work_s: float = 0.0  # raw seconds of work on this machine
+    compute_s: float = 0.0  # work x factor under emulation, else work: the device's compute time
+    lock_wait_s: float = 0.0  # seconds spent waiting for another device to finish computing
+    host_wait_s: float = 0.0  # the part of lock_wait_s the emulated slowdown could not absorb
+    sleep_debt_s: float = 0.0  # how much the last sleep overslept (paced_sleep)
+
+    @contextmanager
+    def compute(self):
+        t_ask = time.perf_counter()
+        if self.lock is not None:
+            self.lock.acquire()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            t1 = time.perf_counter()
+            if self.lock is not None:
+                self.lock.release()
+            work, waited = t1 - t0, t0 - t_ask
+            self.work_s += work
+            self.lock_wait_s += waited
+            if self.emulate:
+                extra = max(self.factor - 1.0, 0.0) * work  # a factor below 1 runs at this host's speed
+                self.compute_s += work + extra
+                self.host_wait_s += max(waited - extra, 0.0)
+                self.sleep_debt_s = paced_sleep(extra - waited, self.sleep_debt_s)
+            else:
+                self.compute_s += work
+                self.host_wait_s += waited
+
+    def reset(self) -> None:
+        self.work_s = self.compute_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0

@@ -1,0 +1,142 @@
+"""What a role must save to continue exactly, and the one serializer for it.
+
+A state is a dict of tensors, numbers, strings, lists and dicts. It travels between
+processes as a uint8 tensor holding a ``torch.save`` buffer (:func:`pack`) and lands on
+disk as the same bytes; both are read back with ``torch.load(weights_only=True)``, so
+nothing that needs arbitrary unpickling is ever accepted.
+
+Checkpoints (``DIR/checkpoint/``) stay with their owners:
+
+- ``server.pt``: the generator, its Adam state and noise stream, the round, the plan's
+  digest and the run's options; written last, so it names the round that is complete.
+- ``client-<name>-rNNNN.pt``: written by each client's data device, the only device its
+  client trusts with everything: the client's whole discriminator (gathered from its
+  devices), each device's Adam state with the layers it held, the dropout streams and
+  the data sampler. Discriminator weights never reach the server this way. The last two
+  rounds are kept, so a crash between a client's file and the server's leaves a
+  consistent pair.
+
+After a device is lost, a re-planned plan may resume: each new stage gets its layers'
+weights from the client's file; Adam state carries over where a device keeps its layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from planner.errors import InputError
+from planner.models import LayeredModel, SeededDropout
+from trainer.roles import DeviceRole
+
+SERVER_FORMAT = "fsl-checkpoint/2 server"
+CLIENT_FORMAT = "fsl-checkpoint/2 client"
+
+
+def pack(obj: dict) -> torch.Tensor:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+
+def to_bytes(obj: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def unpack(t: torch.Tensor, *, source: str) -> dict:
+    return _load(io.BytesIO(t.numpy().tobytes()), source)
+
+
+def read(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(str(path), None, "no checkpoint to resume from")
+    return _load(path, str(path))
+
+
+def _load(f, source: str) -> dict:
+    try:
+        obj = torch.load(f, weights_only=True, map_location="cpu")
+    except Exception as e:  # truncated, corrupt, or a pickle that is not plain data
+        raise InputError(source, None, f"not a loadable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(obj, dict):
+        raise InputError(source, None, f"not a loadable checkpoint (a {type(obj).__name__}, expected a dict)")
+    return obj
+
+
+def plan_digest(plan) -> str:
+    """Identity of a plan's content (what a checkpoint must match)."""
+    body = json.dumps(plan.to_json(), sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def check_owner(ck: dict, *, fmt: str, plan, source: str) -> None:
+    """``ck`` must be a checkpoint of kind ``fmt`` written for ``plan`` (or for a plan it
+    was re-planned from)."""
+    if ck.get("format") != fmt:
+        raise InputError(source, "format", f"expected {fmt}, found {ck.get('format')!r}")
+    if ck.get("plan") not in (plan_digest(plan), *plan.solver.get("lineage", [])):
+        raise InputError(source, "plan", "the checkpoint was written for another plan; "
+                         "resume with the plan in its run directory, or train into a new --out")
+
+
+def _layer(key: str) -> int:
+    return int(key.split(".")[1])  # "layers.<i>.<param>"
+
+
+def device_state(role: DeviceRole, model: LayeredModel) -> dict:
+    """Everything of one device that a checkpoint holds."""
+    seg = role.stage
+    return {"span": [seg.start, seg.end], "weights": seg.state_dict(),
+            "optimizer": role.optimizer.state_dict() if role.optimizer is not None else {},
+            "dropout": {str(i): model.layers[i].generator.get_state() for i in range(seg.start, seg.end)
+                        if isinstance(model.layers[i], SeededDropout)},
+            "sampler": role.sampler.state_dict() if role.sampler is not None else {}}
+
+
+def load_device_state(role: DeviceRole, model: LayeredModel, state: dict, *, source: str) -> None:
+    seg = role.stage
+    try:
+        seg.load_state_dict(state["weights"])
+        if role.optimizer is not None and state["span"] == [seg.start, seg.end] and state["optimizer"]:
+            role.optimizer.load_state_dict(state["optimizer"])  # a moved stage starts with fresh Adam moments
+        for i, s in state["dropout"].items():
+            model.layers[int(i)].generator.set_state(s)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise InputError(source, None, f"does not match this run ({type(e).__name__}: {str(e)[:120]})") from None
+    if role.sampler is not None:
+        role.sampler.load_state_dict(state.get("sampler", {}), source=source)
+
+
+def client_checkpoint(client: str, *, round_done: int, plan, states: dict[str, dict]) -> dict:
+    """A client's file: its devices' states (``device -> device_state``) put together."""
+    weights, dropout = {}, {}
+    for s in states.values():
+        weights.update(s["weights"])
+        dropout.update(s["dropout"])
+    sampler = next(s["sampler"] for s in states.values() if s["sampler"])
+    return {"format": CLIENT_FORMAT, "round": round_done, "plan": plan_digest(plan), "client": client,
+            "weights": weights, "dropout": dropout, "sampler": sampler,
+            "devices": {d: {"span": s["span"], "optimizer": s["optimizer"]} for d, s in states.items()}}
+
+
+def device_states(ck: dict, chain: list[tuple[str, int, int]], *, source: str) -> dict[str, dict]:
+    """Each device's state for the (possibly re-planned) ``chain`` of ``(device, start, end)``
+    model-layer spans, from a client's file."""
+    out = {}
+    try:
+        for i, (name, a, b) in enumerate(chain):
+            old = ck["devices"].get(name, {})
+            out[name] = {
+                "span": [a, b], "weights": {k: v for k, v in ck["weights"].items() if a <= _layer(k) < b},
+                "optimizer": old.get("optimizer", {}) if old.get("span") == [a, b] else {},
+                "dropout": {k: v for k, v in ck["dropout"].items() if a <= int(k) < b},
+                "sampler": ck["sampler"] if i == 0 else {}}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(source, None, f"does not match this run ({type(e).__name__}: {str(e)[:120]})") from None
+    return out
