@@ -64,8 +64,10 @@ def _model(name: str):
 
 
 def _check_batch(batch_size: int) -> None:
-    if not 1 <= batch_size <= 4096:
-        raise InputError("--batch-size", None, f"must be within 1..4096, found {batch_size}")
+    from planner.planfile import MAX_BATCH
+
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise InputError("--batch-size", None, f"must be within 1..{MAX_BATCH}, found {batch_size}")
 
 
 def _bar(fraction: float, width: int = 10) -> str:

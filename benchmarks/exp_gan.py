@@ -8,20 +8,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks.common import md_table, median, synthetic_profile
-from benchmarks.experiments import Context, save_figure
+from benchmarks.exp_context import Context, save_figure
 from benchmarks.exp_setup import make_plan, run_plan
-from trainer.data import load_dataset, shard_dirichlet
+from trainer.data import DataSource, digits_labels
 
 ALPHAS = (0.1, 1.0, 100.0)
 AGGREGATES = ("none", "fedavg", "swap")
 
 
-def shard_labels(labels: np.ndarray, alpha: float, n_clients: int, *, seed: int = 0) -> list[str]:
-    """Per client, the labels that make up 90% of its Dirichlet(alpha) shard of ``labels``,
-    as the trainer draws it (equal weights): what 'non-IID' means at this alpha."""
-    out = []
-    for shard in shard_dirichlet(labels, [1.0] * n_clients, alpha=alpha, seed=seed):
-        counts = np.bincount(labels[shard], minlength=10)
+def shard_labels(alpha: float, n_clients: int, *, seed: int = 0) -> list[str]:
+    """Per client, the labels that make up 90% of its Dirichlet(alpha) shard, as the data
+    devices draw it (equal weights): what 'non-IID' means at this alpha."""
+    labels, out = digits_labels(), []
+    src = DataSource("digits", alpha=alpha, seed=seed)
+    for k in range(n_clients):
+        counts = np.bincount(labels[src.shard_rows([1.0] * n_clients, k)], minlength=10)
         order, covered, keep = np.argsort(-counts), 0, []
         for c in order:
             if covered >= 0.9 * counts.sum():
@@ -77,7 +78,6 @@ def non_iid(ctx: Context) -> tuple[str, str]:
     sz = ctx.size
     rounds, steps, every = sz["niid_rounds"], sz["niid_steps"], sz["niid_eval_every"]
     p = make_plan(ctx, synthetic_profile(3))
-    labels = np.asarray(load_dataset("digits").labels)
     rows, curves = [], {}
     for alpha in ALPHAS:
         for agg in AGGREGATES:
@@ -94,9 +94,9 @@ def non_iid(ctx: Context) -> tuple[str, str]:
             print(f"   alpha {skew:g}, aggregate {agg}, seed {seed} ...", flush=True)
             hist = run_plan(ctx, p, f"niid-{skew}-{agg}-s{seed}", rounds=rounds, steps_per_round=steps,
                             emulate="none", eval_every=every, alpha=skew, aggregate=agg, seed=seed)
-            again.append([seed, agg, " ".join(shard_labels(labels, skew, 3, seed=seed)), hist[-1]["fid"],
+            again.append([seed, agg, " ".join(shard_labels(skew, 3, seed=seed)), hist[-1]["fid"],
                           " / ".join(f"{f:.1f}" for _, f in _fids(hist)), hist[-1]["class_score"]])
-    shards = "; ".join(f"alpha {a:g}: " + " ".join(shard_labels(labels, a, 3)) for a in ALPHAS)
+    shards = "; ".join(f"alpha {a:g}: " + " ".join(shard_labels(a, 3)) for a in ALPHAS)
     body = (f"3 clients of `synthetic_profile(3)`, the digits split by a Dirichlet(alpha) over labels "
             f"(alpha 100 is close to IID); {rounds} rounds x {steps} steps, `--emulate none`, FID every "
             f"{every} round(s) on 500 samples, seed 0. Labels making up 90% of each client's shard: {shards}. "

@@ -6,31 +6,23 @@ and without a deadline. Each takes the shared context and returns (markdown, ima
 from __future__ import annotations
 
 import json
-import math
 
 import matplotlib.pyplot as plt
 
 from benchmarks.common import ROOT, md_table, median, synthetic_profile
-from benchmarks.experiments import Context, save_figure
+from benchmarks.exp_context import Context, save_figure
 from benchmarks.exp_setup import make_plan, run_plan
 from planner.planfile import Plan, PlannedClient
+from planner.schedule import bytes_per_step
 
 
 # -- 5. communication ---------------------------------------------------------------------
 
-def expected_bytes(p: Plan, c: PlannedClient) -> dict[str, tuple[float, float]]:
-    """Per device, (sent, received) bytes per step the plan implies: half of each adjacent
-    cut's ``cut_bytes`` each way, the fake images in and their gradient out on the data
-    device (batch x image x 4 bytes), 8 bytes of losses out of the last device."""
-    image = p.batch_size * math.prod(p.model["input_shape"]) * 4
-    n, cut = len(c.stages), c.costs.cut_bytes
-    out = {}
-    for i, s in enumerate(c.stages):
-        after = cut[s.end - 1] / 2 if i < n - 1 else 0  # forward half out, backward half in
-        before = cut[c.stages[i - 1].end - 1] / 2 if i > 0 else 0  # forward half in, backward half out
-        sent = after + before + (image if i == 0 else 0) + (8 if i == n - 1 else 0)
-        out[s.device] = (sent, after + before + (image if i == 0 else 0))
-    return out
+def expected_bytes(p: Plan, c: PlannedClient) -> dict[str, tuple[int, int]]:
+    """Per device, (sent, received) bytes per step the plan implies (``planner.schedule``)."""
+    spans = [(s.start, s.end) for s in c.stages]
+    both = bytes_per_step(spans, list(c.costs.cut_bytes), batch_size=p.batch_size, input_shape=p.model["input_shape"])
+    return {s.device: b for s, b in zip(c.stages, both)}
 
 
 def bandwidth_sweep(ctx: Context, points: int) -> list[dict]:

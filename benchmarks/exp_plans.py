@@ -10,7 +10,7 @@ import json
 import matplotlib.pyplot as plt
 
 from benchmarks.common import ROOT, md_table, median
-from benchmarks.experiments import Context, save_figure
+from benchmarks.exp_context import Context, save_figure
 from benchmarks.exp_setup import BASELINES, plans_for, random_fleet, run_plan
 from planner.planfile import PlannedClient
 

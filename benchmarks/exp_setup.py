@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from benchmarks.experiments import Context
+from benchmarks.exp_context import Context
 from planner import client_result, plan, solve_client
 from planner.devices import parse_profile
 from planner.models import SEED_PARTS, build_discriminator

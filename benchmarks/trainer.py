@@ -16,13 +16,14 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -32,11 +33,8 @@ from planner.devices import load_profile, parse_profile  # noqa: E402
 from planner.models import Generator, build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
 from planner.profile import profile_model  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import load_dataset  # noqa: E402
-from trainer.federation import build_federation  # noqa: E402
-from trainer.run import round_local, train  # noqa: E402
-from trainer.transport import InProcessTransport  # noqa: E402
+from trainer import TrainConfig, train  # noqa: E402
+from trainer.data import load_digits_28  # noqa: E402
 
 
 def unsplit_step(d, g, opt_d, opt_g, real, z):
@@ -55,31 +53,29 @@ def unsplit_step(d, g, opt_d, opt_g, real, z):
 
 
 def bench_overhead(lab_plan, tmp: Path, repeats: int) -> str:
-    """(a): the lab plan's first client, split as planned, against one piece."""
-    one = lab_plan.__class__(**{**vars(lab_plan), "clients": lab_plan.planned[:1]})
+    """(a): the lab plan's first client, split as planned, against one piece. The unsplit
+    steps run between the split rounds (from the round hook), so both see the same load."""
+    one = replace(lab_plan, clients=tuple(lab_plan.planned[:1]))
     write_plan(one, tmp / "one.json")
     steps = 5
-    cfg = TrainConfig(plan_path=tmp / "one.json", steps_per_round=steps, emulate="none", eval_every=0)
-    data = load_dataset("digits")
-    fed = build_federation(one, cfg, data, lock=threading.Lock())
-    t = InProcessTransport(emulate=False)
     d, g = build_discriminator("dcgan"), Generator()
     opt_d = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
     B = one.batch_size
-    real = data.images[:B]
-    split_s, whole_s = [], []
-    for i in range(repeats + 2):  # alternate rounds of `steps` steps; the first two are warm-up
-        t0 = time.perf_counter()
-        round_local(fed, t, cfg)
-        a = (time.perf_counter() - t0) / steps
+    real = load_digits_28(np.arange(B)).images
+    whole_s = []
+
+    def unsplit_round(_m: dict) -> None:
         t0 = time.perf_counter()
         for _ in range(steps):
             unsplit_step(d, g, opt_d, opt_g, real, torch.randn(B, 100))
-        b = (time.perf_counter() - t0) / steps
-        if i >= 2:
-            split_s.append(a)
-            whole_s.append(b)
+        whole_s.append((time.perf_counter() - t0) / steps)
+
+    cfg = TrainConfig(plan_path=tmp / "one.json", out_dir=tmp / "overhead", rounds=repeats + 2, steps_per_round=steps,
+                      emulate="none", eval_every=0)
+    history = train(cfg, on_round=unsplit_round)
+    split_s = [m["round_time_s"] / steps for m in history[2:]]  # the first two are warm-up
+    whole_s = whole_s[2:]
     c = one.planned[0]
     stages = " | ".join(f"{s.device} [{s.start}:{s.end})" for s in c.stages)
     rows = [[f"split as planned ({stages})", median(split_s)], ["unsplit, plain PyTorch", median(whole_s)]]

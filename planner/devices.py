@@ -19,6 +19,7 @@ SCHEMA = "fsl-devices/1"
 MAX_CLIENTS = 1000
 MAX_DEVICES_PER_CLIENT = 64
 MAX_BYTES = 2**60  # 1 EiB: more is a typo, and would overflow int64 cost tables
+RESERVED = "server"  # the generator's role (SPEC §1): not a device name
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -170,6 +171,9 @@ def parse_profile(data: Any, *, source: str = "<profile>") -> Profile:
         named = [(f"clients[{ci}].name", c.name)]
         named += [(f"clients[{ci}].devices[{di}].name", d.name) for di, d in enumerate(c.devices)]
         for where, name in named:
+            if name == RESERVED and ".devices[" in where:
+                raise InputError(source, where, f"{RESERVED!r} is reserved for the generator's role; "
+                                 "rename the device")
             if name in seen:
                 raise InputError(source, where, f"name {name!r} is used twice; names must be unique in the file")
             seen.add(name)

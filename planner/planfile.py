@@ -16,12 +16,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from planner import check
-from planner.devices import first_error
+from planner.devices import RESERVED, first_error
 from planner.errors import InputError
 from planner.jsonio import read_json, write_json
 from planner.problem import ClientProblem, Stage
 
 SCHEMA = "fsl-plan/1"
+MAX_BATCH = 4096  # samples per batch per client; more is a typo (and would allocate until memory runs out)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class _Costs(_Loose):
         n, L = len(self.devices), len(self.compute_s[0]) if self.compute_s else 0
         if len(set(self.devices)) != n:
             raise ValueError("devices has duplicate names")
+        if RESERVED in self.devices:
+            raise ValueError(f"{RESERVED!r} is reserved for the generator's role, not a device name")
         if self.data_device not in self.devices:
             raise ValueError(f"data_device {self.data_device!r} is not in devices")
         for name, table in (("compute_s", self.compute_s), ("memory_bytes", self.memory_bytes)):
@@ -191,7 +194,7 @@ class _Solver(_Loose):
 class _Plan(_Loose):
     schema_: Literal["fsl-plan/1"] = Field(alias="schema")
     model: _Model
-    batch_size: Annotated[StrictInt, Field(gt=0)]
+    batch_size: Annotated[StrictInt, Field(gt=0, le=MAX_BATCH)]
     objective: Literal["latency", "throughput"]
     solver: _Solver
     devices_file: StrictStr | None = None

@@ -192,7 +192,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FSL_CACHE_DIR", Path.home() / ".cache" / "fsl-gan"))
 
 
-def _cache_path(model: LayeredModel, batch_size: int) -> Path:
+def cache_path(model: LayeredModel, batch_size: int) -> Path:
     key = json.dumps([PROFILE_VERSION, model.fingerprint(), batch_size, torch.__version__,
                       platform.node(), torch.get_num_threads()])
     return cache_dir() / "profiles" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
@@ -205,7 +205,7 @@ def profile_model(model: LayeredModel, *, batch_size: int = 64, use_cache: bool 
     The cache is keyed by model fingerprint, batch size, torch version, host and thread
     count; a corrupt cache entry is measured again.
     """
-    path = _cache_path(model, batch_size)
+    path = cache_path(model, batch_size)
     if use_cache and path.is_file():
         try:
             cached = ModelProfile.from_json(json.loads(path.read_text()))

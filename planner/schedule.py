@@ -71,25 +71,22 @@ def cut_bytes_per_step(output_bytes: int) -> int:
     return SAMPLES_CROSSING_PER_STEP * output_bytes
 
 
-def bytes_sent_per_step(stages: list[tuple[int, int]], cut_bytes: list[int], *, batch_size: int,
-                        input_shape: list[int], float_bytes: int = 4) -> list[int]:
-    """What each stage's device sends in one step, from the plan's tables alone.
-
-    ``stages`` are ``(start, end)`` layer spans in chain order. A cut's ``cut_bytes`` is
-    split between the directions by the samples each message carries.
-    """
+def bytes_per_step(stages: list[tuple[int, int]], cut_bytes: list[int], *, batch_size: int,
+                   input_shape: list[int], float_bytes: int = 4) -> list[tuple[int, int]]:
+    """(sent, received) bytes of each stage's device in one step, from the plan's tables
+    alone. ``stages`` are ``(start, end)`` layer spans in chain order; a cut's ``cut_bytes``
+    is split between the directions by the samples each message carries."""
     forward = sum(m.samples for m in CUT_MESSAGES if m.direction == "forward") / SAMPLES_CROSSING_PER_STEP
     image = batch_size * prod(input_shape) * float_bytes
     out = []
     for i, (start, end) in enumerate(stages):
-        n = 0
-        if i + 1 < len(stages):
-            n += round(cut_bytes[end - 1] * forward)
-        if i > 0:
-            n += round(cut_bytes[start - 1] * (1 - forward))
-        else:
-            n += FAKE_GRAD.samples * image
+        after = cut_bytes[end - 1] if i + 1 < len(stages) else 0  # activations out, gradients in
+        before = cut_bytes[start - 1] if i > 0 else 0  # activations in, gradients out
+        sent = round(after * forward) + round(before * (1 - forward))
+        received = round(after * (1 - forward)) + round(before * forward)
+        if i == 0:  # the fake images in, their gradient out
+            sent, received = sent + FAKE_GRAD.samples * image, received + FAKE.samples * image
         if i + 1 == len(stages):
-            n += LOSS_VALUES * float_bytes
-        out.append(n)
+            sent += LOSS_VALUES * float_bytes
+        out.append((sent, received))
     return out

@@ -27,7 +27,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from planner.jsonio import write_json  # noqa: E402
 from planner.models import dcgan_discriminator  # noqa: E402
-from planner.profile import BYTES_PER_PARAM_TRAINING, LayerProfile, ModelProfile, _cache_path, measure
+from planner.profile import BYTES_PER_PARAM_TRAINING, LayerProfile, ModelProfile, cache_path, measure
 
 SEED = 0
 BATCH = 64
@@ -94,7 +94,7 @@ def dcgan_profile() -> ModelProfile:
 @pytest.fixture(scope="session")
 def profile_cache(cache_dir: Path, dcgan_profile: ModelProfile) -> Path:
     """Put ``dcgan_profile`` in the cache, so ``fsl plan`` (batch 64) uses it and never measures."""
-    path = _cache_path(dcgan_discriminator(), BATCH)
+    path = cache_path(dcgan_discriminator(), BATCH)
     write_json(path, dcgan_profile.to_json())
     return path
 

@@ -104,6 +104,23 @@ def test_wrong_options_are_input_errors(args: list[str], where: str, tmp_path: P
     assert len(lines) == 1 and where in lines[0], r.stderr
 
 
+def test_train_refuses_a_plan_that_does_not_match_the_model(tmp_path: Path):
+    """A huge batch is refused before anything is allocated; so are tables written for
+    another batch size than the plan says, and a device named like the server."""
+    r = _invoke(["train", "--plan", str(CORPUS / "plans" / "batch_size_huge.json"), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "batch_size" in r.stderr, r.stderr
+    data = json.loads(BASE_PLAN.read_text())
+    data["batch_size"] = 32  # the tables are for 64
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    r = _invoke(["train", "--plan", str(tmp_path / "p.json"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2, r.stderr
+    lines = _error_lines(r.stderr)
+    assert len(lines) == 1 and "output_bytes" in lines[0] and "batch_size 32" in lines[0], r.stderr
+    r = _invoke(["plan", "--devices", str(CORPUS / "profiles" / "device_named_server.json"),
+                 "--out", str(tmp_path / "c.json")])
+    assert r.exit_code == 2 and "reserved" in r.stderr, r.stderr
+
+
 def test_real_processes_exit_2_with_one_line(tmp_path: Path):
     """The installed ``fsl``, each in its own process (run side by side): exit status,
     stderr, stdout, and no crash on 100,000 levels of nesting."""

@@ -302,7 +302,7 @@ def big_problem(seed: int, n: int = 16, L: int = 64) -> ClientProblem:
 def test_time_limit_never_claims_optimal(objective):
     p = big_problem(1)  # 16 devices x 64 layers: no proof fits in 10 ms
     sol = solve_ilp(p, objective=objective, time_limit_s=0.01)
-    assert sol.status in ("feasible", "infeasible")
+    assert sol.status in ("feasible", "time_limit")  # never "optimal", never a claim of infeasibility
     if sol.status == "feasible":
         assert check.violations(p, sol.stages, objective) == []
         assert sol.step_time_s == pytest.approx(check.step_time_s(p, sol.stages, objective))

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from planner.errors import InputError
 from planner.models import DISCRIMINATORS, Generator, LayeredModel, SeededDropout, build_discriminator
-from planner.planfile import Plan, PlannedClient
+from planner.planfile import MAX_BATCH, Plan, PlannedClient
+from planner.schedule import cut_bytes_per_step
 from trainer.clock import Clock
 from trainer.config import TrainConfig
 from trainer.data import DataSource, Dataset
@@ -25,7 +26,6 @@ from trainer.shards import ShardSampler
 from trainer.transport import SERVER
 
 ADAM_BETAS = (0.5, 0.999)  # DCGAN's
-MAX_BATCH = 4096
 _SEEDED = threading.Lock()  # roles of the local backend build in parallel threads; torch's RNG is global
 
 
@@ -106,6 +106,12 @@ def _check_sizes(plan: Plan, model: LayeredModel, spans: list[tuple[int, int]], 
         if layer["output_bytes"] != want:
             raise InputError(source, f"model.layers[{i}].output_bytes", f"{layer['output_bytes']} bytes does not match "
                              f"batch_size {plan.batch_size} x {per_sample} bytes per sample ({want})")
+    for ci, c in enumerate(plan.clients):
+        for l, n in enumerate(c.costs.cut_bytes):
+            if n != cut_bytes_per_step(plan.model["layers"][l]["output_bytes"]):
+                raise InputError(source, f"clients[{ci}].costs.cut_bytes[{l}]", f"{n} bytes, but a step moves "
+                                 f"{cut_bytes_per_step(plan.model['layers'][l]['output_bytes'])} across that cut "
+                                 "(planner.schedule)")
 
 
 def fit_images(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

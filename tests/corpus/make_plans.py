@@ -134,6 +134,8 @@ MUTATIONS: dict[str, Callable[[dict], dict | None]] = {
     "objective_unknown": lambda p: _set(p, objective="fastest"),
     "batch_size_zero": lambda p: _set(p, batch_size=0),
     "batch_size_float": lambda p: _set(p, batch_size=64.0),
+    "batch_size_huge": lambda p: _set(p, batch_size=1_000_000_000),  # once allocated until the OOM killer came
+    "device_named_server": lambda p: _costs(p)["devices"].__setitem__(2, "server"),  # the generator's role
     "clients_empty": lambda p: _set(p, clients=[]),
     "top_level_array": lambda p: [p],
     # these crashed `fsl show` before planfile.py typed them
