@@ -40,12 +40,20 @@ class SeededDropout(nn.Module):
 
     Each device owns its randomness, so results do not depend on how threads or
     processes interleave, and the generator state is checkpointed with the weights.
+
+    A trainer that runs a batch in pieces (micro-batches) or runs a piece twice
+    (recomputation in the backward pass) sets ``window = (rows, full, fresh)``: the mask
+    is drawn for the whole batch of ``full`` samples when ``fresh``, kept, and ``rows``
+    of it are used. Micro-batched and recomputed steps then drop exactly what the
+    whole batch would have dropped. ``window = None`` draws a mask per call.
     """
 
     def __init__(self, p: float, seed: int = 0):
         super().__init__()
         self.p = p
         self.generator = torch.Generator().manual_seed(seed)
+        self.window: tuple[torch.Tensor, int, bool] | None = None
+        self._mask: torch.Tensor | None = None
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -53,7 +61,13 @@ class SeededDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
+        if self.window is None:
+            keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
+        else:
+            rows, full, fresh = self.window
+            if fresh or self._mask is None or self._mask.shape[1:] != x.shape[1:]:
+                self._mask = torch.rand((full, *x.shape[1:]), generator=self.generator, dtype=x.dtype) >= self.p
+            keep = self._mask[rows]
         return x * keep / (1.0 - self.p)
 
 

@@ -33,6 +33,8 @@ class PlannedStage:
     compute_s: float  # this stage's compute per step on its device
     transfer_s: float  # the cut after this stage, 0 for the last
     memory_bytes: int
+    recompute: bool = False  # SPEC §2.1: the stage recomputes its activations in the backward pass
+    codec: str = "none"  # SPEC §2.1: the encoding of the cut leaving this stage
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class PlannedClient:
     solver_status: str = "optimal"  # optimal | feasible | heuristic | infeasible
     processing_time_factor: dict[str, float] = field(default_factory=dict)
     baselines_step_time_s: dict[str, float | None] = field(default_factory=dict)  # same tables
+    micro_batches: int = 1  # SPEC §2.1: M, the step's micro-batches (pipelined)
 
     def solver_stages(self) -> list[Stage]:
         index = {d: i for i, d in enumerate(self.costs.devices)}
@@ -83,6 +86,7 @@ class Plan:
                     "data_weight": c.data_weight,
                     "processing_time_factor": c.processing_time_factor,
                     "baselines_step_time_s": c.baselines_step_time_s,
+                    "micro_batches": c.micro_batches,
                     "stages": [vars(s) for s in c.stages],
                     "costs": c.costs.to_json(),
                 }
@@ -127,6 +131,8 @@ class _Stage(_Loose):
     compute_s: NonNeg
     transfer_s: NonNeg
     memory_bytes: Annotated[StrictInt, Field(ge=0)]
+    recompute: bool = False
+    codec: StrictStr = "none"
 
 
 class _Costs(_Loose):
@@ -175,6 +181,7 @@ class _Client(_Loose):
     solver_status: StrictStr | None = None
     processing_time_factor: dict[StrictStr, Pos] = Field(default_factory=dict)
     baselines_step_time_s: dict[StrictStr, NonNeg | None] = Field(default_factory=dict)
+    micro_batches: Annotated[StrictInt, Field(ge=1)] = 1
 
     @model_validator(mode="after")
     def _status(self) -> "_Client":
@@ -236,8 +243,11 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
             costs=costs, data_weight=c.data_weight,
             solver_status=c.solver_status or raw.solver.status,
             processing_time_factor=dict(c.processing_time_factor),
-            baselines_step_time_s=dict(c.baselines_step_time_s),
+            baselines_step_time_s=dict(c.baselines_step_time_s), micro_batches=c.micro_batches,
         )
+        if raw.batch_size % c.micro_batches:
+            raise InputError(source, f"{where}.micro_batches",
+                             f"{c.micro_batches} does not divide batch_size {raw.batch_size}")
         if c.status == "planned":
             problems = check.violations(costs, client.solver_stages(), raw.objective)
             if problems:

@@ -19,11 +19,16 @@ B = 8  # batch size of the hand-cut plans
 
 
 def chain_plan(model_name: str, cuts: list[int] | list[list[int]], *, n_clients: int = 1,
-               weights: list[float] | None = None, batch: int = B) -> Plan:
+               weights: list[float] | None = None, batch: int = B, micro_batches: int = 1,
+               recompute: tuple[int, ...] = (), codecs: dict[int, str] | None = None) -> Plan:
     """A plan cutting a chain model after the given layers, on fresh devices ``c<i>-d<j>``.
 
     ``cuts`` is one list for every client or a list per client; client ``i`` has
-    ``data_weight`` ``weights[i]`` (default ``1 + i``)."""
+    ``data_weight`` ``weights[i]`` (default ``1 + i``). Every client runs ``micro_batches``
+    micro-batches (a ``throughput`` plan when more than one); the stages numbered in
+    ``recompute`` recompute their activations; ``codecs[k]`` encodes the cut after stage k."""
+    codecs = codecs or {}
+    objective = "throughput" if micro_batches > 1 else "latency"
     model = build_discriminator(model_name)
     L = len(model)
     per_client = cuts if cuts and isinstance(cuts[0], list) else [cuts] * n_clients
@@ -46,16 +51,18 @@ def chain_plan(model_name: str, cuts: list[int] | list[list[int]], *, n_clients:
         stages = [Stage(i, bounds[i], bounds[i + 1]) for i in range(n)]
         transfers = check.cut_transfer_s(costs, stages) + [0.0]
         planned = tuple(PlannedStage(names[i], bounds[i], bounds[i + 1], check.stage_compute_s(costs, s),
-                                     transfers[i], check.stage_memory_bytes(costs, s)) for i, s in enumerate(stages))
+                                     transfers[i], check.stage_memory_bytes(costs, s), recompute=i in recompute,
+                                     codec=codecs.get(i, "none"))
+                        for i, s in enumerate(stages))
         clients.append(PlannedClient(
-            name=f"client{ci}", status="planned", reason=None, step_time_s=check.step_time_s(costs, stages),
+            name=f"client{ci}", status="planned", reason=None, step_time_s=check.step_time_s(costs, stages, objective),
             stages=planned, costs=costs, data_weight=weights[ci] if weights else 1.0 + ci,
-            processing_time_factor={d: 1.0 for d in names}))
+            processing_time_factor={d: 1.0 for d in names}, micro_batches=micro_batches))
     layers = [{"name": nd.name, "flops": 0, "param_bytes": 0, "output_bytes": ob, "model_layers": [i, i + 1]}
               for i, (nd, ob) in enumerate(zip(model.nodes, out_bytes))]
     return Plan(model={"name": model_name, "fingerprint": model.fingerprint(), "input_shape": list(model.input_shape),
                        "layers": layers},
-                batch_size=batch, objective="latency", solver={"name": "test", "status": "heuristic", "seconds": 0},
+                batch_size=batch, objective=objective, solver={"name": "test", "status": "heuristic", "seconds": 0},
                 devices_file=None, round_time_s=max(c.step_time_s for c in clients), clients=tuple(clients))
 
 

@@ -8,6 +8,7 @@ client's shard and nothing else (``trainer.data.DataSource``).
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -21,7 +22,8 @@ from planner.schedule import cut_bytes_per_step
 from trainer.clock import Clock
 from trainer.config import TrainConfig
 from trainer.data import DataSource, Dataset
-from trainer.roles import ClientView, DeviceRole, ServerRole
+from trainer.device import DeviceRole
+from trainer.server import ClientView, ServerRole
 from trainer.shards import ShardSampler
 from trainer.transport import SERVER
 
@@ -91,16 +93,21 @@ def check_plan_model(plan: Plan, source: str) -> tuple[LayeredModel, list[tuple[
     return model, spans
 
 
+def unit_shapes(model: LayeredModel, spans: list[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """Per sample, the shape of each planning unit's output (float32)."""
+    with torch.no_grad():
+        x, out = torch.zeros(1, *model.input_shape), []
+        for a, b in spans:
+            x = model.run(x, a, b)
+            out.append(tuple(x.shape[1:]))
+    return out
+
+
 def _check_sizes(plan: Plan, model: LayeredModel, spans: list[tuple[int, int]], source: str) -> None:
     """Each unit's output bytes in the plan must be ``batch_size`` x what the model
     produces per sample: a plan whose batch size or tables were edited is refused here,
     before anything is allocated."""
-    with torch.no_grad():
-        x = torch.zeros(1, *model.input_shape)
-        outs = []
-        for a, b in spans:
-            x = model.run(x, a, b)
-            outs.append(x.numel() * x.element_size())
+    outs = [4 * math.prod(shape) for shape in unit_shapes(model, spans)]
     for i, (layer, per_sample) in enumerate(zip(plan.model["layers"], outs)):
         want = per_sample * plan.batch_size
         if layer["output_bytes"] != want:
@@ -167,7 +174,9 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
         prev=chain[i - 1] if i > 0 else None, next=chain[i + 1] if i + 1 < len(chain) else None,
         batch_size=plan.batch_size, sampler=sampler,
         clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep", lock=lock),
-        timeout_s=cfg.timeout_s)
+        timeout_s=cfg.timeout_s, micro_batches=c.micro_batches, recompute=st.recompute,
+        codec_in=c.stages[i - 1].codec if i > 0 else "none", codec_out=st.codec,
+        input_shape=unit_shapes(template, spans)[st.start - 1] if st.start > 0 else tuple(template.input_shape))
     spans_of = [(s.device, spans[s.start][0], spans[s.end - 1][1]) for s in c.stages]
     return DeviceParts(role, d, data, spans_of)
 

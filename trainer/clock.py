@@ -27,12 +27,15 @@ class Clock:
     lock: threading.Lock | None = None
     work_s: float = 0.0  # raw seconds of work on this machine
     compute_s: float = 0.0  # work x factor under emulation, else work: the device's compute time
+    codec_s: float = 0.0  # like compute_s, for encoding and decoding what crosses a cut
     lock_wait_s: float = 0.0  # seconds spent waiting for another device to finish computing
     host_wait_s: float = 0.0  # the part of lock_wait_s the emulated slowdown could not absorb
     sleep_debt_s: float = 0.0  # how much the last sleep overslept (paced_sleep)
+    trace: list | None = None  # if a list: (label, start, end) of each labelled phase, perf_counter
 
     @contextmanager
-    def compute(self):
+    def compute(self, label: str | None = None, *, codec: bool = False):
+        """Time the block as this device's work (``codec``: as encoding or decoding)."""
         t_ask = time.perf_counter()
         if self.lock is not None:
             self.lock.acquire()
@@ -48,12 +51,18 @@ class Clock:
             self.lock_wait_s += waited
             if self.emulate:
                 extra = max(self.factor - 1.0, 0.0) * work  # a factor below 1 runs at this host's speed
-                self.compute_s += work + extra
+                spent = work + extra
                 self.host_wait_s += max(waited - extra, 0.0)
                 self.sleep_debt_s = paced_sleep(extra - waited, self.sleep_debt_s)
             else:
-                self.compute_s += work
+                spent = work
                 self.host_wait_s += waited
+            if codec:
+                self.codec_s += spent
+            else:
+                self.compute_s += spent
+            if self.trace is not None and label is not None:
+                self.trace.append((label, t_ask, time.perf_counter()))
 
     def reset(self) -> None:
-        self.work_s = self.compute_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0
+        self.work_s = self.compute_s = self.codec_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0

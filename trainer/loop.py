@@ -2,7 +2,7 @@
 
 The local backend runs every role as a thread of one process, the dist backend as a
 process per role; both call :func:`run_role` with a transport and nothing else differs.
-Around the steps (``trainer.roles``, messages in ``planner.schedule``) the roles say::
+Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.schedule``) the roles say::
 
     server                                      device d (of client c, data device d0)
       |<-- hello (pid, host, samples held) ------|   once: processes.json
@@ -35,7 +35,7 @@ from trainer.aggregate import device_exchange, server_combine
 from trainer.build import RunSpec, build_device, build_server, emulation_warnings
 from trainer.errors import RoleError
 from trainer.metrics import round_metrics
-from trainer.roles import DeviceReport
+from trainer.device import DeviceReport
 from trainer.rundir import Evaluation, RunDir
 from trainer.transport import SERVER, Transport
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from planner.planfile import Plan
-from trainer.roles import DeviceReport, ServerRole
+from trainer.device import DeviceReport
+from trainer.server import ServerRole
 from trainer.transport import SERVER, TransferLog
 
 
@@ -39,6 +40,7 @@ def round_metrics(plan: Plan, server: ServerRole, reports: dict[str, DeviceRepor
             n = max(int(r.steps_done), 1)
             devices[st.device] = {
                 "client": c.name, "compute_s": r.compute_s / n, "predicted_compute_s": st.compute_s,
+                "codec_s": r.codec_s / n,
                 "processing_time_factor": c.processing_time_factor.get(st.device, 1.0),
                 "emulated": emulated, "work_s": r.work_s / n,
                 "bytes_sent": int(r.bytes_sent), "bytes_received": int(r.bytes_received),

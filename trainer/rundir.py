@@ -24,7 +24,7 @@ from trainer.data import DataSource
 from trainer.images import save_grid
 from trainer.plots import plot_run
 from trainer.quality import QualityEvaluator
-from trainer.roles import ServerRole
+from trainer.server import ServerRole
 
 SAMPLE_GRID = 64
 EVAL_SIZE = 28  # the quality classifier's input

@@ -31,7 +31,7 @@ import torch
 
 from planner.errors import InputError
 from planner.models import LayeredModel, SeededDropout
-from trainer.roles import DeviceRole
+from trainer.device import DeviceRole
 
 SERVER_FORMAT = "fsl-checkpoint/2 server"
 CLIENT_FORMAT = "fsl-checkpoint/2 client"

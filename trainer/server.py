@@ -1,0 +1,102 @@
+"""The server's role: the generator, and the weighted combination of the clients' feedback.
+
+Each step the server draws ``z``, sends ``fake = G(z)`` to every active client's data
+device, waits for each client's gradient w.r.t. ``fake`` (and its losses from the last
+device), and steps the generator on ``sum_c w_c * fake_grad_c / sum_c w_c`` over the
+clients that answered, ``w_c`` the client's ``data_weight`` (MD-GAN, Hardy et al. 2019).
+With a deadline, a client that has not answered in time is dropped for the rest of the
+round and its devices are told to stop at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from planner.schedule import FAKE, FAKE_GRAD, LOSSES
+from trainer.clock import Clock
+from trainer.errors import PeerTimeout
+from trainer.transport import SERVER, Transport
+
+
+@dataclass
+class ClientView:
+    name: str
+    devices: tuple[str, ...]  # the chain, data device first
+    weight: float
+
+    @property
+    def data_device(self) -> str:
+        return self.devices[0]
+
+    @property
+    def last_device(self) -> str:
+        return self.devices[-1]
+
+
+@dataclass
+class ServerRole:
+    """The generator and the weighted combination of the clients' gradients."""
+
+    generator: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    clients: list[ClientView]
+    batch_size: int
+    z_generator: torch.Generator
+    deadline_s: float | None = None  # per round: clients slower than this are dropped
+    timeout_s: float | None = None  # a peer silent this long is a failure
+    losses: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # client -> step it was dropped at
+    clock: Clock = field(default_factory=Clock)
+
+    def _drop(self, t: Transport, c: ClientView, step: int) -> None:
+        """Stop ``c``'s devices now: they end the round and wait for the next one."""
+        self.dropped[c.name] = step
+        for d in c.devices:
+            t.send(SERVER, d, torch.zeros(0), tag="stop")
+
+    def step(self, t: Transport, step: int, round_start: float, steps: int) -> None:
+        active = [c for c in self.clients if c.name not in self.dropped]
+        with self.clock.compute():
+            z = torch.randn(self.batch_size, self.generator.z_dim, generator=self.z_generator)
+            fake = self.generator(z)
+        for c in active:
+            t.send(SERVER, c.data_device, fake, tag=FAKE.tag)
+        grads = {}
+        for c in active:
+            timeout = self.timeout_s
+            if self.deadline_s is not None:
+                left = max(round_start + self.deadline_s * (step + 1) / steps - time.perf_counter(), 1e-3)
+                timeout = left if timeout is None else min(left, timeout)
+            try:
+                grads[c.name] = t.recv(SERVER, c.data_device, tag=FAKE_GRAD.tag, timeout_s=timeout)
+            except PeerTimeout:
+                if self.deadline_s is None:
+                    raise
+                self._drop(t, c, step)
+                continue
+            d_loss, g_loss = t.recv(SERVER, c.last_device, tag=LOSSES, timeout_s=self.timeout_s).tolist()
+            self.losses.setdefault(c.name, []).append((d_loss, g_loss))
+        if not grads:
+            return
+        weights = {c.name: c.weight for c in active if c.name in grads}
+        total = sum(weights.values())
+        with self.clock.compute():
+            g = sum(grads[n] * (w / total) for n, w in weights.items())
+            self.optimizer.zero_grad(set_to_none=True)
+            fake.backward(g)
+            self.optimizer.step()
+
+    def run(self, t: Transport, steps: int) -> None:
+        """One round of ``steps`` steps."""
+        self.dropped, self.losses = {}, {}
+        self.clock.reset()
+        start = time.perf_counter()
+        for i in range(steps):
+            self.step(t, i, start, steps)
+
+    def late_devices(self) -> set[str]:
+        """Devices of the clients dropped this round: their late step messages are expected."""
+        return {d for c in self.clients if c.name in self.dropped for d in c.devices}
