@@ -58,6 +58,7 @@ CONTROL_TAGS = frozenset([
     "start",  # server -> role, once: the round to start after
     "round",  # server -> role: start round r
     "report",  # device -> server, each round: compute, bytes, waits
+    "trace",  # device -> server, last round: timestamps of the last step (timeline.png)
     "state",  # checkpoint state: device -> its data device, or data device -> device on resume
     "saved",  # data device -> server: the client's checkpoint of this round is on disk
     "weights",  # aggregation: a segment's parameters to the server and back

@@ -96,13 +96,19 @@ def _serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) -
         for d in devices:
             t.send(SERVER, d, torch.tensor([r]), tag="round")
         t0 = time.perf_counter()
-        server.run(t, cfg.steps_per_round)
+        traced = r == cfg.rounds
+        trace = server.run(t, cfg.steps_per_round, trace_last=traced)
         late = server.late_devices()
         if cfg.aggregate != "none":
             server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late)
         wall_s = time.perf_counter() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
                                                       late_ok=d in late)) for d in devices}
+        if traced:
+            for d in devices:
+                trace += state.unpack(t.recv(SERVER, d, tag="trace", timeout_s=cfg.timeout_s, late_ok=d in late),
+                                      source=f"trace of {d}")["events"]
+            run.write_timeline(spec.plan, trace, hosts={row["host"] for row in hello})
         for chain in chains.values():
             t.recv(SERVER, chain[0], tag="saved", timeout_s=cfg.timeout_s, late_ok=chain[0] in late)
         m = round_metrics(plan, server, reports, t.log, round_no=r, wall_s=wall_s, steps=cfg.steps_per_round,
@@ -139,10 +145,12 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
         where.round = r
         t.recv(me, SERVER, tag="round", timeout_s=long_s)
         t.begin_round(me, r)
-        role.run(t, cfg.steps_per_round)
+        role.run(t, cfg.steps_per_round, trace_last=r == cfg.rounds)
         if cfg.aggregate != "none":
             device_exchange(me, role.stage, t, timeout_s=cfg.timeout_s, late_ok=t.stopped(me))
         t.send(me, SERVER, role.report(t).to_tensor(), tag="report")
+        if r == cfg.rounds:
+            t.send(me, SERVER, state.pack({"events": role.trace or []}), tag="trace")
         mine = state.device_state(role, model)
         if me != head:
             t.send(me, head, state.pack(mine), tag="state")

@@ -86,6 +86,16 @@ class RunDir:
     def write_processes(self, rows: list[dict]) -> None:
         write_json(self.out / "processes.json", {"processes": rows})
 
+    def write_timeline(self, plan, events: list[tuple], *, hosts: set[str]) -> None:
+        """The last step of the run as measured: ``timeline.json`` (every event, seconds
+        from the step's first) and ``timeline.png``. Timestamps come from each process's
+        monotonic clock, comparable only on one host, so a run across hosts writes none."""
+        if len(hosts) != 1 or not events:
+            return
+        t0 = min(e[2] for e in events)
+        rows = [{"row": row, "label": label, "start_s": a - t0, "end_s": b - t0} for row, label, a, b in events]
+        write_json(self.out / "timeline.json", {"events": rows})
+
     # -- a data device's part
     def client_file(self, client: str, round_done: int) -> Path:
         return self.checkpoints / f"client-{client}-r{round_done:04d}.pt"

@@ -59,7 +59,7 @@ class ServerRole:
 
     def step(self, t: Transport, step: int, round_start: float, steps: int) -> None:
         active = [c for c in self.clients if c.name not in self.dropped]
-        with self.clock.compute():
+        with self.clock.compute("G forward"):
             z = torch.randn(self.batch_size, self.generator.z_dim, generator=self.z_generator)
             fake = self.generator(z)
         for c in active:
@@ -83,19 +83,25 @@ class ServerRole:
             return
         weights = {c.name: c.weight for c in active if c.name in grads}
         total = sum(weights.values())
-        with self.clock.compute():
+        with self.clock.compute("G backward"):
             g = sum(grads[n] * (w / total) for n, w in weights.items())
             self.optimizer.zero_grad(set_to_none=True)
             fake.backward(g)
             self.optimizer.step()
 
-    def run(self, t: Transport, steps: int) -> None:
-        """One round of ``steps`` steps."""
+    def run(self, t: Transport, steps: int, *, trace_last: bool = False) -> list:
+        """One round of ``steps`` steps; with ``trace_last``, returns the last step's
+        ``(row, label, start, end)`` (perf_counter seconds)."""
         self.dropped, self.losses = {}, {}
         self.clock.reset()
         start = time.perf_counter()
         for i in range(steps):
+            if trace_last and i == steps - 1:
+                self.clock.trace = []
             self.step(t, i, start, steps)
+        trace = [(SERVER, *x) for x in self.clock.trace or []]
+        self.clock.trace = None
+        return trace
 
     def late_devices(self) -> set[str]:
         """Devices of the clients dropped this round: their late step messages are expected."""
