@@ -74,3 +74,26 @@ def test_a_run_directory_is_not_overwritten_without_resume(tmp_path):
     run(tmp_path, plan, rounds=1)
     with pytest.raises(InputError, match="--resume"):
         run(tmp_path, plan, rounds=2)
+
+
+def test_a_new_plan_resumes_with_weights_and_adam_moments_moved(tmp_path):
+    """Two rounds cut after layer 2, then two cut after layers 5 and 8 (a re-plan): the
+    same as four rounds on the first plan, since every layer's weights, Adam moments and
+    dropout stream move with it."""
+    from dataclasses import replace
+
+    from planner.planfile import load_plan
+    from trainer.state import plan_digest
+
+    first = chain_plan("dcgan", [2])
+    straight = run(tmp_path, first, "a", rounds=4)
+    run(tmp_path, first, "b", rounds=2)
+    moved = chain_plan("dcgan", [5, 8])
+    moved = replace(moved, solver={**moved.solver, "lineage": [plan_digest(load_plan(tmp_path / "b" / "plan.json"))]})
+    resumed = run(tmp_path, moved, "b", rounds=4, resume=True)
+    assert [h["g_loss"] for h in straight] == pytest.approx([h["g_loss"] for h in resumed], abs=1e-6)
+    (ga, da), (gb, db) = final_states(tmp_path / "a", first), final_states(tmp_path / "b", moved)
+    for k, v in da["client0"].items():
+        torch.testing.assert_close(db["client0"][k], v, atol=1e-6, rtol=0, msg=k)
+    for k, v in ga.items():
+        torch.testing.assert_close(gb[k], v, atol=1e-6, rtol=0, msg=k)

@@ -11,13 +11,13 @@ Checkpoints (``DIR/checkpoint/``) stay with their owners:
   digest and the run's options; written last, so it names the round that is complete.
 - ``client-<name>-rNNNN.pt``: written by each client's data device, the only device its
   client trusts with everything: the client's whole discriminator (gathered from its
-  devices), each device's Adam state with the layers it held, the dropout streams and
-  the data sampler. Discriminator weights never reach the server this way. The last two
+  devices), its Adam state per parameter, the dropout streams and the data sampler. Discriminator weights never reach the server this way. The last two
   rounds are kept, so a crash between a client's file and the server's leaves a
   consistent pair.
 
-After a device is lost, a re-planned plan may resume: each new stage gets its layers'
-weights from the client's file; Adam state carries over where a device keeps its layers.
+After a device is lost, or when the plan changes, a new plan may resume: each new stage
+gets its layers' weights and Adam moments from the client's file, whichever device held
+them before.
 """
 
 from __future__ import annotations
@@ -89,11 +89,29 @@ def _layer(key: str) -> int:
     return int(key.split(".")[1])  # "layers.<i>.<param>"
 
 
+def adam_by_name(role: DeviceRole) -> dict[str, dict]:
+    """The stage's Adam state per parameter name (``layers.<i>.<param>``): portable to any
+    stage that later holds that layer."""
+    if role.optimizer is None:
+        return {}
+    names = [n for n, _ in role.stage.named_parameters()]
+    by_index = role.optimizer.state_dict()["state"]
+    return {names[i]: v for i, v in by_index.items()}
+
+
+def load_adam_by_name(role: DeviceRole, per_name: dict[str, dict]) -> None:
+    if role.optimizer is None or not per_name:
+        return
+    sd = role.optimizer.state_dict()
+    names = [n for n, _ in role.stage.named_parameters()]
+    sd["state"] = {i: per_name[n] for i, n in enumerate(names) if n in per_name}
+    role.optimizer.load_state_dict(sd)
+
+
 def device_state(role: DeviceRole, model: LayeredModel) -> dict:
     """Everything of one device that a checkpoint holds."""
     seg = role.stage
-    return {"span": [seg.start, seg.end], "weights": seg.state_dict(),
-            "optimizer": role.optimizer.state_dict() if role.optimizer is not None else {},
+    return {"span": [seg.start, seg.end], "weights": seg.state_dict(), "adam": adam_by_name(role),
             "dropout": {str(i): model.layers[i].generator.get_state() for i in range(seg.start, seg.end)
                         if isinstance(model.layers[i], SeededDropout)},
             "sampler": role.sampler.state_dict() if role.sampler is not None else {}}
@@ -103,8 +121,7 @@ def load_device_state(role: DeviceRole, model: LayeredModel, state: dict, *, sou
     seg = role.stage
     try:
         seg.load_state_dict(state["weights"])
-        if role.optimizer is not None and state["span"] == [seg.start, seg.end] and state["optimizer"]:
-            role.optimizer.load_state_dict(state["optimizer"])  # a moved stage starts with fresh Adam moments
+        load_adam_by_name(role, state["adam"])
         for i, s in state["dropout"].items():
             model.layers[int(i)].generator.set_state(s)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -115,14 +132,14 @@ def load_device_state(role: DeviceRole, model: LayeredModel, state: dict, *, sou
 
 def client_checkpoint(client: str, *, round_done: int, plan, states: dict[str, dict]) -> dict:
     """A client's file: its devices' states (``device -> device_state``) put together."""
-    weights, dropout = {}, {}
+    weights, adam, dropout = {}, {}, {}
     for s in states.values():
         weights.update(s["weights"])
+        adam.update(s["adam"])
         dropout.update(s["dropout"])
     sampler = next(s["sampler"] for s in states.values() if s["sampler"])
     return {"format": CLIENT_FORMAT, "round": round_done, "plan": plan_digest(plan), "client": client,
-            "weights": weights, "dropout": dropout, "sampler": sampler,
-            "devices": {d: {"span": s["span"], "optimizer": s["optimizer"]} for d, s in states.items()}}
+            "weights": weights, "adam": adam, "dropout": dropout, "sampler": sampler}
 
 
 def device_states(ck: dict, chain: list[tuple[str, int, int]], *, source: str) -> dict[str, dict]:
@@ -131,10 +148,9 @@ def device_states(ck: dict, chain: list[tuple[str, int, int]], *, source: str) -
     out = {}
     try:
         for i, (name, a, b) in enumerate(chain):
-            old = ck["devices"].get(name, {})
             out[name] = {
                 "span": [a, b], "weights": {k: v for k, v in ck["weights"].items() if a <= _layer(k) < b},
-                "optimizer": old.get("optimizer", {}) if old.get("span") == [a, b] else {},
+                "adam": {k: v for k, v in ck["adam"].items() if a <= _layer(k) < b},
                 "dropout": {k: v for k, v in ck["dropout"].items() if a <= int(k) < b},
                 "sampler": ck["sampler"] if i == 0 else {}}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
