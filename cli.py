@@ -243,17 +243,23 @@ def train_cmd(
     lr: float = typer.Option(2e-4, help="Adam learning rate (generator and discriminators)"),
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="a device silent this long is a failure"),
     replan_on_failure: bool = typer.Option(False, "--replan-on-failure",
-                                           help="dist: plan around a lost device and go on"),
+                                           help="plan around a lost device and go on"),
+    adapt: bool = typer.Option(False, "--adapt", help="correct the plan's tables by measured compute after "
+                               "each round; switch plans when re-solving promises a round 10%% shorter"),
+    slowdown: list[str] = typer.Option([], "--slowdown", metavar="DEVICE=FACTOR@ROUND",
+                                       help="emulated drift: that device runs FACTOR times slower from ROUND on"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer import DeviceFailure, TrainConfig, train
+    from trainer.config import parse_slowdown
 
     def run():
         cfg = TrainConfig.from_cli(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
-            timeout_s=timeout_s, replan_on_failure=replan_on_failure)
+            timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
+            slowdown=tuple(parse_slowdown(x) for x in slowdown))
         follower = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 (the server) reports
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out, disable=follower) as bar:
@@ -270,6 +276,11 @@ def train_cmd(
                            info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
 
             def on_round(m: dict) -> None:
+                if m.get("plan_switch"):
+                    w = m["plan_switch"]
+                    out.print(f"[yellow]round {w['round']}: switching to {w['plan']}[/]: predicted round "
+                              f"{w['old_round_s']:.2f} -> {w['new_round_s']:.2f} s per step ({w['why']})",
+                              highlight=False)
                 fid = f", FID {m['fid']:.1f}" if m.get("fid") is not None else ""
                 g = f"G {m['g_loss']:.3f}" if m.get("g_loss") is not None else "G -"
                 bar.update(task, completed=m["round"], info=f"{g}{fid}, {m['round_time_s']:.1f} s/round")

@@ -33,7 +33,9 @@ class TrainConfig:
     lr: float = 2e-4  # Adam learning rate, betas (0.5, 0.999) as DCGAN
     timeout_s: float = 60.0  # a peer silent this long is a failure
     eval_samples: int = 500  # generated images scored per evaluation
-    replan_on_failure: bool = False  # dist: a lost device is planned around and training goes on
+    replan_on_failure: bool = False  # a lost device is planned around and training goes on
+    adapt: bool = False  # re-solve on measured speeds after each round; switch plans when 10% faster
+    slowdown: tuple[tuple[str, float, int], ...] = ()  # (device, factor, from round): emulated drift
 
     @classmethod
     def from_cli(cls, **kw) -> "TrainConfig":
@@ -69,5 +71,20 @@ class TrainConfig:
             raise bad("--data-root", f"is for --data mnist; --data {self.data} is embedded")
         if self.data_root is not None and "{client}" in str(self.data_root) and self.alpha is not None:
             raise bad("--alpha", "shards one data set; with per-client folders ({client}) each client's data is its own")
+        if self.slowdown and self.emulate != "sleep":
+            raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise bad("--out", f"{self.out_dir} exists and is not a directory")
+
+
+def parse_slowdown(text: str) -> tuple[str, float, int]:
+    """``DEVICE=FACTOR@ROUND`` -> (device, factor, round); InputError naming --slowdown."""
+    try:
+        device, rest = text.split("=", 1)
+        factor, round_no = rest.split("@", 1)
+        out = (device.strip(), float(factor), int(round_no))
+    except ValueError:
+        raise InputError("--slowdown", None, f"expected DEVICE=FACTOR@ROUND (e.g. a-phone=4@3), found {text!r}") from None
+    if not out[0] or not (math.isfinite(out[1]) and out[1] > 0) or out[2] < 1:
+        raise InputError("--slowdown", None, f"expected a device, a factor > 0 and a round >= 1, found {text!r}")
+    return out

@@ -21,6 +21,7 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer import state
+from trainer.adapt import Adapter
 from trainer.aggregate import device_exchange, server_combine
 from trainer.build import RunSpec, build_device, build_server, emulation_warnings
 from trainer.errors import RoleError
@@ -90,6 +92,7 @@ def _serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) -
     report("start", {"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
                      "warnings": emulation_warnings(plan, cfg), "processes": hello})
     chains = {c.name: [s.device for s in c.stages] for c in plan.planned}
+    adapter = Adapter(plan) if cfg.adapt else None
     for r in range(start + 1, cfg.rounds + 1):
         where.round = r
         t.begin_round(SERVER, r)
@@ -115,9 +118,20 @@ def _serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) -
                           emulated=cfg.emulate == "sleep")
         if evaluation and (r % cfg.eval_every == 0 or r == cfg.rounds):
             m.update(evaluation(server.generator, r))
+        switch = None
+        if adapter is not None and r < cfg.rounds:
+            adapter.observe(m)
+            switch = adapter.proposal(r)
+        if switch is not None:
+            new_plan, m["plan_switch"] = switch
+            m["plan_switch"]["plan"] = run.write_next_plan(new_plan, r)
         history.append(m)
         run.finish_round(spec, server, history, r)
         report("round", m)
+        if switch is not None:  # this run ends; train() resumes from this round's checkpoint on the new plan
+            for d in devices:
+                t.send(SERVER, d, torch.tensor([0]), tag="round")
+            break
     return history
 
 
@@ -141,10 +155,13 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
         else:
             mine = state.unpack(t.recv(me, head, tag="state", timeout_s=long_s), source=f"state of {me}")
         state.load_device_state(role, model, mine, source=f"checkpoint of {c.name} for {me}")
+    factor = role.clock.factor
     for r in range(start + 1, cfg.rounds + 1):
         where.round = r
-        t.recv(me, SERVER, tag="round", timeout_s=long_s)
+        if not int(t.recv(me, SERVER, tag="round", timeout_s=long_s).item()):
+            break  # the server switches plans: this run ends here, the next resumes from the checkpoint
         t.begin_round(me, r)
+        role.clock.factor = factor * math.prod(f for d, f, at in cfg.slowdown if d == me and r >= at)
         role.run(t, cfg.steps_per_round, trace_last=r == cfg.rounds)
         if cfg.aggregate != "none":
             device_exchange(me, role.stage, t, timeout_s=cfg.timeout_s, late_ok=t.stopped(me))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from planner.errors import InputError
 from planner.planfile import load_plan, write_plan
 from trainer.backends.dist import run_dist
 from trainer.backends.local import run_local
@@ -30,9 +31,18 @@ def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None) -> 
     """Train as ``cfg.plan_path`` says; returns every round's metrics (SPEC §4)."""
     plan = load_plan(cfg.plan_path)
     check_plan_model(plan, str(cfg.plan_path))  # a wrong plan fails here, before any role starts
+    known = {d for c in plan.planned for d in c.costs.devices}
+    for name, _, _ in cfg.slowdown:
+        if name not in known:
+            raise InputError("--slowdown", None, f"{name!r} is no device of a planned client in {cfg.plan_path}")
     while True:
         try:
-            return BACKENDS[cfg.backend](RunSpec(cfg, plan), on_start=on_start, on_round=on_round)
+            history = BACKENDS[cfg.backend](RunSpec(cfg, plan), on_start=on_start, on_round=on_round)
+            switch = history[-1].get("plan_switch") if history else None
+            if switch is None or history[-1]["round"] >= cfg.rounds:
+                return history
+            path = Path(cfg.out_dir) / switch["plan"]  # --adapt: go on with the better plan
+            plan, cfg = load_plan(path), replace(cfg, plan_path=path, resume=True)
         except DeviceFailure as e:
             devices = {s.device for c in plan.planned for s in c.stages}
             if not cfg.replan_on_failure or e.device not in devices:

@@ -83,6 +83,12 @@ class RunDir:
               "z_generator": s.z_generator.get_state()}
         write_atomic(self.server_file, state.to_bytes(ck))
 
+    def write_next_plan(self, plan, round_done: int) -> str:
+        """Where ``--adapt`` keeps a plan it switches to after ``round_done``."""
+        name = f"plan-r{round_done:04d}.json"
+        write_plan(plan, self.out / name)
+        return name
+
     def write_processes(self, rows: list[dict]) -> None:
         write_json(self.out / "processes.json", {"processes": rows})
 
