@@ -20,8 +20,7 @@ from trainer.build import RunSpec, check_plan_model
 from trainer.config import TrainConfig
 from trainer.errors import DeviceFailure
 from trainer.replan import without_device
-from trainer.rundir import RunDir
-from trainer.state import plan_digest
+from trainer.state import plan_digest, server_file
 
 BACKENDS = {"local": run_local, "dist": run_dist}
 Hook = Callable[[dict], None] | None
@@ -50,7 +49,7 @@ def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None) -> 
             plan = without_device(plan, e.device, round_no=e.round_no, digest=plan_digest(plan))
             path = Path(cfg.out_dir) / "plan.json"
             write_plan(plan, path)
-            cfg = replace(cfg, plan_path=path, resume=RunDir(cfg.out_dir).server_file.exists())
+            cfg = replace(cfg, plan_path=path, resume=server_file(cfg.out_dir).exists())
             if on_start:
                 on_start({"replanned": {"lost": e.device, "round": e.round_no, "error": str(e)},
                           "start_round": 0, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned]})

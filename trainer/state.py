@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from planner.errors import InputError
+from planner.jsonio import write_atomic
 from planner.models import LayeredModel, SeededDropout
 from trainer.device import DeviceRole
 
@@ -156,3 +157,34 @@ def device_states(ck: dict, chain: list[tuple[str, int, int]], *, source: str) -
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InputError(source, None, f"does not match this run ({type(e).__name__}: {str(e)[:120]})") from None
     return out
+
+
+def server_file(out: str | Path) -> Path:
+    """The server's checkpoint in run directory ``out``: it names the last complete round."""
+    return Path(out) / "checkpoint" / "server.pt"
+
+
+class ClientFiles:
+    """A data device's checkpoints of its client, in ``DIR/checkpoint``: one file a round,
+    the last two kept."""
+
+    def __init__(self, out: str | Path):
+        self.folder = Path(out) / "checkpoint"
+
+    def path(self, client: str, round_done: int) -> Path:
+        return self.folder / f"client-{client}-r{round_done:04d}.pt"
+
+    def save(self, client: str, round_done: int, ck: dict) -> None:
+        write_atomic(self.path(client, round_done), to_bytes(ck))
+        for old in self.folder.glob(f"client-{client}-r*.pt"):
+            if int(old.stem.rsplit("-r", 1)[1]) < round_done - 1:
+                old.unlink(missing_ok=True)
+
+    def load(self, client: str, round_done: int, plan) -> dict:
+        path = self.path(client, round_done)
+        ck = read(path)
+        check_owner(ck, fmt=CLIENT_FORMAT, plan=plan, source=str(path))
+        if ck.get("round") != round_done or ck.get("client") != client:
+            raise InputError(str(path), "round", f"holds {ck.get('client')!r} round {ck.get('round')}, "
+                             f"expected {client!r} round {round_done}")
+        return ck
