@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from cli import app
 from planner import check, plan
 from planner.devices import load_profile
-from planner.ga import GASettings, decode, solve_ga
+from planner.ga import GASettings, decode, score, solve_ga
 from planner.ilp import solve_ilp
 from planner.models import dcgan_discriminator
 from planner.planfile import load_plan
@@ -78,7 +78,7 @@ def test_finds_the_optimum_on_small_instances():
         if best.status == "infeasible":
             continue
         compared += 1
-        ga = solve_ga(p)  # default settings
+        ga = solve_ga(p, settings=GASettings(population=100, generations=100))
         assert ga.step_time_s == pytest.approx(best.step_time_s, rel=RTOL), (p, ga, best)
     assert compared >= 25
 
@@ -100,6 +100,15 @@ def test_budget_and_capacity_make_the_ga_exclude_like_the_ilp():
     assert solve_ga(p, settings=QUICK).status == "infeasible"
     ok = replace(p, budget_s=5.0)
     assert solve_ga(ok, settings=QUICK).stages == (Stage(0, 0, 1), Stage(1, 1, 4))
+
+
+def test_score_grades_infeasible_plans_by_how_far_they_break_the_rules():
+    p = problem([[0.1] * 4, [1.0] * 4], capacity=[2, 10], budget=2.5)
+    assert score(p, (Stage(0, 0, 2), Stage(1, 2, 4)), "latency") == (0.0, pytest.approx(2.3))
+    little, much = score(p, (Stage(0, 0, 3), Stage(1, 3, 4)), "latency"), score(p, (Stage(0, 0, 4),), "latency")
+    assert little == (pytest.approx(0.5), pytest.approx(1.4)) and much == (pytest.approx(1.0), pytest.approx(0.4))
+    late = score(p, (Stage(0, 0, 1), Stage(1, 1, 4)), "latency")  # fits, 3.2 s against 2.5 s
+    assert late == (pytest.approx(0.7 / 2.5), pytest.approx(3.2))
 
 
 def test_settings_are_checked():
