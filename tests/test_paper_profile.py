@@ -41,3 +41,15 @@ def test_the_999x_client_is_excluded_for_capacity_the_rest_are_planned(dcgan_pro
     # the small data device of client-4 (900k parameters, 14.4 MB) holds one layer only
     c4 = next(c for c in result.clients if c.name == "client-4")
     assert [(s.device, s.start, s.end) for s in c4.stages] == [("c4-d0", 0, 1), ("c4-d1", 1, 11)]
+
+
+def test_seed_greedy_fills_the_given_order_only():
+    from planner.baselines import solve_fsl_gan
+    from planner.problem import Stage
+    from tests.test_solvers import problem
+
+    # data device 0 holds one layer; device 1 is the fastest helper, but the order says 2
+    p = problem([[1.0] * 3, [0.1] * 3, [0.5] * 3], capacity=[1, 10, 10])
+    assert solve_fsl_gan(p).stages == (Stage(0, 0, 1), Stage(1, 1, 3))
+    assert solve_fsl_gan(p, order=[0, 2]).stages == (Stage(0, 0, 1), Stage(2, 1, 3))
+    assert solve_fsl_gan(p, order=[0]).status == "infeasible"  # the seed keeps only the devices it lists
