@@ -26,6 +26,7 @@ from rich.table import Table
 
 from planner.errors import InputError, NoFeasiblePlan
 from planner.explain import format_bytes
+from planner.ga import DEFAULT_GENERATIONS, DEFAULT_POPULATION
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated split learning for GANs: plan discriminator segments on devices, then train.")
@@ -127,16 +128,23 @@ def plan_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
     model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
     batch_size: int = typer.Option(64, "--batch-size", help="samples per batch per client"),
-    solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params"),
+    solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params, "
+                               "ga (HuSCF-GAN's genetic algorithm)"),
     objective: str = typer.Option("latency", help="latency (sequential) or throughput (pipelined)"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="solver seconds per client; "
                                                "past it the best plan found is reported as feasible"),
     out_path: Path = typer.Option(Path("plan.json"), "--out", help="where to write the plan"),
     fmt: Fmt = typer.Option(Fmt.table, "--format", help="how to show the plan"),
+    ga_population: int = typer.Option(DEFAULT_POPULATION, "--ga-population",
+                                      help="--solver ga: individuals per generation (published: 1000)"),
+    ga_generations: int = typer.Option(DEFAULT_GENERATIONS, "--ga-generations",
+                                       help="--solver ga: generations (published: 1000)"),
+    ga_seed: int = typer.Option(0, "--ga-seed", help="--solver ga: seed (same seed, same plan)"),
 ) -> None:
     """Profile the model, plan every client, write the plan and show it."""
     from planner import plan
     from planner.devices import load_profile
+    from planner.ga import GASettings
     from planner.planfile import write_plan
 
     def run():
@@ -145,6 +153,11 @@ def plan_cmd(
         if time_limit is not None and not time_limit > 0:
             raise InputError("--time-limit", None, f"must be > 0 seconds, found {time_limit}")
         _check_batch(batch_size)
+        try:
+            ga = GASettings(population=ga_population, generations=ga_generations, seed=ga_seed)
+        except ValueError as e:
+            flag = next(f for f in ("population", "generations", "seed") if str(e).startswith(f))
+            raise InputError(f"--ga-{flag}", None, str(e)) from None
         profile = load_profile(devices)
         m = _model(model)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -158,7 +171,7 @@ def plan_cmd(
                 bar.update(tasks[stage], completed=done)
 
             p = plan(m, profile, batch_size=batch_size, solver=solver, objective=objective,
-                     time_limit_s=time_limit, devices_file=str(devices), progress=progress)
+                     time_limit_s=time_limit, devices_file=str(devices), progress=progress, ga=ga)
         write_plan(p, out_path)
         write_plan_table(p, out_path.with_suffix(".txt"))
         if fmt == Fmt.json:

@@ -13,26 +13,28 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from planner import check
 from planner.costs import Unit, planning_units, profile_problems
 from planner.devices import Profile
 from planner.errors import InputError, NoFeasiblePlan
+from planner.ga import GASettings
 from planner.models import SEED_PARTS, LayeredModel
 from planner.planfile import Plan, PlannedClient, PlannedStage
 from planner.problem import ClientProblem, Solution
 from planner.profile import ModelProfile, profile_model
 
-SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference")
+SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference", "ga")
 
 __all__ = ["plan", "solve_client", "client_result", "overall_status", "SOLVERS", "InputError", "NoFeasiblePlan"]
 
 
 def solve_client(p: ClientProblem, *, solver: str = "ilp", objective: str = "latency",
-                 time_limit_s: float | None = None, parts: tuple[int, ...] | None = None) -> Solution:
-    """Solve one client's tables with the named solver."""
-    from planner import baselines, ilp, reference
+                 time_limit_s: float | None = None, parts: tuple[int, ...] | None = None,
+                 ga: GASettings | None = None) -> Solution:
+    """Solve one client's tables with the named solver (``ga``: the GA's settings)."""
+    from planner import baselines, ga as genetic, ilp, reference
 
     if solver == "ilp":
         return ilp.solve_ilp(p, objective=objective, time_limit_s=time_limit_s)
@@ -44,6 +46,8 @@ def solve_client(p: ClientProblem, *, solver: str = "ilp", objective: str = "lat
         return baselines.solve_uniform(p, objective=objective)
     if solver == "params":
         return baselines.solve_params(p, objective=objective)
+    if solver == "ga":
+        return genetic.solve_ga(p, objective=objective, settings=ga, time_limit_s=time_limit_s)
     raise InputError("--solver", None, f"unknown solver {solver!r}, expected one of {', '.join(SOLVERS)}")
 
 
@@ -100,14 +104,16 @@ def overall_status(statuses: list[str]) -> str:
 def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver: str = "ilp",
          objective: str = "latency", time_limit_s: float | None = None,
          devices_file: str | None = None, model_profile: ModelProfile | None = None,
-         compare: bool = True, progress: Callable[[str, int, int], None] | None = None) -> Plan:
+         compare: bool = True, progress: Callable[[str, int, int], None] | None = None,
+         ga: GASettings | None = None) -> Plan:
     """Plan every client of ``devices`` for ``model``; raises NoFeasiblePlan if none fits.
 
     ``compare`` also records, per client, the step time each baseline solver would
     predict on the same tables, budget ignored (``baselines_step_time_s``), so a plan
     shows its gain.
 
-    ``progress(stage, done, total)`` is called while profiling and solving.
+    ``progress(stage, done, total)`` is called while profiling and solving. ``ga``: the
+    settings of ``solver="ga"`` (recorded in the plan's ``solver.ga``).
     """
     if solver not in SOLVERS:
         raise InputError("--solver", None, f"unknown solver {solver!r}, expected one of {', '.join(SOLVERS)}")
@@ -123,7 +129,7 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     # CBC runs as a child process, so threads solve clients on every core at once.
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(unique)))) as pool:
         futures = {pool.submit(solve_client, p, solver=solver, objective=objective, time_limit_s=time_limit_s,
-                               parts=parts): p for p in unique}
+                               parts=parts, ga=ga): p for p in unique}
         for done, fut in enumerate(as_completed(futures), 1):
             solved[futures[fut]] = fut.result()
             if progress:
@@ -153,7 +159,8 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
                                "threads": model_profile.threads}},
         batch_size=batch_size, objective=objective,
         solver={"name": solver, "status": overall_status([c.solver_status for c in clients]),
-                "seconds": round(seconds, 4), "time_limit_s": time_limit_s},
+                "seconds": round(seconds, 4), "time_limit_s": time_limit_s,
+                **({"ga": asdict(ga or GASettings())} if solver == "ga" else {})},
         devices_file=devices_file,
         round_time_s=max(c.step_time_s for c in planned),
         clients=tuple(clients),

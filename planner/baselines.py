@@ -53,19 +53,22 @@ def _has_links(p: ClientProblem, stages: Sequence[Stage]) -> bool:
 
 
 def solve_fsl_gan(
-    p: ClientProblem, *, parts: Sequence[int] | None = None, objective: Objective = "latency"
+    p: ClientProblem, *, parts: Sequence[int] | None = None, objective: Objective = "latency",
+    order: Sequence[int] | None = None,
 ) -> Solution:
     """The seed paper's greedy first-fit of model parts onto devices in speed order.
 
     ``parts`` are the layer indices where a part starts (``(0, 3, 6)`` for A/B/C);
-    ``None`` makes every layer its own part.
+    ``None`` makes every layer its own part. ``order``: the devices to fill, in this
+    order, instead of all of them by speed (the seed's code also shuffles them, and
+    keeps the first three).
     """
     t0 = time.perf_counter()
     starts = sorted(set(range(p.n_layers) if parts is None else parts))
     if not starts or starts[0] != 0 or starts[-1] >= p.n_layers:
         raise ValueError(f"parts must start at 0 and lie below {p.n_layers}, got {list(starts)}")
     bounds = [*starts, p.n_layers]
-    order = speed_order(p)
+    order = speed_order(p) if order is None else list(order)
     left: set[int] = set()
     stages: list[Stage] = []
     used_bytes = 0
