@@ -79,36 +79,52 @@ def _layer_span(plan, start: int, end: int) -> str:
     return names[start] if end - start == 1 else f"{names[start]} → {names[end - 1]}"
 
 
+def _client_title(c) -> str:
+    p = c.costs
+    budget = f"budget {p.budget_s:.2f} s" if p.budget_s is not None else "no budget"
+    units = c.units_s()
+    top = max(range(len(units)), key=lambda k: units[k])
+    where = c.stages[top // 2].device if top % 2 == 0 else f"{c.stages[top // 2].device} → {c.stages[top // 2 + 1].device}"
+    return (f"{c.name}: step {c.step_time_s:.3f} s ({budget}), M = {c.micro_batches}, bottleneck "
+            f"{units[top]:.4f} s per micro-batch ({where}), data weight {c.data_weight:g}")
+
+
 def render_plan(plan, console: Console | None = None) -> None:
     """The plan as rich tables: a summary, each client's stages, exclusions."""
     con = console or out
     s = plan.solver
     con.print(f"[bold]Plan[/] for model [cyan]{plan.model['name']}[/] ({len(plan.model['layers'])} layers), "
               f"batch {plan.batch_size}, objective [cyan]{plan.objective}[/], devices {plan.devices_file}")
+    server = f"the generator's step {plan.server['step_s']:.3f} s + " if plan.server else ""
     con.print(f"solver [cyan]{s['name']}[/]: [bold]{s['status']}[/] in {s['seconds']:.2f} s; "
-              f"round time (slowest planned client) [bold]{plan.round_time_s:.2f} s[/]")
+              f"round time ({server}slowest planned client) [bold]{plan.round_time_s:.2f} s[/]")
     for c in plan.planned:
         p = c.costs
-        budget = f"budget {p.budget_s:.2f} s" if p.budget_s is not None else "no budget"
-        title = f"{c.name}: step {c.step_time_s:.2f} s ({budget}), data weight {c.data_weight:g}"
-        t = Table(title=title, title_justify="left", show_lines=False)
+        t = Table(title=_client_title(c), title_justify="left", show_lines=False)
         for col, just in (("#", "right"), ("device", "left"), ("layers", "left"), ("compute s", "right"),
-                          ("→ next s", "right"), ("memory / capacity", "left")):
+                          ("overhead s", "right"), ("→ next s", "right"), ("codec", "left"), ("recompute", "left"),
+                          ("memory / capacity", "left")):
             t.add_column(col, justify=just)
         cap = dict(zip(p.devices, p.capacity_bytes))
         for i, st in enumerate(c.stages):
             mark = " (data)" if st.device == p.devices[p.data_device] else ""
+            last = i == len(c.stages) - 1
             t.add_row(str(i), st.device + mark, _layer_span(plan, st.start, st.end), f"{st.compute_s:.3f}",
-                      f"{st.transfer_s:.3f}" if i < len(c.stages) - 1 else "—",
+                      f"{p.overhead(p.devices.index(st.device)):.4f}", "—" if last else f"{st.transfer_s:.3f}",
+                      "—" if last else st.codec, "yes" if st.recompute else "no",
                       f"{_bar(st.memory_bytes / cap[st.device])} of {format_bytes(cap[st.device])}")
+        notes = [f"M from {list(p.micro_batch_choices)}", f"codecs allowed: {', '.join(['none', *(k.name for k in p.codecs)])}",
+                 "recompute " + ("allowed" if p.recompute is not None else "off")]
+        if p.server_transfer_s is not None:
+            notes.append(f"server transfer {p.server_transfer_s:.3f} s")
         unused = [d for d in p.devices if d not in {st.device for st in c.stages}]
         if unused:
-            t.caption = f"unused: {', '.join(unused)}"
+            notes.append(f"unused: {', '.join(unused)}")
         if c.baselines_step_time_s:
             cmp = ", ".join(f"{k} {v:.2f} s ({v / max(c.step_time_s, 1e-12):.2f}x)" if v else f"{k} no plan"
                             for k, v in c.baselines_step_time_s.items())
-            t.caption = (t.caption + "; " if t.caption else "") + f"baselines on the same tables: {cmp}"
-        t.caption_justify = "left"
+            notes.append(f"baselines on the same tables: {cmp}")
+        t.caption, t.caption_justify = "; ".join(notes), "left"
         con.print(t)
     excluded = [c for c in plan.clients if c.status == "excluded"]
     if excluded:
@@ -120,6 +136,25 @@ def render_plan(plan, console: Console | None = None) -> None:
         con.print(t)
 
 
+def _plan_options(objective: str, micro_batches: Optional[str], codecs: str, recompute: str) -> dict:
+    """The execution options of ``fsl plan``, parsed; InputError on a bad value."""
+    if objective not in ("latency", "throughput"):
+        raise InputError("--objective", None, f"expected latency or throughput, found {objective!r}")
+    choices = None
+    if micro_batches is not None:
+        try:
+            choices = tuple(int(v) for v in micro_batches.split(","))
+        except ValueError:
+            raise InputError("--micro-batches", None,
+                             f"expected whole numbers separated by commas, like 1,2,4,8, found {micro_batches!r}") from None
+    if recompute not in ("auto", "off"):
+        raise InputError("--recompute", None, f"expected auto or off, found {recompute!r}")
+    names = tuple(v.strip() for v in codecs.split(","))
+    if "" in names:
+        raise InputError("--codecs", None, f"expected codec names separated by commas, like none,fp16, found {codecs!r}")
+    return {"micro_batches": choices, "codecs": tuple(v for v in names if v != "none"), "recompute": recompute == "auto"}
+
+
 @app.command("plan")
 def plan_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
@@ -127,19 +162,24 @@ def plan_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="samples per batch per client"),
     solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params"),
     objective: str = typer.Option("latency", help="latency (sequential) or throughput (pipelined)"),
+    micro_batches: Optional[str] = typer.Option(None, "--micro-batches", help="throughput: the M the solver may "
+                                                "pick, e.g. 1,2,4,8 (default: the batch size's divisors up to 16)"),
+    codecs: str = typer.Option("none", help="encodings a cut may use: none,fp16,int8 (a codec changes the numbers)"),
+    recompute: str = typer.Option("auto", help="auto: a stage may recompute its activations; off: never"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="solver seconds per client; "
                                                "past it the best plan found is reported as feasible"),
-    out_path: Path = typer.Option(Path("plan.json"), "--out", help="where to write the plan"),
+    out_path: Path = typer.Option(Path("plan.json"), "--out", help="where to write the plan (and its table and "
+                                  "timeline beside it)"),
     fmt: Fmt = typer.Option(Fmt.table, "--format", help="how to show the plan"),
 ) -> None:
     """Profile the model, plan every client, write the plan and show it."""
     from planner import plan
     from planner.devices import load_profile
     from planner.planfile import write_plan
+    from planner.timeline import draw_plan
 
     def run():
-        if objective not in ("latency", "throughput"):
-            raise InputError("--objective", None, f"expected latency or throughput, found {objective!r}")
+        options = _plan_options(objective, micro_batches, codecs, recompute)
         if time_limit is not None and not time_limit > 0:
             raise InputError("--time-limit", None, f"must be > 0 seconds, found {time_limit}")
         _check_batch(batch_size)
@@ -156,30 +196,39 @@ def plan_cmd(
                 bar.update(tasks[stage], completed=done)
 
             p = plan(m, profile, batch_size=batch_size, solver=solver, objective=objective,
-                     time_limit_s=time_limit, devices_file=str(devices), progress=progress)
+                     time_limit_s=time_limit, devices_file=str(devices), progress=progress, **options)
         write_plan(p, out_path)
         write_plan_table(p, out_path.with_suffix(".txt"))
+        draw_plan(p.clients, out_path.with_suffix(".timeline.png"))
         if fmt == Fmt.json:
             out.print_json(json.dumps(p.to_json()))
         else:
             render_plan(p)
-            out.print(f"wrote {out_path} and {out_path.with_suffix('.txt')}")
+            out.print(f"wrote {out_path}, {out_path.with_suffix('.txt')} and {out_path.with_suffix('.timeline.png')}")
 
     _guard(run)
 
 
 @app.command("show")
 def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.json"),
-             fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
+             fmt: Fmt = typer.Option(Fmt.table, "--format"),
+             figure: Optional[Path] = typer.Option(None, "--figure", help="also draw each client's predicted step "
+                                                   "as a timeline (PNG)")) -> None:
     """Show a plan as tables: stages, times, memory against capacity, exclusions."""
     from planner.planfile import load_plan
 
     def run():
         p = load_plan(plan_path)
+        if figure is not None:
+            from planner.timeline import draw_plan
+
+            draw_plan(p.clients, figure)
         if fmt == Fmt.json:
             out.print_json(json.dumps(p.to_json()))
         else:
             render_plan(p)
+            if figure is not None:
+                out.print(f"wrote {figure}")
 
     _guard(run)
 

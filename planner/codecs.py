@@ -9,7 +9,8 @@ that crosses a cut that uses one, activations forward and gradients back.
 - ``int8``: affine quantisation with one scale and zero point **per tensor** (one
   message), 1 byte per element (``bytes_ratio`` 0.25): ``q = round(x / scale) + zp``
   clamped to [-128, 127] with ``scale = (max - min) / 255`` and ``zp`` chosen so that
-  ``min`` maps to -128; the absolute error is at most ``scale / 2``. The two float32
+  ``min`` maps to -128; the absolute error is at most ``scale / 2`` (a constant tensor
+  round-trips exactly). The two float32
   parameters (8 bytes per message) are not in ``bytes_ratio``: for the smallest cut of
   the project's models (one 4096-value activation per sample, batch 64) they are 8 in
   1,048,576 bytes.
@@ -42,7 +43,7 @@ def encode(codec: str, x: torch.Tensor) -> Encoded:
         return Encoded(codec, x.to(torch.float16))
     if codec == "int8":
         lo, hi = float(x.min()), float(x.max())
-        scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        scale = (hi - lo) / 255.0 if hi > lo else abs(lo) or 1.0  # a constant maps to -128 exactly
         zero_point = int(round(-128 - lo / scale))
         q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127).to(torch.int8)
         return Encoded(codec, q, scale, zero_point)
