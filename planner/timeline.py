@@ -74,19 +74,21 @@ def draw(panels: Sequence[tuple[str, Sequence[Box]]], path: str | Path) -> None:
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (title, boxes) in zip(axes[:, 0], panels):
         rows = list(dict.fromkeys(b.row for b in boxes))
-        for b in boxes:
-            y = rows.index(b.row)
-            color = "tab:blue" if b.kind == "compute" else "tab:orange"
-            ax.barh(y, b.end_s - b.start_s, left=b.start_s, height=0.6, color=color, alpha=0.85,
-                    edgecolor="red" if b.bottleneck else "black", linewidth=1.6 if b.bottleneck else 0.5,
-                    hatch="//" if b.bottleneck else None)
-            if b.end_s - b.start_s > 0:
-                ax.text((b.start_s + b.end_s) / 2, y, b.label, ha="center", va="center", fontsize=6, clip_on=True)
+        end = max((b.end_s for b in boxes), default=0.0) or 1.0
+        for y, row in enumerate(rows):
+            mine = [b for b in boxes if b.row == row]
+            hot = any(b.bottleneck for b in mine)
+            ax.broken_barh([(b.start_s, b.end_s - b.start_s) for b in mine], (y - 0.3, 0.6),
+                           facecolors="tab:blue" if mine[0].kind == "compute" else "tab:orange", alpha=0.85,
+                           edgecolors="red" if hot else "black", linewidth=1.6 if hot else 0.5, hatch="//" if hot else None)
+            for b in mine:  # label the boxes wide enough to hold one
+                if b.end_s - b.start_s > end / 60:
+                    ax.text((b.start_s + b.end_s) / 2, y, b.label, ha="center", va="center", fontsize=6)
         labels = [r + ("  (bottleneck)" if any(b.bottleneck and b.row == r for b in boxes) else "") for r in rows]
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.set_title(title, fontsize=9, loc="left")
-        ax.set_xlim(0, max((b.end_s for b in boxes), default=1.0) * 1.02 or 1.0)
+        ax.set_xlim(0, end * 1.02)
     axes[-1, 0].set_xlabel("seconds into the step (blue: compute, orange: transfer; red hatch: bottleneck)")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -176,9 +176,10 @@ def test_a_plan_without_21_fields_checks_as_section_2(tmp_path, dcgan_profile):
 def test_fsl_plan_and_show_report_m_bottleneck_and_options(tmp_path, profile_cache):
     out = tmp_path / "plan.json"
     r = CliRunner().invoke(app, ["plan", "--devices", str(ROOT / "profiles" / "lab.json"), "--objective", "throughput",
-                                 "--micro-batches", "1,2,4,8", "--codecs", "none,int8", "--out", str(out)])
+                                 "--micro-batches", "1,2,4,8", "--codecs", "none,int8", "--out", str(out),
+                                 "--figure", str(tmp_path / "plan.png")])
     assert r.exit_code == 0, (r.stderr, r.exception)
-    assert out.with_suffix(".timeline.png").stat().st_size > 0
+    assert (tmp_path / "plan.png").stat().st_size > 0
     p = load_plan(out)
     for c in p.planned:
         assert f"M = {c.micro_batches}, bottleneck {max(c.units_s()):.4f} s per micro-batch" in r.stdout
