@@ -38,7 +38,7 @@ from planner.models import Generator
 
 OVERHEAD_REPEATS, OVERHEAD_WARMUP = 200, 20
 CODEC_REPEATS = 3
-GENERATOR_REPEATS = 5
+GENERATOR_REPEATS = 3
 
 
 def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Queue) -> None:
