@@ -153,7 +153,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    parts = [f"Machine: {machine()}. Command: `python benchmarks/planner.py{' --quick' if args.quick else ''}`.\n"]
+    load = os.getloadavg()[0]
+    parts = [f"Machine: {machine()}. Command: `python benchmarks/planner.py{' --quick' if args.quick else ''}`."]
     with tempfile.TemporaryDirectory() as d:
         print("baselines / ILP on profiles/ ...", flush=True)
         parts.append("### Baselines against the ILP\n\n" + bench_baselines())
@@ -164,6 +165,8 @@ def main() -> None:
         print("solver sweep ...", flush=True)
         parts.append("### Solver time sweep (medians)\n\n" + bench_sweep(args.quick))
         print(parts[-1], flush=True)
+    parts[0] += (f" Load average (1 min) {load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end: other "
+                 "sessions share this VM's 2 cores, and every time here (profiling included) grows with that load.\n")
     write_section("planner", "## Planner\n\n" + "\n".join(parts))
 
 

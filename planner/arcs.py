@@ -19,8 +19,6 @@ import numpy as np
 
 from planner.problem import NO_CODEC, ClientProblem
 
-Key = tuple[int, int, int]
-
 
 @dataclass(frozen=True, eq=False)
 class Arcs:

@@ -1,10 +1,9 @@
 """Cheap bounds on a client's step time for one ``M``, for the ILP's search over ``M``.
 
 With units ``u`` per micro-batch (:mod:`planner.check`) every plan takes
-``sum(u) + (M - 1) * max(u)``, so
+``sum(u) + (M - 1) * max(u)``; ``sum(u)`` is at least the shortest path of
+:mod:`planner.paths`, and
 
-- ``sum(u) >= sum_floor``: every layer runs somewhere, at best on its fastest device
-  and table (``C / M``), and the data device holds a stage (its overhead);
 - ``max(u) >= bottleneck_floor``, the larger of two relaxations' thresholds: below it
   either (a) even the longest segment each device could hold within the time and its
   capacity cannot cover the layers together, where a segment must start on layer 0
@@ -28,12 +27,6 @@ from planner.paths import shortest_length
 from planner.problem import ClientProblem, Stage
 
 BISECT_RTOL = 1e-3
-
-
-def sum_floor_s(p: ClientProblem, micro_batches: int) -> float:
-    tables = [p.compute_s] + ([p.recompute.compute_s] if p.recompute is not None else [])
-    fastest = np.min([np.min(np.asarray(t, dtype=float), axis=0) for t in tables], axis=0)
-    return float(fastest.sum()) / micro_batches + p.overhead(p.data_device)
 
 
 def _coverable_layers(p: ClientProblem, seg_u: np.ndarray, cut_u: np.ndarray, theta_s: float) -> int:

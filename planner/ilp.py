@@ -27,7 +27,7 @@ every ``M`` (:func:`planner.bounds.greedy_plan`), a lower bound on ``max(u)``
 may revisit devices, :mod:`planner.paths`). ``M`` are visited from the smallest bound
 ``sum_floor + (M - 1) * max_floor`` up; one whose bound is not below the incumbent is
 skipped. A bottleneck variable ``T`` in one model would be simpler but its LP relaxation
-averages the bottleneck over fractional paths (on seeded 8x32 clients: 40 % below the
+averages the bottleneck over fractional paths (on a fleet 8x32 client: 38 % below the
 optimum at M = 16; CBC ran for minutes).
 
 Budget: the incumbent counts only plans within it, and with none yet the search's limit

@@ -16,10 +16,9 @@ device's start to the last layer::
 Per micro-batch an arc is a unit of ``u`` seconds (``C / M + overhead_s[d]`` for a
 segment, ``V / M + latency`` for a cut). The model minimises ``sum(u)`` over plans whose
 every unit is at most ``theta`` (arcs above it get no variable): for ``M = 1`` that is
-the step time itself; for ``M > 1``, :mod:`planner.ilp` searches ``theta`` (a
-bottleneck variable ``T >= u`` would make the LP relaxation average the bottleneck over
-fractional paths: on 8x32 clients its bound was 40 % below the optimum and CBC needed
-minutes). Constraints, each named so an infeasible model can be read back:
+the step time itself; for ``M > 1``, :mod:`planner.ilp` searches ``theta`` (why not a
+bottleneck variable: see there). Constraints, each named so an infeasible model can be
+read back:
 
 - ``data_first``: one segment starts on the data device at layer 0; no cut enters it;
 - ``flow_leave_{d}_{j}`` / ``flow_enter_{e}_{j}``: a segment ending at ``j`` leaves by

@@ -203,3 +203,18 @@ def test_fsl_plan_bad_option_values_exit_2_with_one_line(args, where, tmp_path, 
     assert r.exit_code == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and where in lines[0] and "Traceback" not in r.stderr
+
+
+def test_without_device_drops_every_per_device_table(options_plan):
+    """Re-planning around a lost device (trainer/replan.py) needs the §2.1 tables cut too."""
+    from planner.ilp import solve_ilp
+
+    p = options_plan.clients[0].costs
+    q = p.without_device(1)
+    assert q.devices == (p.devices[0], p.devices[2]) and q.data_device == 0
+    assert q.overhead_s == (p.overhead_s[0], p.overhead_s[2])
+    assert q.recompute.memory_bytes == (p.recompute.memory_bytes[0], p.recompute.memory_bytes[2])
+    assert [c.codec_s for c in q.codecs] == [(c.codec_s[0], c.codec_s[2]) for c in p.codecs]
+    assert q.link_latency_s == ((0.0, p.link_latency_s[0][2]), (p.link_latency_s[2][0], 0.0))
+    sol = solve_ilp(q, objective="throughput")
+    assert sol.status == "optimal" and {s.device for s in sol.stages} <= {0, 1}
