@@ -62,7 +62,8 @@ def render_plan(plan, con: Console) -> None:
             mark = " (data)" if st.device == p.devices[p.data_device] else ""
             last = i == len(c.stages) - 1
             t.add_row(str(i), st.device + mark, _layer_span(plan, st.start, st.end), f"{st.compute_s:.3f}",
-                      f"{p.overhead(p.devices.index(st.device)):.4f}", "—" if last else f"{st.transfer_s:.3f}",
+                      "—" if p.overhead_s is None else f"{p.overhead(p.devices.index(st.device)):.4f}",
+                      "—" if last else f"{st.transfer_s:.3f}",
                       "—" if last else st.codec, "yes" if st.recompute else "no",
                       f"{_bar(st.memory_bytes / cap[st.device])} of {format_bytes(cap[st.device])}")
         notes = [f"M from {list(p.micro_batch_choices)}", f"codecs allowed: {', '.join(['none', *(k.name for k in p.codecs)])}",
