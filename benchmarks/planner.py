@@ -128,7 +128,8 @@ def bench_fleet(tmp: Path) -> str:
     return (md_table(header, rows)
             + "\n\nCPU seconds are less sensitive to other sessions' load than wall seconds. Clients are solved on "
               "2 threads; CBC runs in child processes, the rest shares one interpreter, so on an idle machine the "
-              "wall time lies between half the CPU time and all of it.\n\nProfiling the 32-layer chain once (cold cache, every §2.1 measurement included): {prof_s:.2f} s; "
+              "wall time lies between half the CPU time and all of it.\n\n"
+            + f"Profiling the 32-layer chain once (cold cache, every §2.1 measurement included): {prof_s:.2f} s; "
               f"it is cached per model, batch size, host, torch and threads, so a second `fsl plan` pays only the "
               f"plan column. Measured per micro-batch stage overhead on this host: {mp.overhead_s * 1e3:.3f} ms; "
               f"generator step at batch 64: {mp.generator_step_s * 1e3:.1f} ms. Targets (issues 11, 12): all "
