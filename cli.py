@@ -27,6 +27,7 @@ from rich.table import Table
 from planner.errors import InputError, NoFeasiblePlan
 from planner.explain import format_bytes
 from planner.ga import DEFAULT_GENERATIONS, DEFAULT_POPULATION
+from plan_view import plan_options, render_plan, write_plan_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated split learning for GANs: plan discriminator segments on devices, then train.")
@@ -65,62 +66,10 @@ def _model(name: str):
 
 
 def _check_batch(batch_size: int) -> None:
-    from planner.planfile import MAX_BATCH
+    from planner.planschema import MAX_BATCH
 
     if not 1 <= batch_size <= MAX_BATCH:
         raise InputError("--batch-size", None, f"must be within 1..{MAX_BATCH}, found {batch_size}")
-
-
-def _bar(fraction: float, width: int = 10) -> str:
-    filled = min(width, max(0, round(fraction * width)))
-    color = "red" if fraction > 0.9 else "yellow" if fraction > 0.6 else "green"
-    return f"[{color}]{'█' * filled}[/]{'·' * (width - filled)} {fraction:5.1%}"
-
-
-def _layer_span(plan, start: int, end: int) -> str:
-    names = [layer["name"] for layer in plan.model["layers"]]
-    return names[start] if end - start == 1 else f"{names[start]} → {names[end - 1]}"
-
-
-def render_plan(plan, console: Console | None = None) -> None:
-    """The plan as rich tables: a summary, each client's stages, exclusions."""
-    con = console or out
-    s = plan.solver
-    con.print(f"[bold]Plan[/] for model [cyan]{plan.model['name']}[/] ({len(plan.model['layers'])} layers), "
-              f"batch {plan.batch_size}, objective [cyan]{plan.objective}[/], devices {plan.devices_file}")
-    con.print(f"solver [cyan]{s['name']}[/]: [bold]{s['status']}[/] in {s['seconds']:.2f} s; "
-              f"round time (slowest planned client) [bold]{plan.round_time_s:.2f} s[/]")
-    for c in plan.planned:
-        p = c.costs
-        budget = f"budget {p.budget_s:.2f} s" if p.budget_s is not None else "no budget"
-        title = f"{c.name}: step {c.step_time_s:.2f} s ({budget}), data weight {c.data_weight:g}"
-        t = Table(title=title, title_justify="left", show_lines=False)
-        for col, just in (("#", "right"), ("device", "left"), ("layers", "left"), ("compute s", "right"),
-                          ("→ next s", "right"), ("memory / capacity", "left")):
-            t.add_column(col, justify=just)
-        cap = dict(zip(p.devices, p.capacity_bytes))
-        for i, st in enumerate(c.stages):
-            mark = " (data)" if st.device == p.devices[p.data_device] else ""
-            t.add_row(str(i), st.device + mark, _layer_span(plan, st.start, st.end), f"{st.compute_s:.3f}",
-                      f"{st.transfer_s:.3f}" if i < len(c.stages) - 1 else "—",
-                      f"{_bar(st.memory_bytes / cap[st.device])} of {format_bytes(cap[st.device])}")
-        unused = [d for d in p.devices if d not in {st.device for st in c.stages}]
-        if unused:
-            t.caption = f"unused: {', '.join(unused)}"
-        if c.baselines_step_time_s:
-            cmp = ", ".join(f"{k} {v:.2f} s ({v / max(c.step_time_s, 1e-12):.2f}x)" if v else f"{k} no plan"
-                            for k, v in c.baselines_step_time_s.items())
-            t.caption = (t.caption + "; " if t.caption else "") + f"baselines on the same tables: {cmp}"
-        t.caption_justify = "left"
-        con.print(t)
-    excluded = [c for c in plan.clients if c.status == "excluded"]
-    if excluded:
-        t = Table(title="Excluded clients", title_justify="left")
-        t.add_column("client")
-        t.add_column("reason")
-        for c in excluded:
-            t.add_row(c.name, c.reason or "")
-        con.print(t)
 
 
 @app.command("plan")
@@ -131,15 +80,21 @@ def plan_cmd(
     solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params, "
                                "ga (HuSCF-GAN's genetic algorithm)"),
     objective: str = typer.Option("latency", help="latency (sequential) or throughput (pipelined)"),
+    micro_batches: Optional[str] = typer.Option(None, "--micro-batches", help="throughput: the M the solver may "
+                                                "pick, e.g. 1,2,4,8 (default: the batch size's divisors up to 16)"),
+    codecs: str = typer.Option("none", help="encodings a cut may use: none,fp16,int8 (a codec changes the numbers)"),
+    recompute: str = typer.Option("auto", help="auto: a stage may recompute its activations; off: never"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="solver seconds per client; "
                                                "past it the best plan found is reported as feasible"),
-    out_path: Path = typer.Option(Path("plan.json"), "--out", help="where to write the plan"),
+    out_path: Path = typer.Option(Path("plan.json"), "--out", help="where to write the plan (and its table beside it)"),
     fmt: Fmt = typer.Option(Fmt.table, "--format", help="how to show the plan"),
     ga_population: int = typer.Option(DEFAULT_POPULATION, "--ga-population",
                                       help="--solver ga: individuals per generation (published: 1000)"),
     ga_generations: int = typer.Option(DEFAULT_GENERATIONS, "--ga-generations",
                                        help="--solver ga: generations (published: 1000)"),
     ga_seed: int = typer.Option(0, "--ga-seed", help="--solver ga: seed (same seed, same plan)"),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="also draw each client's predicted step as a "
+                                          "timeline (PNG; seconds for many clients)"),
 ) -> None:
     """Profile the model, plan every client, write the plan and show it."""
     from planner import plan
@@ -148,8 +103,7 @@ def plan_cmd(
     from planner.planfile import write_plan
 
     def run():
-        if objective not in ("latency", "throughput"):
-            raise InputError("--objective", None, f"expected latency or throughput, found {objective!r}")
+        options = plan_options(objective, micro_batches, codecs, recompute)
         if time_limit is not None and not time_limit > 0:
             raise InputError("--time-limit", None, f"must be > 0 seconds, found {time_limit}")
         _check_batch(batch_size)
@@ -171,30 +125,43 @@ def plan_cmd(
                 bar.update(tasks[stage], completed=done)
 
             p = plan(m, profile, batch_size=batch_size, solver=solver, objective=objective,
-                     time_limit_s=time_limit, devices_file=str(devices), progress=progress, ga=ga)
+                     time_limit_s=time_limit, devices_file=str(devices), progress=progress, ga=ga, **options)
         write_plan(p, out_path)
         write_plan_table(p, out_path.with_suffix(".txt"))
+        if figure is not None:
+            from planner.timeline import draw_plan
+
+            draw_plan(p.clients, figure)
         if fmt == Fmt.json:
             out.print_json(json.dumps(p.to_json()))
         else:
-            render_plan(p)
-            out.print(f"wrote {out_path} and {out_path.with_suffix('.txt')}")
+            render_plan(p, out)
+            written = [out_path, out_path.with_suffix(".txt"), *([figure] if figure else [])]
+            out.print(f"wrote {', '.join(map(str, written))}")
 
     _guard(run)
 
 
 @app.command("show")
 def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.json"),
-             fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
+             fmt: Fmt = typer.Option(Fmt.table, "--format"),
+             figure: Optional[Path] = typer.Option(None, "--figure", help="also draw each client's predicted step "
+                                                   "as a timeline (PNG)")) -> None:
     """Show a plan as tables: stages, times, memory against capacity, exclusions."""
     from planner.planfile import load_plan
 
     def run():
         p = load_plan(plan_path)
+        if figure is not None:
+            from planner.timeline import draw_plan
+
+            draw_plan(p.clients, figure)
         if fmt == Fmt.json:
             out.print_json(json.dumps(p.to_json()))
         else:
-            render_plan(p)
+            render_plan(p, out)
+            if figure is not None:
+                out.print(f"wrote {figure}")
 
     _guard(run)
 
@@ -309,16 +276,6 @@ def train_cmd(
         _guard(run)
     except DeviceFailure as e:  # a process of --backend dist failed: which device, which round
         _fail(1, f"error: {e}")
-
-
-def write_plan_table(plan, path: Path) -> None:
-    """The same tables as plain text, for the run directory."""
-    from planner.jsonio import write_atomic
-
-    with open(os.devnull, "w") as sink:
-        buf = Console(record=True, width=120, file=sink, color_system=None)
-        render_plan(plan, buf)
-    write_atomic(path, buf.export_text())
 
 
 def render_summary(history: list[dict], out_dir: Path) -> None:

@@ -1,92 +1,84 @@
 """The arcs of the placement ILP: every segment and cut that may appear in an optimal plan.
 
-A segment ``(d, i, j)`` runs layers ``i..j-1`` on device ``d``; it gets an arc only if it
-fits ``capacity_bytes[d]``, starts legally (layer 0 only on the data device) and alone
-stays within the time limit. A cut ``(d, e, j)`` moves the activation before layer ``j``
-from ``d`` to ``e``. Arcs on no path from layer 0 to the last layer are pruned.
+A segment ``(d, i, j)`` runs layers ``i..j-1`` on device ``d``; it is an arc only if it
+fits ``capacity_bytes[d]`` (plain or recomputing) and starts legally (layer 0 only on
+the data device). A cut ``(d, e, j)`` moves the activation before layer ``j`` from ``d``
+to ``e`` over a link that exists. Each arc carries its best recompute flag or codec
+(:mod:`planner.options`: the choice does not depend on ``M``), so the catalogue is
+built once per client, as ``[d, i, j]`` / ``[d, e, j]`` arrays (``inf``: no arc).
+
+For one ``M`` an arc is a unit of ``u`` seconds per micro-batch (:func:`units`);
+:func:`planner.paths.within` keeps those a search's limits allow.
 """
 
 from __future__ import annotations
 
-from planner.baselines import greedy_bottleneck
-from planner.problem import ClientProblem, Objective
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.problem import NO_CODEC, ClientProblem
 
 
-def segments(p: ClientProblem, limit_s: float) -> dict[tuple[int, int, int], float]:
-    """Seconds of every segment ``(d, i, j)`` that fits, starts legally, within ``limit_s``."""
-    out = {}
-    limit = limit_s * (1 + 1e-9)
-    for d in range(p.n_devices):
-        starts = [0] if d == p.data_device else range(1, p.n_layers)
-        mem, comp = p.memory_bytes[d], p.compute_s[d]
-        for i in starts:
-            used, secs = 0, 0.0
-            for j in range(i + 1, p.n_layers + 1):
-                used += mem[j - 1]
-                secs += comp[j - 1]
-                if used > p.capacity_bytes[d] or secs > limit:
-                    break
-                out[d, i, j] = secs
-    return out
+@dataclass(frozen=True, eq=False)
+class Arcs:
+    """Every segment and cut that fits, with its best option; independent of ``M``."""
+
+    seg_s: np.ndarray  # [d, i, j] C: compute per step of the best variant, inf: no arc
+    seg_recompute: np.ndarray  # [d, i, j] whether that variant recomputes
+    cut_s: np.ndarray  # [d, e, j] V: volume seconds per step of the best codec, inf: no arc
+    cut_codec: np.ndarray  # [d, e, j] index into codec_names of that codec
+    codec_names: tuple[str, ...]  # "none" first, then ``costs.codecs``
+
+    def stage_options(self, d: int, i: int, j: int, nxt: int | None) -> tuple[bool, str]:
+        """The recompute flag of segment ``(d, i, j)`` and the codec of its cut to ``nxt``."""
+        codec = NO_CODEC if nxt is None else self.codec_names[self.cut_codec[d, nxt, j]]
+        return bool(self.seg_recompute[d, i, j]), codec
 
 
-def cuts(p: ClientProblem, limit_s: float) -> dict[tuple[int, int, int], float]:
-    """Seconds of every cut ``(d, e, j)`` over a link that exists, within ``limit_s``."""
-    out = {}
-    limit = limit_s * (1 + 1e-9)
-    for d in range(p.n_devices):
-        for e in range(p.n_devices):
-            if e == d or e == p.data_device or p.link_bytes_per_s[d][e] <= 0:
-                continue
-            for j in range(1, p.n_layers):
-                t = p.transfer_s(d, e, j - 1)
-                if t <= limit:
-                    out[d, e, j] = t
-    return out
+def _prefix(rows, dtype) -> np.ndarray:
+    a = np.asarray(rows, dtype=dtype)
+    return np.concatenate([np.zeros((a.shape[0], 1), dtype=dtype), np.cumsum(a, axis=1)], axis=1)
 
 
-def prune(
-    p: ClientProblem, seg_s: dict[tuple[int, int, int], float], cut_s: dict[tuple[int, int, int], float]
-) -> None:
-    """Drop, in place, arcs on no path from the data device's layer 0 to the last layer."""
-    L = p.n_layers
-    reach_begin = {(p.data_device, 0)}  # (device, boundary) where a segment may begin
-    reach_end: set[tuple[int, int]] = set()
-    useful_end = {(d, L) for d in range(p.n_devices)}  # (device, boundary) a path may end at
-    useful_begin: set[tuple[int, int]] = set()
-    starts_at: dict[int, list[tuple[int, int, int]]] = {}
-    for k in seg_s:
-        starts_at.setdefault(k[1], []).append(k)
-    cuts_at: dict[int, list[tuple[int, int, int]]] = {}
-    for k in cut_s:
-        cuts_at.setdefault(k[2], []).append(k)
-    for b in range(L):  # forward: what a path from layer 0 can reach
-        for d, e, _ in cuts_at.get(b, []):
-            if (d, b) in reach_end:
-                reach_begin.add((e, b))
-        for d, _, j in starts_at.get(b, []):
-            if (d, b) in reach_begin:
-                reach_end.add((d, j))
-    for b in range(L - 1, -1, -1):  # backward: what can still reach the last layer
-        for d, _, j in starts_at.get(b, []):
-            if (d, j) in useful_end:
-                useful_begin.add((d, b))
-        for d, e, _ in cuts_at.get(b, []):
-            if (e, b) in useful_begin:
-                useful_end.add((d, b))
-    for k in [k for k in seg_s if (k[0], k[1]) not in reach_begin or (k[0], k[2]) not in useful_end]:
-        del seg_s[k]
-    for k in [k for k in cut_s if (k[0], k[2]) not in reach_end or (k[1], k[2]) not in useful_begin]:
-        del cut_s[k]
+def catalogue(p: ClientProblem) -> Arcs:
+    n, L = p.n_devices, p.n_layers
+    tables = [(p.compute_s, p.memory_bytes)]
+    if p.recompute is not None:
+        tables.append((p.recompute.compute_s, p.recompute.memory_bytes))
+    legal = np.zeros((n, L + 1, L + 1), dtype=bool)  # [d, i, j]: i < j, start legal
+    upper = np.triu(np.ones((L + 1, L + 1), dtype=bool), 1)
+    legal[:, 1:L] = upper[1:L]
+    legal[p.data_device] = False
+    legal[p.data_device, 0] = upper[0]
+    cap = np.asarray(p.capacity_bytes, dtype=np.int64)[:, None, None]
+    seg_s = np.full((n, L + 1, L + 1), np.inf)
+    rec = np.zeros((n, L + 1, L + 1), dtype=bool)
+    for flag, (comp_rows, mem_rows) in enumerate(tables):
+        comp, mem = _prefix(comp_rows, float), _prefix(mem_rows, np.int64)
+        fits = legal & (mem[:, None, :] - mem[:, :, None] <= cap)
+        c = np.where(fits, comp[:, None, :] - comp[:, :, None], np.inf)
+        better = c < seg_s
+        seg_s = np.where(better, c, seg_s)
+        rec = np.where(better, bool(flag), rec)
+    bw = np.asarray(p.link_bytes_per_s, dtype=float)
+    link = (bw > 0) & ~np.eye(n, dtype=bool)
+    link[:, p.data_device] = False
+    cut_b = np.concatenate(([np.inf], np.asarray(p.cut_bytes, dtype=float), [np.inf]))  # before layer j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cut_s = np.where(link[:, :, None], cut_b[None, None, :] / bw[:, :, None], np.inf)
+        codec = np.zeros(cut_s.shape, dtype=np.int64)
+        for k, c in enumerate(p.codecs, 1):
+            cs = np.full((n, L + 1), np.inf)
+            cs[:, 1:L] = np.asarray(c.codec_s, dtype=float).reshape(n, L - 1)
+            v = np.where(link[:, :, None], cut_b * c.bytes_ratio / bw[:, :, None], np.inf) + cs[:, None, :] + cs[None]
+            codec = np.where(v < cut_s, k, codec)
+            cut_s = np.minimum(cut_s, v)
+    return Arcs(seg_s, rec, cut_s, codec, (NO_CODEC, *(c.name for c in p.codecs)))
 
 
-def arcs(
-    p: ClientProblem, objective: Objective
-) -> tuple[dict[tuple[int, int, int], float], dict[tuple[int, int, int], float]]:
-    """The segments and cuts that get a variable, with their seconds."""
-    limit_s = float("inf") if p.budget_s is None else p.budget_s
-    if objective == "throughput":  # the optimum uses no arc slower than a known plan
-        limit_s = min(limit_s, greedy_bottleneck(p)[0])
-    seg_s, cut_s = segments(p, limit_s), cuts(p, limit_s)
-    prune(p, seg_s, cut_s)
-    return seg_s, cut_s
+def units(p: ClientProblem, arcs: Arcs, micro_batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per micro-batch seconds of every arc: ``C / M + overhead`` and ``V / M + latency``."""
+    overhead = np.asarray(p.overhead_s if p.overhead_s is not None else np.zeros(p.n_devices), dtype=float)
+    lat = np.asarray(p.link_latency_s, dtype=float)
+    return arcs.seg_s / micro_batches + overhead[:, None, None], arcs.cut_s / micro_batches + lat[:, :, None]

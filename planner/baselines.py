@@ -16,9 +16,10 @@ by the sum of their ``compute_s`` over all layers, fastest first, ties by index.
 - :func:`solve_params`: like uniform, but the cuts balance the data device's
   ``memory_bytes`` row, minimising the largest segment (DeepSpeed pipeline parallelism's
   ``partition_method="parameters"``, ``ds_utils.partition_balanced``).
-- :func:`greedy_bottleneck` (a helper of the ILP, not a baseline): for a time ``theta``,
-  each next device is the unused one whose segment within ``theta`` reaches furthest;
-  bisection finds the smallest ``theta`` where that covers the model.
+
+Each placement then gets the same execution options the exact planner may use (SPEC
+§2.1): per stage and cut the flag and codec :func:`planner.options.dress` chooses, and
+the fastest ``M`` the objective allows, so a comparison measures placement alone.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from planner import check
+from planner.options import best_micro_batches, dress
 from planner.problem import ClientProblem, Objective, Solution, Stage
 
 
@@ -37,15 +40,13 @@ def speed_order(p: ClientProblem) -> list[int]:
 
 
 def _heuristic(p: ClientProblem, stages: Sequence[Stage], objective: Objective, t0: float) -> Solution:
+    dressed = dress(p, stages) if stages else None
+    m = best_micro_batches(p, dressed)[0] if dressed and objective == "throughput" else 1
     seconds = time.perf_counter() - t0
-    if not stages or check.violations(p, stages, objective):
+    if not dressed or check.violations(p, dressed, m):
         return Solution.infeasible(seconds=seconds)
-    return Solution(
-        stages=tuple(stages),
-        status="heuristic",
-        step_time_s=check.step_time_s(p, stages, objective),
-        seconds=seconds,
-    )
+    return Solution(stages=dressed, status="heuristic", step_time_s=check.step_time_s(p, dressed, m),
+                    seconds=seconds, micro_batches=m)
 
 
 def _has_links(p: ClientProblem, stages: Sequence[Stage]) -> bool:
@@ -96,57 +97,6 @@ def solve_fsl_gan(
     return _heuristic(p, stages, objective, t0)
 
 
-def _greedy_plan(p: ClientProblem, theta_s: float) -> list[Stage] | None:
-    """A greedy plan (each next device the one that reaches furthest) whose segments'
-    compute and cuts' transfer are all at most ``theta_s``, or None if greedy fails."""
-    n, L = p.n_devices, p.n_layers
-
-    def extend(d: int, start: int) -> int:
-        used, secs, m = 0, 0.0, start
-        while m < L:
-            used += p.memory_bytes[d][m]
-            secs += p.compute_s[d][m]
-            if used > p.capacity_bytes[d] or secs > theta_s:
-                break
-            m += 1
-        return m
-
-    stages = [Stage(p.data_device, 0, extend(p.data_device, 0))]
-    while 0 < stages[-1].end < L:
-        last, m = stages[-1].device, stages[-1].end
-        used = {s.device for s in stages}
-        reach = [
-            (extend(e, m), e) for e in range(n)
-            if e not in used and p.link_bytes_per_s[last][e] > 0 and p.transfer_s(last, e, m - 1) <= theta_s
-        ]
-        best_m, best_e = max(reach, default=(m, -1))
-        if best_m == m:
-            return None
-        stages.append(Stage(best_e, m, best_m))
-    return stages if stages[-1].end == L else None
-
-
-def greedy_bottleneck(p: ClientProblem) -> tuple[float, list[Stage] | None]:
-    """A plan that satisfies SPEC §2 apart from the budget, and its ``throughput`` step
-    time, by bisecting ``theta_s`` over :func:`_greedy_plan` to 1e-3 relative; ``(inf,
-    None)`` if greedy finds none. The ILP uses it as an upper bound and a warm start."""
-    hi = max(sum(row) for row in p.compute_s) + max(
-        (p.transfer_s(a, b, l) for a in range(p.n_devices) for b in range(p.n_devices)
-         if a != b and p.link_bytes_per_s[a][b] > 0 for l in range(p.n_layers - 1)), default=0.0)
-    best = _greedy_plan(p, hi)
-    if best is None:
-        return float("inf"), None
-    lo = 0.0
-    while hi - lo > 1e-3 * hi:
-        mid = (lo + hi) / 2
-        plan = _greedy_plan(p, mid)
-        if plan is None:
-            lo = mid
-        else:
-            hi, best = mid, plan
-    return check.step_time_s(p, best, "throughput"), best
-
-
 def _uniform_bounds(n_layers: int, k: int) -> list[int]:
     size, extra = divmod(n_layers, k)
     bounds = [0]
@@ -193,7 +143,7 @@ def _best_over_k(p: ClientProblem, objective: Objective, bounds_for_k, t0: float
     seconds = time.perf_counter() - t0
     if best is None:
         return Solution.infeasible(seconds=seconds)
-    return Solution(stages=best.stages, status="heuristic", step_time_s=best.step_time_s, seconds=seconds)
+    return replace(best, seconds=seconds)
 
 
 def solve_uniform(p: ClientProblem, *, objective: Objective = "latency") -> Solution:

@@ -4,28 +4,62 @@ Planning units: the solver cuts only where the layer graph allows (``graph.legal
 so consecutive layers with no legal cut between them (a residual block) form one unit.
 On a chain every layer is its own unit.
 
-Per unit ``u`` and device ``d`` (SPEC §2):
+Per unit ``u`` and device ``d`` (SPEC §2), with ``f = processing_time_factor[d]``:
 
-- ``compute_s[d][u]`` = ``processing_time_factor[d]`` x the measured step time of the
-  unit's layers on the profiling machine;
+- ``compute_s[d][u]`` = ``f`` x the measured step time of the unit's layers on the
+  profiling machine;
 - ``memory_bytes[d][u]`` = the unit's training memory (``planner.profile``);
 - ``cut_bytes[u]`` = 6 x the unit's output for one batch: in one step the activation
   goes forward and its gradient back in the discriminator phase (2 x batch each) and
   again in the generator phase (1 x batch each) (``planner.schedule``);
 - a link between ``a`` and ``b`` has the smaller bandwidth and the larger latency of
   the two devices unless the client lists the pair in ``links``.
+
+SPEC §2.1, what :class:`Options` allows:
+
+- ``overhead_s[d]`` = ``f`` x this host's per micro-batch stage overhead (always set);
+- ``codecs``: per allowed codec, its ``bytes_ratio`` and ``codec_s[d][u]`` = ``f`` x the
+  host's encode+decode seconds for the unit's output (``planner.profile_options``);
+- ``recompute`` (unless off): ``compute_s`` = ``f`` x (step time + forward time): the
+  forward passes run again in the backward pass. ``memory_bytes`` is the peak of a
+  stage that checkpoints its input, valid for every ``M`` the plan allows:
+  ``params x 16 + transfer buffers + input + saved / m``, ``m`` the smallest allowed
+  ``M``. In a GPipe fill-drain without recomputation every micro-batch's saved tensors
+  are alive when the backward starts, one whole batch (``saved``, as in
+  ``memory_bytes``); with it, only the M stage inputs (one batch of ``input``) stay,
+  and the backward of one micro-batch brings back its own saved tensors (``saved / M``)
+  while it recomputes. With ``m = 1`` this is more than ``memory_bytes``: checkpointing
+  one micro-batch does not lower the peak, so recomputation only pays when every
+  allowed ``M`` is at least 2. ``input`` is charged to every unit because any unit may
+  start a stage (an over-count for the units inside one). Peak within a stage's
+  layers is not modelled apart: the tables are per unit and stage memory is their sum.
+- ``server_transfer_s`` = one batch of fake images to the data device and its gradient
+  back over the data device's link: ``2 x fake_bytes / bandwidth + latency``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from planner.codecs import BYTES_RATIO
 from planner.devices import Client, Profile
 from planner.graph import build_graph, legal_cuts
 from planner.models import LayeredModel
-from planner.problem import ClientProblem
+from planner.problem import ClientProblem, Codec, RecomputeTables
 from planner.profile import ModelProfile
 from planner.schedule import cut_bytes_per_step
+
+SAMPLES_HELD_PER_STEP = 2  # x batch: a recomputing stage holds its input for real and fake
+
+
+@dataclass(frozen=True)
+class Options:
+    """The execution options a plan may use (SPEC §2.1)."""
+
+    micro_batch_choices: tuple[int, ...] = (1,)  # M the solver may pick
+    codecs: tuple[str, ...] = ()  # codecs a cut may use besides "none"
+    recompute: bool = True  # whether a stage may recompute its activations
 
 
 @dataclass(frozen=True)
@@ -41,6 +75,10 @@ class Unit:
     output_bytes: int  # one batch, one way
     memory_bytes: int
     time_s: float
+    forward_s: float = 0.0  # the part of time_s spent in forward passes
+    input_bytes: int = 0  # the first layer's input, one batch
+    saved_bytes: int = 0  # what autograd saves in the discriminator phase
+    codec_s: tuple[tuple[str, float], ...] = ()  # (codec, seconds per step at a cut after the unit)
 
 
 def planning_units(model: LayeredModel, profile: ModelProfile) -> list[Unit]:
@@ -54,9 +92,17 @@ def planning_units(model: LayeredModel, profile: ModelProfile) -> list[Unit]:
             flops=sum(x.flops for x in lps), params=sum(x.params for x in lps),
             param_bytes=sum(x.param_bytes for x in lps), output_bytes=lps[-1].output_bytes,
             memory_bytes=sum(x.memory_bytes for x in lps), time_s=sum(x.time_s for x in lps),
+            forward_s=sum(x.forward_s for x in lps), input_bytes=lps[0].input_bytes,
+            saved_bytes=sum(x.saved_bytes for x in lps), codec_s=tuple(sorted(lps[-1].codec_s.items())),
         ))
         first = last + 1
     return units
+
+
+def recompute_memory_bytes(u: Unit, min_micro_batches: int) -> int:
+    """A unit's memory in a recomputing stage, for every ``M >= min_micro_batches``."""
+    held = SAMPLES_HELD_PER_STEP * u.input_bytes
+    return u.memory_bytes - u.saved_bytes + held + math.ceil(u.saved_bytes / min_micro_batches)
 
 
 def link_tables(client: Client) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
@@ -75,21 +121,40 @@ def link_tables(client: Client) -> tuple[tuple[tuple[float, ...], ...], tuple[tu
     return tuple(map(tuple, bw)), tuple(map(tuple, lat))
 
 
-def client_problem(client: Client, units: list[Unit], *, budget_s: float | None) -> ClientProblem:
+def client_problem(client: Client, units: list[Unit], profile: ModelProfile, *, budget_s: float | None,
+                   options: Options = Options()) -> ClientProblem:
     bw, lat = link_tables(client)
     devs = client.devices
+    factor = [d.processing_time_factor for d in devs]
+    data = next(i for i, d in enumerate(devs) if d.holds_data)
+    recompute = None
+    if options.recompute:
+        m = min(options.micro_batch_choices)
+        recompute = RecomputeTables(
+            compute_s=tuple(tuple(f * (u.time_s + u.forward_s) for u in units) for f in factor),
+            memory_bytes=tuple(tuple(recompute_memory_bytes(u, m) for u in units) for _ in devs))
+    codecs = tuple(
+        Codec(c, BYTES_RATIO[c], tuple(tuple(f * dict(u.codec_s)[c] for u in units[:-1]) for f in factor))
+        for c in options.codecs)
     return ClientProblem(
         devices=tuple(d.name for d in devs),
-        data_device=next(i for i, d in enumerate(devs) if d.holds_data),
-        compute_s=tuple(tuple(d.processing_time_factor * u.time_s for u in units) for d in devs),
+        data_device=data,
+        compute_s=tuple(tuple(f * u.time_s for u in units) for f in factor),
         memory_bytes=tuple(tuple(u.memory_bytes for u in units) for _ in devs),
         capacity_bytes=tuple(d.capacity_bytes for d in devs),
         cut_bytes=tuple(cut_bytes_per_step(u.output_bytes) for u in units[:-1]),
         link_bytes_per_s=bw,
         link_latency_s=lat,
         budget_s=budget_s,
+        overhead_s=tuple(f * profile.overhead_s for f in factor),
+        micro_batch_choices=tuple(sorted(set(options.micro_batch_choices))),
+        recompute=recompute,
+        codecs=codecs,
+        server_transfer_s=2 * profile.fake_bytes / (devs[data].bandwidth_mbps * 1e6 / 8) + devs[data].latency_ms / 1e3,
     )
 
 
-def profile_problems(profile: Profile, units: list[Unit]) -> list[ClientProblem]:
-    return [client_problem(c, units, budget_s=profile.budget_s(c)) for c in profile.clients]
+def profile_problems(profile: Profile, units: list[Unit], model_profile: ModelProfile,
+                     options: Options = Options()) -> list[ClientProblem]:
+    return [client_problem(c, units, model_profile, budget_s=profile.budget_s(c), options=options)
+            for c in profile.clients]

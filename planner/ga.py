@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner import check
+from planner.options import dress
 from planner.problem import ClientProblem, Objective, Solution, Stage
 
 # The cheapest setting of the sweep in BENCHMARKS.md ("Planner against planner") that lost
@@ -96,8 +97,11 @@ def decode(p: ClientProblem, genes: np.ndarray) -> tuple[Stage, ...]:
     return tuple(Stage(d, s, e) for (s, d), (e, _) in zip(starts, starts[1:]) if e > s)
 
 
-def score(p: ClientProblem, stages: tuple[Stage, ...], objective: Objective) -> tuple[float, float]:
-    """(constraint violation, step time s), smaller is fitter in that order (Deb 2000).
+def score(p: ClientProblem, stages: tuple[Stage, ...], objective: Objective) -> tuple[float, float, int]:
+    """(constraint violation, step time s, micro-batches), smaller is fitter in that order
+    (Deb 2000). The GA places; each stage's recompute flag and each cut's codec are then
+    chosen as every solver here chooses them (:func:`planner.options.dress`: per arc,
+    exactly), and the stages are costed at each ``M`` the objective allows, the best kept.
 
     Feasibility is :func:`planner.check.violations` (and a link between consecutive
     devices); a feasible plan has violation 0. An infeasible one's violation is Deb's
@@ -109,13 +113,15 @@ def score(p: ClientProblem, stages: tuple[Stage, ...], objective: Objective) -> 
                / max(p.capacity_bytes[s.device], 1) for s in stages)
     missing = sum(p.link_bytes_per_s[a.device][b.device] <= 0 for a, b in zip(stages, stages[1:]))
     if missing:  # no link, so no step time
-        return missing + over, math.inf
-    broken = check.violations(p, stages, objective)
-    step = check.step_time_s(p, stages, objective)
-    if not broken:
-        return 0.0, step
-    late = max(0.0, step - p.budget_s) / p.budget_s if p.budget_s else 0.0
-    return (over + late) or float(len(broken)), step
+        return missing + over, math.inf, 1
+    stages = dress(p, stages) or stages
+    scored = []
+    for m in p.choices(objective) or (1,):
+        broken = check.violations(p, stages, m)
+        step = check.step_time_s(p, stages, m)
+        late = max(0.0, step - p.budget_s) / p.budget_s if p.budget_s else 0.0
+        scored.append((0.0 if not broken else (over + late) or float(len(broken)), step, m))
+    return min(scored)
 
 
 def _random_genes(rng: np.random.Generator, n: int, helpers: int, layers: int) -> np.ndarray:
@@ -166,10 +172,10 @@ def solve_ga(p: ClientProblem, *, objective: Objective = "latency", settings: GA
     t0 = time.perf_counter()
     s = settings or GASettings()
     helpers, layers = p.n_devices - 1, p.n_layers
-    cache: dict[tuple[Stage, ...], tuple[float, float]] = {}
-    best: tuple[tuple[float, float], tuple[Stage, ...]] | None = None
+    cache: dict[tuple[Stage, ...], tuple[float, float, int]] = {}
+    best: tuple[tuple[float, float, int], tuple[Stage, ...]] | None = None
 
-    def evaluate(stages: tuple[Stage, ...]) -> tuple[float, float]:
+    def evaluate(stages: tuple[Stage, ...]) -> tuple[float, float, int]:
         nonlocal best
         if stages not in cache:
             cache[stages] = score(p, stages, objective)
@@ -201,5 +207,5 @@ def solve_ga(p: ClientProblem, *, objective: Objective = "latency", settings: GA
     seconds = time.perf_counter() - t0
     if best is None:
         return Solution.infeasible(seconds=seconds)
-    (_, step_s), stages = best
-    return Solution(stages=stages, status="heuristic", step_time_s=step_s, seconds=seconds)
+    (_, step_s, m), stages = best
+    return Solution(stages=dress(p, stages), status="heuristic", step_time_s=step_s, seconds=seconds, micro_batches=m)

@@ -1,301 +1,176 @@
-"""The exact placement ILP: contiguous segments on distinct devices (SPEC §2), via PuLP.
+"""The exact planner: placement, recompute flags, codecs and ``M`` (SPEC §2.1), proven optimal.
 
-Segments are path arcs, as in the placement problem of the FSL-GAN seed paper stated as
-a shortest path with side constraints. Binary ``w[d,i,j]`` runs layers ``i..j-1`` on
-device ``d`` (one variable per segment that fits ``capacity_bytes[d]``); binary
-``u[d,e,j]`` is the cut from ``d`` to ``e`` between layers ``j-1`` and ``j``. A plan is
-one unit of flow from the data device's start to the last layer::
+Per candidate ``M`` a plan takes ``sum(u) + (M - 1) * max(u)``. Its solver of record is
+the ILP of :mod:`planner.ilp_model`, ``S(theta)``: the least ``sum(u)`` over plans
+whose every unit is at most ``theta`` (options chosen per arc, :mod:`planner.options`).
+``latency`` allows ``M = 1``, where ``sum(u)`` is the step: one ILP. For ``M > 1`` the
+step is ``min over theta of S(theta) + (M - 1) * theta``, a bottleneck sweep, searched
+here by branch and bound over intervals of ``theta`` (the units' own values):
 
-    boundary:   0           3           5           8 = L
-    phone      (s)══w[p,0,3]══(e)
-                               ╲u[p,l,3]
-    laptop                      (s)══w[l,3,8]═══════(e) -> done
+- every plan whose ``max(u)`` lies in ``[a, b]`` has ``sum(u) >= s_b`` (a known ``S``
+  above the interval) and so a step of at least ``s_b + (M - 1) * a``; intervals whose
+  bound is not below the best plan so far (the incumbent, any ``M``) are dropped;
+- evaluating ``S(c)`` inside ``[a, b]`` with a cutoff ``sum(u) <= best - (M - 1) * a``
+  either proves no plan with ``max(u) <= c`` beats the incumbent (``[a, c]`` is done)
+  or returns the plan with the least sum, whose ``max(u) = t`` settles ``[t, c]``
+  (every plan there takes at least ``S(c) + (M - 1) * t``, this plan's step) and
+  leaves ``[a, t)`` with the larger bound ``S(c)``; ``(c, b]`` stays open.
+- ``c`` is the interval's top value (one call settles an ``M`` that holds nothing
+  faster) unless the interval is what a plan left below its ``max(u)`` and holds more
+  than ``SWEEP_MAX_VALUES`` values: then its median value (bisection: it lifts the
+  lower end fast where nothing fits).
 
-Constraints, each named so an infeasible model can be read back:
+Every value is removed by the evaluation that covers it, so the search ends, and what
+remains of the incumbent is optimal for that ``M``. Starting points: greedy plans for
+every ``M`` (:func:`planner.bounds.greedy_plan`), a lower bound on ``max(u)``
+(:func:`planner.bounds.bottleneck_floor_s`) and on ``sum(u)`` (the shortest path that
+may revisit devices, :mod:`planner.paths`). ``M`` are visited from the smallest bound
+``sum_floor + (M - 1) * max_floor`` up; one whose bound is not below the incumbent is
+skipped. A bottleneck variable ``T`` in one model would be simpler but its LP relaxation
+averages the bottleneck over fractional paths (on a fleet 8x32 client: 38 % below the
+optimum at M = 16; CBC ran for minutes).
 
-- ``data_first``: one segment starts on the data device at layer 0; no cut enters it;
-- ``flow_leave_{d}_{j}`` / ``flow_enter_{e}_{j}``: a segment ending at ``j`` leaves by
-  exactly one cut, a cut into ``e`` at ``j`` starts exactly one segment there; with
-  ``data_first`` this covers every layer exactly once, in order (``cover_layer_{l}``
-  of the per-layer model is implied, so it is not stated);
-- ``one_segment_{d}``: at most one segment per device;
-- ``capacity_{d}``: by construction, only segments that fit get a variable;
-- ``budget``: the step time is at most ``budget_s`` (when set); segments and cuts that
-  alone exceed it get no variable (a valid cut: the step time is at least each);
-- throughput only: ``bottleneck_compute_{d}`` / ``bottleneck_cut_{j}`` bound ``T``.
-
-This arc model has the same integer solutions as the per-layer model (``x[d][l]``,
-adjacency ``y[a][b][l] >= x[a][l] + x[b][l+1] - 1`` and knapsack capacity rows) but a
-much tighter LP relaxation: without ``one_segment`` it is a shortest path, which is
-integral. Links with bandwidth <= 0 are treated as absent. Times are divided by a scale
-(the fastest single-device compute time) so CBC's absolute tolerances meet numbers near 1.
-
-Throughput (min-max): arcs slower than a greedy plan's bottleneck
-(:func:`planner.baselines.greedy_bottleneck`) get no variable, and models above
-``DIRECT_MAX_ARCS`` are solved by threshold bisection then one exact solve
-(:func:`_solve_bottleneck`), since the min-max LP relaxation is weak.
-
-Time limit: CBC through PuLP reports ``LpStatusOptimal`` even when it stopped on the time
-limit with an incumbent; PuLP then sets ``prob.sol_status`` to ``LpSolutionIntegerFeasible``
-instead of ``LpSolutionOptimal`` (it parses CBC's "Stopped on time - objective value"
-line). We return ``optimal`` only when ``sol_status == LpSolutionOptimal``; an integer
-solution otherwise is ``feasible``. HiGHS sets ``sol_status`` the same way. The limit is
-the solver's (``latency``: one CBC call; ``throughput``: a deadline over all its calls);
-building the model is not counted.
+Budget: the incumbent counts only plans within it, and with none yet the search's limit
+is the budget itself. The time limit is a deadline over all solver calls; a stopped
+search returns its incumbent as ``feasible``, ``optimal`` only when every ``M`` was settled.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
 import numpy as np
-import pulp
 
-from planner import arcs, check
-from planner.baselines import greedy_bottleneck
+from planner import arcs as arcs_mod
+from planner import bounds, check, paths
+from planner.ilp_model import create_problem, make_solver, run
 from planner.problem import OBJECTIVES, ClientProblem, Objective, Solution, Stage
 
-GAP_ABS = 1e-9  # absolute MIP gap on scaled times (the relative gap is 0)
-# Measured on seeded 8x32 instances (CBC child CPU time): CBC's preprocessing, the
-# feasibility pump and strong branching cost more than they save on this model
-# (throughput 0.51 -> 0.17 s, latency 0.09 -> 0.05 s mean). Exactness is unaffected.
-CBC_OPTIONS = ("preprocess off", "feas off", "strong 0")
-DIRECT_MAX_ARCS = 500  # throughput: smaller models are solved directly, larger by bisection
-BISECT_RTOL = 0.05  # throughput: bracket the optimum this tightly before the exact solve
+__all__ = ["solve_ilp", "create_problem"]
 
-
-@dataclass(frozen=True)
-class IlpVariables:
-    """The decision variables of :func:`create_problem`; absent keys are fixed to 0."""
-
-    w: dict[tuple[int, int, int], pulp.LpVariable]  # (d, i, j): layers i..j-1 on d
-    u: dict[tuple[int, int, int], pulp.LpVariable]  # (d, e, j): cut d -> e before layer j
-    bottleneck: pulp.LpVariable | None  # T for the throughput objective, else None
-    scale_s: float  # seconds per unit of the model's time coefficients
-
-
-def _time_scale_s(p: ClientProblem) -> float:
-    fastest = min(sum(row) for row in p.compute_s)
-    return fastest if fastest > 0 else 1.0
-
-
-def _row(pairs) -> pulp.LpAffineExpression:
-    return pulp.LpAffineExpression(list(pairs))
-
-
-def create_problem(
-    p: ClientProblem, *, objective: Objective = "latency"
-) -> tuple[pulp.LpProblem, IlpVariables]:
-    """Build (do not solve) the placement ILP for ``p``; see the module docstring."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}, expected latency or throughput")
-    scale = _time_scale_s(p)
-    seg_s, cut_s = arcs.arcs(p, objective)
-    prob = pulp.LpProblem(f"placement_{objective}", pulp.LpMinimize)
-    w = {k: prob.add_variable("w_{}_{}_{}".format(*k), cat=pulp.LpBinary) for k in seg_s}
-    u = {k: prob.add_variable("u_{}_{}_{}".format(*k), cat=pulp.LpBinary) for k in cut_s}
-
-    def add(pairs, sense: int, rhs: float, name: str) -> None:
-        prob.addConstraint(pulp.LpConstraint(_row(pairs), sense, name=name, rhs=rhs))
-
-    EQ, LE = pulp.LpConstraintEQ, pulp.LpConstraintLE
-    add(((v, 1) for (d, i, _), v in w.items() if d == p.data_device and i == 0), EQ, 1, "data_first")
-    leave: dict[tuple[int, int], list] = {}  # (d, j): segments of d ending at j (+1), cuts out (-1)
-    enter: dict[tuple[int, int], list] = {}  # (e, j): cuts into e at j (+1), segments from j (-1)
-    device_rows: dict[int, list] = {}
-    for (d, i, j), v in w.items():
-        if j < p.n_layers:
-            leave.setdefault((d, j), []).append((v, 1))
-        if i > 0:
-            enter.setdefault((d, i), []).append((v, -1))
-        device_rows.setdefault(d, []).append((v, seg_s[d, i, j] / scale))
-    cut_rows: dict[int, list] = {}
-    for (d, e, j), v in u.items():
-        leave.setdefault((d, j), []).append((v, -1))
-        enter.setdefault((e, j), []).append((v, 1))
-        cut_rows.setdefault(j, []).append((v, cut_s[d, e, j] / scale))
-    for (d, j), pairs in sorted(leave.items()):
-        add(pairs, EQ, 0, f"flow_leave_{d}_{j}")
-    for (e, j), pairs in sorted(enter.items()):
-        add(pairs, EQ, 0, f"flow_enter_{e}_{j}")
-    for d, pairs in sorted(device_rows.items()):
-        if d != p.data_device and len(pairs) > 1:
-            add(((v, 1) for v, _ in pairs), LE, 1, f"one_segment_{d}")
-
-    budget = None if p.budget_s is None else p.budget_s / scale
-    bottleneck = None
-    if objective == "latency":
-        step = [*(t for r in device_rows.values() for t in r), *(t for r in cut_rows.values() for t in r)]
-        prob.setObjective(_row(step))
-        if budget is not None:
-            add(step, LE, budget, "budget")
-    else:
-        bottleneck = prob.add_variable("T", lowBound=0, upBound=budget)
-        prob.setObjective(_row([(bottleneck, 1)]))
-        for d, pairs in sorted(device_rows.items()):
-            add([*pairs, (bottleneck, -1)], LE, 0, f"bottleneck_compute_{d}")
-        for j, pairs in sorted(cut_rows.items()):
-            add([*pairs, (bottleneck, -1)], LE, 0, f"bottleneck_cut_{j}")
-        if budget is not None:
-            add([(bottleneck, 1)], LE, budget, "budget")
-    return prob, IlpVariables(w=w, u=u, bottleneck=bottleneck, scale_s=scale)
-
-
-def _make_solver(solver: str, time_limit_s: float | None) -> pulp.LpSolver:
-    if solver == "cbc":
-        with warnings.catch_warnings():  # PuLP 3.x deprecates the bundled CBC; we pin <4
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return pulp.PULP_CBC_CMD(
-                msg=False, gapRel=0, gapAbs=GAP_ABS, threads=1, timeLimit=time_limit_s, options=list(CBC_OPTIONS)
-            )
-    if solver == "highs":
-        highs = getattr(pulp, "HiGHS", None)
-        if highs is None or not highs(msg=False).available():
-            raise ValueError("solver 'highs' needs the highspy package, which is not installed; use 'cbc'")
-        return highs(msg=False, gapRel=0, gapAbs=GAP_ABS, threads=1, timeLimit=time_limit_s)
-    raise ValueError(f"unknown solver {solver!r}, expected cbc or highs")
-
-
-def decode_stages(p: ClientProblem, variables: IlpVariables) -> tuple[Stage, ...]:
-    """Stages from a solved model's segment variables, ordered by their first layer."""
-    chosen = sorted((i, j, d) for (d, i, j), v in variables.w.items() if (v.varValue or 0) > 0.5)
-    return tuple(Stage(device=d, start=i, end=j) for i, j, d in chosen)
-
-
-def _warm_start(p: ClientProblem, variables: IlpVariables, stages: Sequence[Stage]) -> bool:
-    """Set ``stages`` as the solver's starting incumbent; False if the model lacks an arc."""
-    segs = {(s.device, s.start, s.end) for s in stages}
-    cuts = {(a.device, b.device, b.start) for a, b in zip(stages, stages[1:])}
-    if not segs <= variables.w.keys() or not cuts <= variables.u.keys():
-        return False
-    for k, v in variables.w.items():
-        v.setInitialValue(1 if k in segs else 0)
-    for k, v in variables.u.items():
-        v.setInitialValue(1 if k in cuts else 0)
-    if variables.bottleneck is not None:
-        variables.bottleneck.setInitialValue(check.step_time_s(p, stages, "throughput") / variables.scale_s)
-    return True
-
-
-def _run(
-    p: ClientProblem,
-    objective: Objective,
-    solver: str,
-    time_limit_s: float | None,
-    *,
-    any_plan: bool = False,
-    start: Sequence[Stage] | None = None,
-    floor_s: float = 0.0,
-) -> tuple[str, tuple[Stage, ...]]:
-    """One solver call: ``(outcome, stages)``, outcome ``optimal`` (proven), ``feasible``
-    (stopped on the time limit with an incumbent), ``infeasible`` (proven) or ``unknown``
-    (stopped without one). ``any_plan`` drops the objective: the first plan found will do.
-    ``start``, a feasible plan, is handed to the solver as its first incumbent;
-    ``floor_s``, a proven lower bound, bounds the throughput model's ``T`` from below."""
-    prob, variables = create_problem(p, objective=objective)
-    if any_plan:
-        prob.setObjective(pulp.LpAffineExpression())
-    if variables.bottleneck is not None and floor_s > 0:
-        variables.bottleneck.lowBound = floor_s / variables.scale_s
-    backend = _make_solver(solver, time_limit_s)
-    if start is not None and _warm_start(p, variables, start):
-        backend.optionsDict["warmStart"] = True
-    prob.solve(backend)
-    status = pulp.LpStatus[prob.status]
-    if status in ("Infeasible", "Unbounded") or (
-        status == "Optimal" and prob.sol_status == pulp.LpSolutionInfeasible
-    ):
-        return "infeasible", ()
-    if prob.sol_status == pulp.LpSolutionOptimal and status == "Optimal":
-        return "optimal", decode_stages(p, variables)
-    if prob.sol_status == pulp.LpSolutionIntegerFeasible:
-        return "feasible", decode_stages(p, variables)
-    return "unknown", ()
-
-
-def _coverable_layers(p: ClientProblem, theta_s: float) -> int:
-    """How many layers the devices could hold if each took its longest segment with
-    compute <= ``theta_s`` that fits its capacity (the data device's from layer 0)."""
-    total = 0
-    for d in range(p.n_devices):
-        comp = np.concatenate(([0.0], np.cumsum(p.compute_s[d])))
-        mem = np.concatenate(([0], np.cumsum(p.memory_bytes[d])))
-        starts = np.arange(1) if d == p.data_device else np.arange(1, p.n_layers)
-        if starts.size == 0:
-            continue
-        by_time = np.searchsorted(comp, comp[starts] + theta_s * (1 + 1e-9), side="right") - 1
-        by_bytes = np.searchsorted(mem, mem[starts] + p.capacity_bytes[d], side="right") - 1
-        total += int(np.max(np.minimum(by_time, by_bytes) - starts))
-    return total
-
-
-def _bottleneck_lower_s(p: ClientProblem, upper_s: float) -> float:
-    """A lower bound on the ``throughput`` step time, found by bisection: below it the
-    devices' longest segments within the time cannot cover all layers together."""
-    lo, hi = 0.0, upper_s
-    if _coverable_layers(p, 0.0) >= p.n_layers:
-        return 0.0
-    while hi - lo > 1e-3 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if _coverable_layers(p, mid) >= p.n_layers else (mid, hi)
-    return lo
+SWEEP_MAX_VALUES = 8  # an interval with at most this many unit values is evaluated at its top
 
 
 def _remaining_s(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
 
 
-def _solve_bottleneck(
-    p: ClientProblem, solver: str, deadline: float | None
-) -> tuple[str, tuple[Stage, ...]]:
-    """Minimise the ``throughput`` step time by threshold search, then one exact solve.
+class _Incumbent:
+    """The best ``(stages, M, step)`` within the budget so far; ``offer`` tries every ``M``."""
 
-    A min-max objective has a weak LP relaxation (fractional plans average the busiest
-    device), so the direct model can take minutes at 12 devices x 64 layers. With a
-    threshold ``theta`` as the budget, every arc slower than ``theta`` is dropped, which
-    removes that averaging: "is there a plan with step time <= theta" is quick to answer
-    either way. Geometric bisection between a lower bound and the best plan found (the
-    greedy plan first) brackets the optimum within ``BISECT_RTOL``; the min-``T`` model
-    restricted to arcs <= the best plan's step time (every better plan uses only such
-    arcs), with ``T`` >= the bracket's lower end and the best plan as warm start, then
-    proves the optimum exactly. Small models (<= ``DIRECT_MAX_ARCS``) skip the search.
-    Measured (8x32, 20 seeded clients): 1 % brackets 12-13 s, 5 % 9 s; 12x64 alike.
-    """
-    if sum(map(len, arcs.arcs(p, "throughput"))) <= DIRECT_MAX_ARCS:
-        return _run(p, "throughput", solver, _remaining_s(deadline))
-    budget = float("inf") if p.budget_s is None else p.budget_s
-    upper, greedy = greedy_bottleneck(p)
-    best = tuple(greedy) if greedy is not None and upper <= budget * (1 + 1e-9) else None
-    if best is None:
-        outcome, stages = _run(p, "throughput", solver, _remaining_s(deadline), any_plan=True)
-        if outcome in ("infeasible", "unknown"):
-            return outcome, ()
-        best = stages
-    hi = check.step_time_s(p, best, "throughput")
-    lo = _bottleneck_lower_s(p, hi)
-    for _ in range(64):
-        if hi <= lo * (1 + BISECT_RTOL) or (deadline is not None and time.perf_counter() >= deadline):
+    def __init__(self, p: ClientProblem, choices: Sequence[int]):
+        self.p, self.choices = p, choices
+        self.stages: tuple[Stage, ...] = ()
+        self.m, self.step_s = choices[0], math.inf
+
+    def offer(self, stages: Sequence[Stage] | None) -> None:
+        for m in self.choices if stages else ():
+            t = check.step_time_s(self.p, stages, m)
+            if t < self.step_s and not check.violations(self.p, stages, m):
+                self.stages, self.m, self.step_s = tuple(stages), m, t
+
+    def beaten_by(self, lower_s: float) -> bool:
+        """Whether no plan with a step of at least ``lower_s`` can replace the incumbent."""
+        if self.stages:
+            return lower_s >= self.step_s * (1 - 1e-12)
+        return self.p.budget_s is not None and lower_s > self.p.budget_s * (1 + check.RTOL)
+
+    @property
+    def limit_s(self) -> float:
+        return min(self.step_s, math.inf if self.p.budget_s is None else self.p.budget_s * (1 + check.RTOL))
+
+
+def _least_sum(p: ClientProblem, m: int, arcs: arcs_mod.Arcs, theta_s: float, cutoff_s: float,
+               solver: str, deadline: float | None) -> tuple[str, tuple[Stage, ...]]:
+    """``S(theta_s)`` with ``sum(u) <= cutoff_s``: the shortest path when it uses distinct
+    devices (:mod:`planner.paths`), else the ILP."""
+    seg_u, cut_u = paths.within(p, arcs, m, cutoff_s, theta_s)
+    total, stages = paths.shortest_plan(p, arcs, seg_u, cut_u)
+    if total > cutoff_s * (1 + check.RTOL):
+        return "infeasible", ()
+    if stages is not None:
+        return "optimal", stages
+    return run(p, m, solver, _remaining_s(deadline), arcs=arcs, theta_s=theta_s,
+               cutoff_s=None if math.isinf(cutoff_s) else cutoff_s)
+
+
+def _plan_units(arcs_u: tuple[np.ndarray, np.ndarray], stages: Sequence[Stage]) -> tuple[float, float]:
+    """``(sum(u), max(u))`` of ``stages`` from the unit tables (the values the search uses)."""
+    seg_u, cut_u = arcs_u
+    us = [seg_u[s.device, s.start, s.end] for s in stages]
+    us += [cut_u[a.device, b.device, b.start] for a, b in zip(stages, stages[1:])]
+    return float(sum(us)), float(max(us))
+
+
+def _settle(p: ClientProblem, m: int, arcs: arcs_mod.Arcs, best: _Incumbent, floors: tuple[float, float],
+            solver: str, deadline: float | None) -> bool:
+    """Leave in ``best`` a plan at least as fast as the optimum at ``m`` micro-batches (the
+    module docstring's search); False when the deadline stopped it (nothing is proven)."""
+    if m == 1:
+        outcome, stages = _least_sum(p, 1, arcs, math.inf, best.limit_s, solver, deadline)
+        best.offer(stages)
+        return outcome in ("optimal", "infeasible")
+    lam = m - 1
+    unit_tables = arcs_mod.units(p, arcs, m)
+    values = np.unique(np.concatenate([u[np.isfinite(u)] for u in unit_tables]))
+    s_floor, lo = floors
+    heap = [(s_floor + lam * lo, lo, math.inf, s_floor, True)]  # (bound, a, b, s_b, evaluate the top)
+    while heap:
+        bound, a, b, s_b, at_top = heapq.heappop(heap)
+        if best.beaten_by(bound):
             break
-        theta = math.sqrt(lo * hi) if lo > 0 else hi / 2
-        outcome, stages = _run(replace(p, budget_s=theta), "throughput", solver, _remaining_s(deadline), any_plan=True)
-        if outcome == "infeasible":
-            lo = theta
-        elif stages:
-            best, hi = stages, check.step_time_s(p, stages, "throughput")
-        else:
+        b = min(b, (best.limit_s - s_b) / lam)  # a faster plan with sum >= s_b has max <= this
+        ia, ib = int(np.searchsorted(values, a, "left")), int(np.searchsorted(values, b, "right")) - 1
+        if ia > ib:
+            continue
+        if deadline is not None and time.perf_counter() >= deadline:
+            return False
+        ic = ib if at_top or ib - ia < SWEEP_MAX_VALUES else (ia + ib) // 2
+        c = float(values[ic])
+        outcome, stages = _least_sum(p, m, arcs, c, best.limit_s - lam * a, solver, deadline)
+        if outcome not in ("optimal", "infeasible"):
+            best.offer(stages)
+            return False
+        if ic < ib:
+            nxt = float(values[ic + 1])
+            heapq.heappush(heap, (s_b + lam * nxt, nxt, b, s_b, True))
+        if outcome == "optimal":
+            best.offer(stages)
+            s_c, top = _plan_units(unit_tables, stages)
+            it = int(np.searchsorted(values, top, "left"))
+            if it > ia:
+                heapq.heappush(heap, (s_c + lam * a, a, float(values[it - 1]), s_c, False))
+    return True
+
+
+def _search(p: ClientProblem, choices: Sequence[int], solver: str, deadline: float | None) -> tuple[str, Solution]:
+    if not choices:
+        return "infeasible", Solution.infeasible()
+    arcs = arcs_mod.catalogue(p)
+    best = _Incumbent(p, choices)
+    for m in choices:
+        best.offer(bounds.greedy_plan(p, arcs, m))
+    floors, lower = {}, {}
+    for m in choices:
+        s_floor, stages = paths.shortest_plan(p, arcs, *paths.within(p, arcs, m))
+        best.offer(stages)
+        upper = best.step_s if math.isfinite(best.step_s) else s_floor
+        t_floor = bounds.bottleneck_floor_s(p, arcs, m, upper) if m > 1 and math.isfinite(s_floor) else 0.0
+        floors[m], lower[m] = (s_floor, t_floor), max(s_floor, t_floor) + (m - 1) * t_floor
+    settled = True
+    for m in sorted(choices, key=lambda m: (lower[m], m)):
+        if not math.isfinite(lower[m]) or best.beaten_by(lower[m]):
+            continue  # no plan with this M, or none faster than the incumbent (or within the budget)
+        if deadline is not None and time.perf_counter() >= deadline:
+            settled = False
             break
-    if deadline is not None and time.perf_counter() >= deadline:
-        return "feasible", best
-    outcome, stages = _run(
-        replace(p, budget_s=hi), "throughput", solver, _remaining_s(deadline), start=best, floor_s=lo * (1 - 1e-9)
-    )
-    if outcome in ("optimal", "feasible") and check.step_time_s(p, stages, "throughput") <= hi:
-        return outcome, stages
-    return "feasible", best
+        settled = _settle(p, m, arcs, best, floors[m], solver, deadline) and settled
+    if not best.stages:
+        return ("infeasible" if settled else "unknown"), Solution.infeasible()
+    return ("optimal" if settled else "feasible"), Solution(best.stages, "", best.step_s, micro_batches=best.m)
 
 
 def solve_ilp(
@@ -307,36 +182,21 @@ def solve_ilp(
 ) -> Solution:
     """Solve ``p`` exactly (``optimal``), or the best found by ``time_limit_s`` (``feasible``).
 
-    ``throughput`` runs several solver calls (see :func:`_solve_bottleneck`) sharing the
-    time limit. With a time limit, a greedy plan that meets the budget is handed to CBC as
-    its first incumbent (``latency``) or kept as the fallback, so a stopped solve returns
-    at least that plan as ``feasible``; with none, a stopped solve returns ``time_limit``
-    (no plan, and none ruled out), never ``infeasible``.
     ``step_time_s`` is recomputed from the decoded stages with :func:`check.step_time_s`.
+    A search stopped by the time limit returns its best plan as ``feasible``, or, with
+    none, ``time_limit`` (no plan, and none ruled out), never ``infeasible``.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}, expected latency or throughput")
-    _make_solver(solver, time_limit_s)  # fail early on an unknown or missing solver
+    make_solver(solver, time_limit_s)  # fail early on an unknown or missing solver
     t0 = time.perf_counter()
     deadline = None if time_limit_s is None else t0 + time_limit_s
-    greedy = None
-    if time_limit_s is not None:  # a plan to fall back on if the limit comes first
-        greedy = greedy_bottleneck(p)[1]
-        greedy = greedy if greedy is not None and not check.violations(p, greedy, objective) else None
-    if objective == "throughput":
-        outcome, stages = _solve_bottleneck(p, solver, deadline)
-    else:
-        outcome, stages = _run(p, objective, solver, time_limit_s, start=greedy)
-    if outcome == "unknown" and greedy is not None:
-        outcome, stages = "feasible", tuple(greedy)
+    outcome, sol = _search(p, p.choices(objective), solver, deadline)
     seconds = time.perf_counter() - t0
-    if not stages and outcome == "unknown":  # stopped on the time limit: nothing found, nothing proven
+    if not sol.stages and outcome == "unknown":  # stopped on the time limit: nothing found, nothing proven
         return Solution(stages=(), status="time_limit", step_time_s=math.inf, seconds=seconds)
-    if not stages:
+    if not sol.stages:
         return Solution.infeasible(seconds=seconds)
-    return Solution(
-        stages=stages,
-        status="optimal" if outcome == "optimal" else "feasible",
-        step_time_s=check.step_time_s(p, stages, objective),
-        seconds=seconds,
-    )
+    return Solution(stages=sol.stages, status="optimal" if outcome == "optimal" else "feasible",
+                    step_time_s=check.step_time_s(p, sol.stages, sol.micro_batches), seconds=seconds,
+                    micro_batches=sol.micro_batches)

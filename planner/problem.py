@@ -1,7 +1,8 @@
 """The numbers a solver sees: one client's cost tables, and the stages it returns.
 
 Nothing here imports torch. A :class:`ClientProblem` is exactly the ``costs`` block of a
-client in ``plan.json`` (shared SPEC §2), so a solver can be tested with literal lists::
+client in ``plan.json`` (shared SPEC §2 and §2.1), so a solver can be tested with
+literal lists::
 
     p = ClientProblem(devices=("phone", "laptop"), data_device=0,
                       compute_s=((1, 1, 1), (0.2, 0.2, 0.2)),
@@ -9,17 +10,39 @@ client in ``plan.json`` (shared SPEC §2), so a solver can be tested with litera
                       cut_bytes=(100, 100), link_bytes_per_s=((0, 1e3), (1e3, 0)),
                       link_latency_s=((0, 0), (0, 0)))
 
-Units: seconds per whole GAN training step, bytes, bytes per second.
+The §2.1 fields (``overhead_s``, ``micro_batch_choices``, ``recompute``, ``codecs``,
+``server_transfer_s``) default to their absent values, under which every formula is
+§2's. Units: seconds per whole GAN training step, bytes, bytes per second.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Objective = Literal["latency", "throughput"]
 OBJECTIVES: tuple[str, ...] = ("latency", "throughput")
+NO_CODEC = "none"
+
+Table = tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class RecomputeTables:
+    """The per-layer tables of a stage that recomputes its activations (SPEC §2.1)."""
+
+    compute_s: Table  # [d][l] seconds of layer l on d per step, the recomputation included
+    memory_bytes: tuple[tuple[int, ...], ...]  # [d][l] bytes layer l needs on d when recomputing
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A lossy encoding a cut may use (SPEC §2.1 ``costs.codecs``)."""
+
+    name: str  # the key in ``costs.codecs``, e.g. "fp16"
+    bytes_ratio: float  # encoded bytes / raw bytes
+    codec_s: Table  # [d][l] seconds d spends per step encoding and decoding the cut after l (L-1)
 
 
 @dataclass(frozen=True)
@@ -28,13 +51,18 @@ class ClientProblem:
 
     devices: tuple[str, ...]  # device names, the order of every table's first index
     data_device: int  # index into devices of the device that holds the raw data
-    compute_s: tuple[tuple[float, ...], ...]  # [d][l] seconds of layer l on d per step
+    compute_s: Table  # [d][l] seconds of layer l on d per step
     memory_bytes: tuple[tuple[int, ...], ...]  # [d][l] bytes layer l needs on d
     capacity_bytes: tuple[int, ...]  # [d] bytes device d may give to its segment
     cut_bytes: tuple[int, ...]  # [l] bytes crossing the cut after layer l per step (L-1)
-    link_bytes_per_s: tuple[tuple[float, ...], ...]  # [a][b] link bandwidth, 0 on diagonal
-    link_latency_s: tuple[tuple[float, ...], ...]  # [a][b] latency per cut per step
+    link_bytes_per_s: Table  # [a][b] link bandwidth, 0 on diagonal
+    link_latency_s: Table  # [a][b] latency per cut per step
     budget_s: float | None = None  # longest allowed step time, None for no limit
+    overhead_s: tuple[float, ...] | None = None  # [d] seconds per micro-batch for holding a stage
+    micro_batch_choices: tuple[int, ...] = (1,)  # every M the solver may pick
+    recompute: RecomputeTables | None = None  # tables of a recomputing stage; None: not allowed
+    codecs: tuple[Codec, ...] = ()  # encodings a cut may use besides "none"
+    server_transfer_s: float | None = None  # fake images and their gradients, server <-> data device
 
     @property
     def n_devices(self) -> int:
@@ -44,12 +72,51 @@ class ClientProblem:
     def n_layers(self) -> int:
         return len(self.compute_s[0])
 
-    def transfer_s(self, a: int, b: int, layer: int) -> float:
-        """Seconds to move the cut after ``layer`` from device ``a`` to device ``b``."""
-        return self.cut_bytes[layer] / self.link_bytes_per_s[a][b] + self.link_latency_s[a][b]
+    def choices(self, objective: Objective) -> tuple[int, ...]:
+        """The ``M`` a solver may pick: ``latency`` allows only 1 (none if the tables
+        leave 1 out), ``throughput`` every ``micro_batch_choices``."""
+        allowed = tuple(sorted(set(self.micro_batch_choices)))
+        return tuple(m for m in allowed if m == 1) if objective == "latency" else allowed
+
+    def overhead(self, d: int) -> float:
+        return 0.0 if self.overhead_s is None else self.overhead_s[d]
+
+    def codec(self, name: str) -> Codec | None:
+        """The codec called ``name``; None for "none" (and for unknown names)."""
+        return next((c for c in self.codecs if c.name == name), None)
+
+    def cut_volume_s(self, a: int, b: int, layer: int, codec: str = NO_CODEC) -> float:
+        """``V``: the cut after ``layer`` from ``a`` to ``b`` in ``codec``, without latency."""
+        c = self.codec(codec)
+        if c is None:
+            return self.cut_bytes[layer] / self.link_bytes_per_s[a][b]
+        return self.cut_bytes[layer] * c.bytes_ratio / self.link_bytes_per_s[a][b] + c.codec_s[a][layer] + c.codec_s[b][layer]
+
+    def transfer_s(self, a: int, b: int, layer: int, codec: str = NO_CODEC) -> float:
+        """Seconds to move the cut after ``layer`` from device ``a`` to ``b`` (``V + lat``)."""
+        return self.cut_volume_s(a, b, layer, codec) + self.link_latency_s[a][b]
+
+    def without_device(self, index: int) -> "ClientProblem":
+        """These tables with device ``index`` gone (its rows and columns dropped)."""
+        keep = [i for i in range(self.n_devices) if i != index]
+
+        def pick(rows):
+            return tuple(rows[i] for i in keep)
+
+        return replace(
+            self, devices=pick(self.devices), data_device=keep.index(self.data_device),
+            compute_s=pick(self.compute_s), memory_bytes=pick(self.memory_bytes),
+            capacity_bytes=pick(self.capacity_bytes),
+            link_bytes_per_s=tuple(pick(r) for r in pick(self.link_bytes_per_s)),
+            link_latency_s=tuple(pick(r) for r in pick(self.link_latency_s)),
+            overhead_s=None if self.overhead_s is None else pick(self.overhead_s),
+            recompute=None if self.recompute is None else RecomputeTables(
+                compute_s=pick(self.recompute.compute_s), memory_bytes=pick(self.recompute.memory_bytes)),
+            codecs=tuple(replace(c, codec_s=pick(c.codec_s)) for c in self.codecs),
+        )
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "devices": list(self.devices),
             "data_device": self.devices[self.data_device],
             "compute_s": [list(r) for r in self.compute_s],
@@ -59,32 +126,64 @@ class ClientProblem:
             "link_bytes_per_s": [list(r) for r in self.link_bytes_per_s],
             "link_latency_s": [list(r) for r in self.link_latency_s],
             "budget_s": self.budget_s,
+            "micro_batch_choices": list(self.micro_batch_choices),
         }
+        if self.overhead_s is not None:
+            out["overhead_s"] = list(self.overhead_s)
+        if self.recompute is not None:
+            out["recompute"] = {"compute_s": [list(r) for r in self.recompute.compute_s],
+                                "memory_bytes": [list(r) for r in self.recompute.memory_bytes]}
+        if self.codecs:
+            out["codecs"] = {c.name: {"bytes_ratio": c.bytes_ratio, "codec_s": [list(r) for r in c.codec_s]}
+                             for c in self.codecs}
+        if self.server_transfer_s is not None:
+            out["server_transfer_s"] = self.server_transfer_s
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "ClientProblem":
         """Inverse of :meth:`to_json`. Expects already validated input."""
         devices = tuple(d["devices"])
+
+        def floats(rows):
+            return tuple(tuple(float(v) for v in r) for r in rows)
+
+        def ints(rows):
+            return tuple(tuple(int(v) for v in r) for r in rows)
+
+        rec = d.get("recompute")
         return cls(
             devices=devices,
             data_device=devices.index(d["data_device"]),
-            compute_s=tuple(tuple(float(v) for v in r) for r in d["compute_s"]),
-            memory_bytes=tuple(tuple(int(v) for v in r) for r in d["memory_bytes"]),
+            compute_s=floats(d["compute_s"]),
+            memory_bytes=ints(d["memory_bytes"]),
             capacity_bytes=tuple(int(v) for v in d["capacity_bytes"]),
             cut_bytes=tuple(int(v) for v in d["cut_bytes"]),
-            link_bytes_per_s=tuple(tuple(float(v) for v in r) for r in d["link_bytes_per_s"]),
-            link_latency_s=tuple(tuple(float(v) for v in r) for r in d["link_latency_s"]),
+            link_bytes_per_s=floats(d["link_bytes_per_s"]),
+            link_latency_s=floats(d["link_latency_s"]),
             budget_s=None if d.get("budget_s") is None else float(d["budget_s"]),
+            overhead_s=None if d.get("overhead_s") is None else tuple(float(v) for v in d["overhead_s"]),
+            micro_batch_choices=tuple(int(m) for m in d.get("micro_batch_choices") or (1,)),
+            recompute=None if rec is None else RecomputeTables(floats(rec["compute_s"]), ints(rec["memory_bytes"])),
+            codecs=tuple(Codec(name, float(c["bytes_ratio"]), floats(c["codec_s"]))
+                         for name, c in (d.get("codecs") or {}).items()),
+            server_transfer_s=None if d.get("server_transfer_s") is None else float(d["server_transfer_s"]),
         )
 
 
 @dataclass(frozen=True)
 class Stage:
-    """Layers ``start..end-1`` run on device index ``device``."""
+    """Layers ``start..end-1`` run on device index ``device``.
+
+    ``recompute``: the stage uses ``ClientProblem.recompute``'s tables; ``codec``: the
+    encoding of the cut that leaves it ("none" for the last stage).
+    """
 
     device: int
     start: int
     end: int
+    recompute: bool = False
+    codec: str = NO_CODEC
 
 
 @dataclass(frozen=True)
@@ -101,6 +200,7 @@ class Solution:
     status: str
     step_time_s: float
     seconds: float = 0.0  # solver wall time
+    micro_batches: int = 1  # M, the step's micro-batches (SPEC §2.1)
 
     @classmethod
     def infeasible(cls, seconds: float = 0.0) -> "Solution":

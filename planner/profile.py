@@ -18,6 +18,12 @@ listed in ``uncounted_ops``, never dropped silently.
 Memory to train a layer, bytes: weights, gradients and Adam's two moments (4 x 4 bytes
 per parameter), the tensors autograd saves in the discriminator phase (measured with
 ``saved_tensors_hooks``), and the output's transfer buffers (activation out, gradient in).
+
+For recomputation (SPEC §2.1; the memory model is :mod:`planner.costs`'), each layer
+also records ``forward_s``, the part of ``time_s`` spent in its forward passes (what a
+recomputing stage runs twice), and ``input_bytes``, what it reads for one batch. The
+options' other costs (stage overhead, codecs, the generator's step) are measured by
+:mod:`planner.profile_options`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,8 +44,9 @@ from fvcore.nn.jit_handles import elementwise_flop_counter
 
 from planner.jsonio import write_json
 from planner.models import LayeredModel
+from planner.profile_options import measure_codec_s, measure_generator_step, measure_overhead_s
 
-PROFILE_VERSION = 3
+PROFILE_VERSION = 4
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 _ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
                     "aten::ge", "aten::tanh", "aten::sigmoid", "aten::relu")
@@ -58,6 +65,9 @@ class LayerProfile:
     memory_bytes: int  # bytes to train the layer (see module docstring)
     time_s: float  # measured seconds of one GAN training step through this layer
     uncounted_ops: tuple[str, ...] = ()  # ops neither fvcore nor our handles count
+    forward_s: float = 0.0  # the part of time_s spent in forward passes (2 x batch, then batch)
+    input_bytes: int = 0  # bytes of the layer's inputs for one batch of batch_size
+    codec_s: dict[str, float] = field(default_factory=dict)  # codec -> seconds per step at a cut after it
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,9 @@ class ModelProfile:
     torch_version: str
     threads: int
     seconds: float  # how long profiling took (0 when read from the cache)
+    overhead_s: float = 0.0  # fixed seconds per micro-batch of holding a stage (profile_options)
+    generator_step_s: float = 0.0  # the server's generator step at batch_size
+    fake_bytes: int = 0  # one batch of generated images
 
     @property
     def step_time_s(self) -> float:
@@ -121,12 +134,14 @@ def _layer_inputs(model: LayeredModel, x: torch.Tensor) -> list[tuple[torch.Tens
 
 
 def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, first: bool,
-                    optimizer: torch.optim.Optimizer | None = None) -> float:
-    """Seconds of one GAN training step's work through ``layer`` (module docstring)."""
+                    optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
+    """``(seconds, forward seconds)`` of one GAN training step's work through ``layer``
+    (module docstring)."""
     params = [p for p in layer.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     xs = tuple(a.detach().requires_grad_(not first) for a in args_2b)
     out = layer(*xs)
+    forward = time.perf_counter() - t0
     wrt = list(params) + ([] if first else list(xs))
     if wrt:
         grads = torch.autograd.grad(out, wrt, torch.ones_like(out))
@@ -136,9 +151,11 @@ def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, f
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     xs = tuple(a.detach().requires_grad_(True) for a in args_1b)
+    t1 = time.perf_counter()
     out = layer(*xs)
+    forward += time.perf_counter() - t1
     torch.autograd.grad(out, list(xs), torch.ones_like(out), allow_unused=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, forward
 
 
 def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, warmup: int = 3,
@@ -153,17 +170,20 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, war
     # Time round-robin over the layers, so a burst of load elsewhere on the machine
     # spreads over every layer's repeats instead of inflating one layer.
     times: list[list[float]] = [[] for _ in model.layers]
+    forwards: list[list[float]] = [[] for _ in model.layers]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     optimizers = [torch.optim.Adam(list(layer.parameters()), lr=1e-12) if list(layer.parameters()) else None
                   for layer in model.layers]
     for r in range(warmup + repeats):
         for i, layer in enumerate(model.layers):
-            t = time_layer_step(layer, args[i][0], args[i][1], first=(i == 0), optimizer=optimizers[i])
+            t, fwd = time_layer_step(layer, args[i][0], args[i][1], first=(i == 0), optimizer=optimizers[i])
             if r >= warmup:
                 times[i].append(t)
+                forwards[i].append(fwd)
         if progress:
             progress(r + 1, warmup + repeats)
     model.load_state_dict(state)  # the timing's optimizer steps leave no trace
+    codec_by_shape: dict[tuple[int, ...], dict[str, float]] = {}
     layers = []
     for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
         args2, args1 = args[i]
@@ -173,18 +193,25 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, war
         saved = saved_bytes(lambda: layer(*(a.detach().requires_grad_(i > 0) for a in args2)))
         params = sum(p.numel() for p in layer.parameters())
         out_bytes = out1.numel() * out1.element_size()
+        shape = tuple(out1.shape[1:])
+        if shape not in codec_by_shape:
+            codec_by_shape[shape] = measure_codec_s(shape, batch_size)
         layers.append(LayerProfile(
             name=node.name, kind=type(layer).__name__, params=params, param_bytes=params * 4,
-            flops=flops, output_shape=tuple(out1.shape[1:]), output_bytes=out_bytes,
+            flops=flops, output_shape=shape, output_bytes=out_bytes,
             saved_bytes=saved,
             memory_bytes=params * BYTES_PER_PARAM_TRAINING + saved + 2 * 2 * out_bytes,
             time_s=statistics.median(times[i]), uncounted_ops=uncounted,
+            forward_s=statistics.median(forwards[i]), input_bytes=sum(a.numel() * a.element_size() for a in args1),
+            codec_s=codec_by_shape[shape],
         ))
+    generator_s, fake_bytes = measure_generator_step(batch_size, model.input_shape[-1])
     return ModelProfile(
         model=model.model_name, fingerprint=model.fingerprint(), input_shape=model.input_shape,
         batch_size=batch_size, layers=tuple(layers), host=platform.node(),
         torch_version=torch.__version__, threads=torch.get_num_threads(),
-        seconds=time.perf_counter() - t_start,
+        seconds=time.perf_counter() - t_start, overhead_s=measure_overhead_s(),
+        generator_step_s=generator_s, fake_bytes=fake_bytes,
     )
 
 

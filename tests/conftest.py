@@ -33,7 +33,10 @@ SEED = 0
 BATCH = 64
 
 # dcgan at batch 64: name, kind, params, forward flops, output shape (per sample),
-# bytes autograd saves (2 x batch), step time in seconds (literal, not measured).
+# bytes autograd saves (2 x batch), step time in seconds (literal, not measured). The
+# SPEC §2.1 costs are literal too: forward passes take a third of a layer's step, a
+# stage's overhead 0.3 ms per micro-batch, codecs 1 ms (fp16) and 4 ms (int8) per MB
+# of a layer's output, the generator's step 40 ms.
 _DCGAN_LAYERS = (
     ("a_conv", "Conv2d", 1_664, 20_070_400, (64, 14, 14), 407_808, 0.034),
     ("a_lrelu", "LeakyReLU", 0, 802_816, (64, 14, 14), 6_422_528, 0.010),
@@ -50,18 +53,21 @@ _DCGAN_LAYERS = (
 
 
 def synthetic_dcgan_profile() -> ModelProfile:
-    layers = []
+    layers, input_bytes = [], BATCH * 28 * 28 * 4
     for name, kind, params, flops, shape, saved, time_s in _DCGAN_LAYERS:
         output_bytes = BATCH * int(np.prod(shape)) * 4
         layers.append(LayerProfile(
             name=name, kind=kind, params=params, param_bytes=4 * params, flops=flops,
             output_shape=shape, output_bytes=output_bytes, saved_bytes=saved,
             memory_bytes=params * BYTES_PER_PARAM_TRAINING + saved + 2 * 2 * output_bytes,
-            time_s=time_s))
+            time_s=time_s, forward_s=time_s / 3, input_bytes=input_bytes,
+            codec_s={"fp16": 1e-3 * output_bytes / 1e6, "int8": 4e-3 * output_bytes / 1e6}))
+        input_bytes = output_bytes
     model = dcgan_discriminator()
     return ModelProfile(model="dcgan", fingerprint=model.fingerprint(), input_shape=model.input_shape,
                         batch_size=BATCH, layers=tuple(layers), host="synthetic",
-                        torch_version=torch.__version__, threads=1, seconds=0.0)
+                        torch_version=torch.__version__, threads=1, seconds=0.0,
+                        overhead_s=3e-4, generator_step_s=0.04, fake_bytes=BATCH * 28 * 28 * 4)
 
 
 @pytest.fixture(autouse=True)

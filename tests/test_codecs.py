@@ -23,7 +23,7 @@ def test_round_trip_error_is_within_the_format_bound(scale):
     assert ((half - x).abs() <= 2 ** -11 * x.abs())[normal].all()
     assert ((half - x).abs() <= 2 ** -25)[~normal].all()
     q = encode(x, "int8")
-    assert q.dtype == torch.uint8 and q.numel() == x.numel() + INT8_SIDE_BYTES
+    assert q.dtype == torch.uint8 and q.numel() == x.numel() + INT8_SIDE_BYTES  # one message: bytes, scale, zero point
     step = (x.max() - x.min()) / 255
     err = (decode(q, "int8", x.shape) - x).abs()
     assert err.max() <= step * 0.5 + step * 1e-3 + 1e-6 * scale

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from planner import check, client_result, solve_client
-from planner.planfile import Plan, PlannedClient
+from planner.planfile import Plan, PlannedClient, round_time_s
 from planner.problem import ClientProblem
 from trainer.state import plan_digest
 
@@ -31,14 +31,23 @@ GAIN = 0.10
 
 
 def scaled(p: ClientProblem, ratios: dict[str, float]) -> ClientProblem:
-    """``p`` with each named device's time rows multiplied by its ratio."""
+    """``p`` with each named device's time rows (compute, recompute, overhead, codec
+    seconds) multiplied by its ratio."""
     r = [ratios.get(d, 1.0) for d in p.devices]
-    return replace(p, compute_s=tuple(tuple(v * r[d] for v in row) for d, row in enumerate(p.compute_s)))
+
+    def rows(table):
+        return tuple(tuple(v * r[d] for v in row) for d, row in enumerate(table))
+
+    return replace(
+        p, compute_s=rows(p.compute_s),
+        recompute=None if p.recompute is None else replace(p.recompute, compute_s=rows(p.recompute.compute_s)),
+        overhead_s=None if p.overhead_s is None else tuple(v * r[d] for d, v in enumerate(p.overhead_s)),
+        codecs=tuple(replace(c, codec_s=rows(c.codec_s)) for c in p.codecs))
 
 
-def client_step_s(c: PlannedClient, p: ClientProblem, objective: str) -> float:
+def client_step_s(c: PlannedClient, p: ClientProblem) -> float:
     """The client's current stages costed on the tables ``p``."""
-    return check.step_time_s(p, c.solver_stages(), objective)
+    return check.step_time_s(p, c.solver_stages(), c.micro_batches)
 
 
 @dataclass
@@ -65,17 +74,17 @@ class Adapter:
             redone = client_result(c.name, p, sol, solver="ilp", objective=plan.objective, data_weight=c.data_weight,
                                    processing_time_factor=c.processing_time_factor, layer_names=names)
             if redone.status != "planned":  # the corrected tables exclude it: keep what runs
-                redone = replace(c, costs=p, step_time_s=client_step_s(c, p, plan.objective))
+                redone = replace(c, costs=p, step_time_s=client_step_s(c, p))
             clients.append(redone)
-            now.append(client_step_s(c, p, plan.objective))
-            new.append(redone.step_time_s)
+            now.append(client_step_s(c, p) + (p.server_transfer_s or 0.0))
+            new.append(redone.step_time_s + (p.server_transfer_s or 0.0))
         current, best = max(now), max(new)
         if best > (1 - GAIN) * current:
             return None
         digest = plan_digest(plan)
         solver = {**plan.solver, "name": "ilp", "adapted_at_round": round_no, "replanned_from": digest,
                   "lineage": [*plan.solver.get("lineage", []), digest]}
-        moved = replace(plan, clients=tuple(clients), round_time_s=best, solver=solver)
+        moved = replace(plan, clients=tuple(clients), round_time_s=round_time_s(clients, plan.server), solver=solver)
         why = {n: round(r, 3) for n, r in sorted(self.ratios.items()) if abs(r - 1) > 0.05}
         record = {"round": round_no, "old_round_s": current, "new_round_s": best,
                   "why": f"measured/predicted compute: {why}" if why else "measured compute as predicted"}

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from planner.errors import InputError
 from planner.models import DISCRIMINATORS, Generator, LayeredModel, SeededDropout, build_discriminator
-from planner.planfile import MAX_BATCH, Plan, PlannedClient
+from planner.planfile import Plan, PlannedClient
+from planner.planschema import MAX_BATCH
 from planner.schedule import cut_bytes_per_step
 from trainer.clock import Clock
 from trainer.config import TrainConfig

@@ -14,22 +14,7 @@ from dataclasses import replace
 from planner import client_result
 from planner.errors import NoFeasiblePlan
 from planner.ilp import solve_ilp
-from planner.planfile import Plan, PlannedClient
-from planner.problem import ClientProblem
-
-
-def drop_device(p: ClientProblem, index: int) -> ClientProblem:
-    keep = [i for i in range(p.n_devices) if i != index]
-
-    def pick(rows):
-        return tuple(rows[i] for i in keep)
-
-    return replace(
-        p, devices=pick(p.devices), data_device=keep.index(p.data_device), compute_s=pick(p.compute_s),
-        memory_bytes=pick(p.memory_bytes), capacity_bytes=pick(p.capacity_bytes),
-        link_bytes_per_s=tuple(pick(r) for r in pick(p.link_bytes_per_s)),
-        link_latency_s=tuple(pick(r) for r in pick(p.link_latency_s)),
-    )
+from planner.planfile import Plan, PlannedClient, round_time_s
 
 
 def _replan_client(plan: Plan, c: PlannedClient, device: str, round_no: int) -> PlannedClient:
@@ -38,7 +23,7 @@ def _replan_client(plan: Plan, c: PlannedClient, device: str, round_no: int) -> 
     if idx == c.costs.data_device:
         return replace(c, status="excluded", stages=(), step_time_s=None, processing_time_factor=ptf,
                        reason=f"its data device {device} failed in round {round_no}; the data cannot move")
-    p = drop_device(c.costs, idx)
+    p = c.costs.without_device(idx)
     sol = solve_ilp(p, objective=plan.objective)
     names = [layer["name"] for layer in plan.model["layers"]]
     out = client_result(c.name, p, sol, solver="ilp", objective=plan.objective, data_weight=c.data_weight,
@@ -59,4 +44,4 @@ def without_device(plan: Plan, device: str, *, round_no: int, digest: str) -> Pl
         raise NoFeasiblePlan({c.name: c.reason or "" for c in clients})
     solver = {**plan.solver, "replanned_from": digest, "lineage": [*plan.solver.get("lineage", []), digest],
               "lost": [*plan.solver.get("lost", []), device]}
-    return replace(plan, clients=clients, round_time_s=max(c.step_time_s for c in planned), solver=solver)
+    return replace(plan, clients=clients, round_time_s=round_time_s(clients, plan.server), solver=solver)

@@ -15,6 +15,7 @@ from pathlib import Path
 from planner.errors import InputError
 from planner.jsonio import write_atomic, write_json
 from planner.planfile import write_plan
+from planner.timeline import Box, draw, predicted_boxes
 from trainer import state
 from trainer.evaluation import sample_images
 from trainer.images import save_grid
@@ -87,10 +88,28 @@ class RunDir:
 
     def write_timeline(self, plan, events: list[tuple], *, hosts: set[str]) -> None:
         """The last step of the run as measured: ``timeline.json`` (every event, seconds
-        from the step's first) and ``timeline.png``. Timestamps come from each process's
-        monotonic clock, comparable only on one host, so a run across hosts writes none."""
+        from the step's first) and ``timeline.png`` (per client, the plan's schedule above
+        the measured one, each from the client's first event). Timestamps come from each
+        process's monotonic clock, comparable only on one host, so a run across hosts
+        writes none."""
         if len(hosts) != 1 or not events:
             return
         t0 = min(e[2] for e in events)
         rows = [{"row": row, "label": label, "start_s": a - t0, "end_s": b - t0} for row, label, a, b in events]
         write_json(self.out / "timeline.json", {"events": rows})
+        panels = []
+        for c in plan.planned:
+            names = [s.device for s in c.stages]
+            links = [f"{a}→{b}" for a, b in zip(names, names[1:])]
+            mine = [r for pair in zip(names, links + [None]) for r in pair if r is not None]  # chain order
+            seen = [e for e in rows if e["row"] in mine]
+            if not seen:  # dropped before its last step
+                continue
+            start = min(e["start_s"] for e in seen)
+            measured = [Box(e["row"], e["start_s"] - start, e["end_s"] - start, e["label"],
+                            "compute" if e["row"] in names else "transfer")
+                        for e in sorted(seen, key=lambda e: mine.index(e["row"]))]
+            end = max(b.end_s for b in measured)
+            panels += [(f"{c.name} planned: M = {c.micro_batches}, step {c.step_time_s:.3f} s", predicted_boxes(c)),
+                       (f"{c.name} measured (the run's last step): {end:.3f} s", measured)]
+        draw(panels, self.out / "timeline.png")

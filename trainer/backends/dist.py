@@ -30,7 +30,8 @@ import torch.multiprocessing as mp
 from planner.errors import InputError
 from trainer.build import RunSpec
 from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
-from trainer.loop import BETWEEN_ROUNDS_S, run_role
+from trainer.loop import run_role
+from trainer.roles import BETWEEN_ROUNDS_S
 from trainer.transport import SERVER, LinkTable
 from trainer.wire import DistTransport
 
@@ -64,7 +65,7 @@ def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, re
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
                       emulate=spec.cfg.emulate == "sleep")
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
-    t.close(timeout_s=spec.cfg.timeout_s)
+    t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
     dist.destroy_process_group()
     return history
 

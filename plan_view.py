@@ -1,0 +1,120 @@
+"""Plans as a person reads them: rich tables for ``fsl plan`` / ``fsl show`` and the plan's
+text table beside a plan or a run, and the parsing of ``fsl plan``'s option values.
+
+Per planned client: its step against the budget, ``M`` and the per-micro-batch
+bottleneck (which stage or link, how long), then one row per stage: device, layers,
+compute and per-micro-batch overhead, the cut to the next stage (seconds per step and
+codec), whether it recomputes, memory against capacity; the caption lists the options
+the plan allowed, the server transfer, unused devices and the baselines.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from planner.errors import InputError
+from planner.explain import format_bytes
+
+
+def _bar(fraction: float, width: int = 10) -> str:
+    filled = min(width, max(0, round(fraction * width)))
+    color = "red" if fraction > 0.9 else "yellow" if fraction > 0.6 else "green"
+    return f"[{color}]{'█' * filled}[/]{'·' * (width - filled)} {fraction:5.1%}"
+
+
+def _layer_span(plan, start: int, end: int) -> str:
+    names = [layer["name"] for layer in plan.model["layers"]]
+    return names[start] if end - start == 1 else f"{names[start]} → {names[end - 1]}"
+
+
+def _client_title(c) -> str:
+    p = c.costs
+    budget = f"budget {p.budget_s:.2f} s" if p.budget_s is not None else "no budget"
+    units = c.units_s()
+    top = max(range(len(units)), key=lambda k: units[k])
+    where = c.stages[top // 2].device if top % 2 == 0 else f"{c.stages[top // 2].device} → {c.stages[top // 2 + 1].device}"
+    return (f"{c.name}: step {c.step_time_s:.3f} s ({budget}), M = {c.micro_batches}, bottleneck "
+            f"{units[top]:.4f} s per micro-batch ({where}), data weight {c.data_weight:g}")
+
+
+def render_plan(plan, con: Console) -> None:
+    """The plan as rich tables on ``con``: a summary, each client's stages, exclusions."""
+    s = plan.solver
+    con.print(f"[bold]Plan[/] for model [cyan]{plan.model['name']}[/] ({len(plan.model['layers'])} layers), "
+              f"batch {plan.batch_size}, objective [cyan]{plan.objective}[/], devices {plan.devices_file}")
+    server = f"the generator's step {plan.server['step_s']:.3f} s + " if plan.server else ""
+    con.print(f"solver [cyan]{s['name']}[/]: [bold]{s['status']}[/] in {s['seconds']:.2f} s; "
+              f"round time ({server}slowest planned client) [bold]{plan.round_time_s:.2f} s[/]")
+    for c in plan.planned:
+        p = c.costs
+        t = Table(title=_client_title(c), title_justify="left", show_lines=False)
+        for col, just in (("#", "right"), ("device", "left"), ("layers", "left"), ("compute s", "right"),
+                          ("overhead s", "right"), ("→ next s", "right"), ("codec", "left"), ("recompute", "left"),
+                          ("memory / capacity", "left")):
+            t.add_column(col, justify=just)
+        cap = dict(zip(p.devices, p.capacity_bytes))
+        for i, st in enumerate(c.stages):
+            mark = " (data)" if st.device == p.devices[p.data_device] else ""
+            last = i == len(c.stages) - 1
+            t.add_row(str(i), st.device + mark, _layer_span(plan, st.start, st.end), f"{st.compute_s:.3f}",
+                      "—" if p.overhead_s is None else f"{p.overhead(p.devices.index(st.device)):.4f}",
+                      "—" if last else f"{st.transfer_s:.3f}",
+                      "—" if last else st.codec, "yes" if st.recompute else "no",
+                      f"{_bar(st.memory_bytes / cap[st.device])} of {format_bytes(cap[st.device])}")
+        notes = [f"M from {list(p.micro_batch_choices)}", f"codecs allowed: {', '.join(['none', *(k.name for k in p.codecs)])}",
+                 "recompute " + ("allowed" if p.recompute is not None else "off")]
+        if p.server_transfer_s is not None:
+            notes.append(f"server transfer {p.server_transfer_s:.3f} s")
+        unused = [d for d in p.devices if d not in {st.device for st in c.stages}]
+        if unused:
+            notes.append(f"unused: {', '.join(unused)}")
+        if c.baselines_step_time_s:
+            cmp = ", ".join(f"{k} {v:.2f} s ({v / max(c.step_time_s, 1e-12):.2f}x)" if v else f"{k} no plan"
+                            for k, v in c.baselines_step_time_s.items())
+            notes.append(f"baselines on the same tables: {cmp}")
+        t.caption, t.caption_justify = "; ".join(notes), "left"
+        con.print(t)
+    excluded = [c for c in plan.clients if c.status == "excluded"]
+    if excluded:
+        t = Table(title="Excluded clients", title_justify="left")
+        t.add_column("client")
+        t.add_column("reason")
+        for c in excluded:
+            t.add_row(c.name, c.reason or "")
+        con.print(t)
+
+
+def plan_options(objective: str, micro_batches: Optional[str], codecs: str, recompute: str) -> dict:
+    """The execution options of ``fsl plan``, parsed; InputError on a bad value."""
+    if objective not in ("latency", "throughput"):
+        raise InputError("--objective", None, f"expected latency or throughput, found {objective!r}")
+    choices = None
+    if micro_batches is not None:
+        try:
+            choices = tuple(int(v) for v in micro_batches.split(","))
+        except ValueError:
+            raise InputError("--micro-batches", None,
+                             f"expected whole numbers separated by commas, like 1,2,4,8, found {micro_batches!r}") from None
+    if recompute not in ("auto", "off"):
+        raise InputError("--recompute", None, f"expected auto or off, found {recompute!r}")
+    names = tuple(v.strip() for v in codecs.split(","))
+    if "" in names:
+        raise InputError("--codecs", None, f"expected codec names separated by commas, like none,fp16, found {codecs!r}")
+    return {"micro_batches": choices, "codecs": tuple(v for v in names if v != "none"), "recompute": recompute == "auto"}
+
+
+def write_plan_table(plan, path: Path) -> None:
+    """The same tables as plain text, for the run directory."""
+    from planner.jsonio import write_atomic
+
+    with open(os.devnull, "w") as sink:
+        buf = Console(record=True, width=120, file=sink, color_system=None)
+        render_plan(plan, buf)
+    write_atomic(path, buf.export_text())
+
+

@@ -1,0 +1,111 @@
+"""Measuring the costs of SPEC §2.1's options on this host: stage overhead, cut codecs,
+and the server's generator step. Like :mod:`planner.profile`, every number is seconds of
+one whole GAN training step on this machine; a device with ``processing_time_factor``
+``f`` takes ``f`` times as long (:mod:`planner.costs`).
+
+``overhead_s``: the fixed cost of holding a stage for one micro-batch, whatever its
+layers compute. Measured as one micro-batch's whole step through a stage whose layer
+does no work: a one-element tensor handed between two threads through ``queue.Queue``
+(the local backend's transport), copied on receipt, through an identity layer with one
+parameter, forward and backward, in both phases of the step (discriminator: activation
+in, forward, activation out, gradient in, backward, gradient out; generator: the same),
+so 4 hand-offs in and 4 out, 2 forward and 2 backward dispatches. The median over
+repeats after a warm-up. It leaves out what a real link adds per message (the latency
+is in ``link_latency_s``) and what computing a micro-batch instead of a batch costs
+beyond that (small tensors run less efficiently; not modelled).
+
+``codec_s``: per layer output and codec, encoding and decoding what one side of a cut
+after that layer handles in a step: it sends 3 x batch (activations of both phases, or
+their gradients) and receives 3 x batch, so one encode and one decode of a tensor of
+3 x batch samples (:mod:`planner.codecs`); median of repeats, measured once per shape.
+
+``generator_step_s``: the server's own step at the plan's batch size: the DCGAN
+generator's forward on a batch of noise, backward from a gradient on its images, and
+its Adam update (train mode), median of repeats. ``fake_bytes``: one batch of its images.
+"""
+
+from __future__ import annotations
+
+import queue
+import statistics
+import threading
+import time
+
+import torch
+
+from planner.codecs import CODECS, decode, encode
+from planner.models import Generator
+
+OVERHEAD_REPEATS, OVERHEAD_WARMUP = 200, 20
+CODEC_REPEATS = 3
+GENERATOR_REPEATS = 3
+
+
+def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Queue) -> None:
+    for _ in range(2):  # discriminator phase, generator phase
+        x = inbox.get().clone().requires_grad_(True)
+        y = layer(x)
+        outbox.put(y.detach().clone())
+        g = inbox.get().clone()
+        y.backward(g)
+        outbox.put(x.grad.detach().clone())
+
+
+def measure_overhead_s() -> float:
+    """Seconds of one micro-batch's step through a stage that computes nothing (above)."""
+    layer = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    to_stage, from_stage = queue.Queue(), queue.Queue()
+    times: list[float] = []
+
+    def peer() -> None:  # the neighbours: send, wait for the answer, send the gradient
+        for _ in range(OVERHEAD_WARMUP + OVERHEAD_REPEATS):
+            for _ in range(2):
+                to_stage.put(torch.ones(1, 1))
+                from_stage.get()
+                to_stage.put(torch.ones(1, 1))
+                from_stage.get()
+
+    helper = threading.Thread(target=peer, daemon=True)
+    helper.start()
+    for r in range(OVERHEAD_WARMUP + OVERHEAD_REPEATS):
+        t0 = time.perf_counter()
+        _one_micro_batch(layer, to_stage, from_stage)
+        if r >= OVERHEAD_WARMUP:
+            times.append(time.perf_counter() - t0)
+    helper.join()
+    return statistics.median(times)
+
+
+def measure_codec_s(shape: tuple[int, ...], batch_size: int) -> dict[str, float]:
+    """Seconds per step one side of a cut spends on each codec for activations of
+    ``shape`` per sample (above)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((3 * batch_size, *shape), generator=gen)
+    out = {}
+    for codec in CODECS:
+        times = []
+        for _ in range(CODEC_REPEATS + 1):
+            t0 = time.perf_counter()
+            decode(encode(codec, x))
+            times.append(time.perf_counter() - t0)
+        out[codec] = statistics.median(times[1:])
+    return out
+
+
+def measure_generator_step(batch_size: int, image_size: int) -> tuple[float, int]:
+    """``(generator_step_s, fake_bytes)`` at ``batch_size`` (above)."""
+    g = Generator(image_size=image_size).train()
+    opt = torch.optim.Adam(g.parameters(), lr=1e-12)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn((batch_size, g.z_dim), generator=gen)
+    times = []
+    for _ in range(GENERATOR_REPEATS + 1):
+        t0 = time.perf_counter()
+        fake = g(z)
+        fake.backward(torch.ones_like(fake))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]), fake.numel() * fake.element_size()
