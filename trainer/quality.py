@@ -81,8 +81,14 @@ class _Cast(nn.Module):
         return self.inner(x).to(self.out_dtype)
 
 
+# torchmetrics gathers a metric's state over torch.distributed's process group before it
+# computes, whenever one exists; in the dist backend only the server evaluates, so that
+# gather would wait for ranks that never join. Every metric here is computed locally.
+LOCAL = {"sync_on_compute": False, "dist_sync_on_step": False}
+
+
 def _fid_metric(feature: nn.Module) -> FrechetInceptionDistance:
-    return FrechetInceptionDistance(feature=feature, reset_real_features=False)
+    return FrechetInceptionDistance(feature=feature, reset_real_features=False, **LOCAL)
 
 
 def _kid_metric(feature: nn.Module, *, subsets: int, subset_size: int) -> KernelInceptionDistance:
@@ -91,7 +97,7 @@ def _kid_metric(feature: nn.Module, *, subsets: int, subset_size: int) -> Kernel
     with warnings.catch_warnings():  # "will save all extracted features": 1000 x 128 here
         warnings.simplefilter("ignore", UserWarning)
         return KernelInceptionDistance(feature=_Cast(feature, torch.float32), subsets=subsets,
-                                       subset_size=subset_size, reset_real_features=False)
+                                       subset_size=subset_size, reset_real_features=False, **LOCAL)
 
 
 def _fid_value(metric: FrechetInceptionDistance) -> float:
