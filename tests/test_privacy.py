@@ -20,7 +20,7 @@ from trainer import privacy
 from trainer.accountant import ORDERS, check_budget, client_epsilon, epsilon
 from trainer.backends.local import run_local
 from trainer.build import RunSpec, client_discriminator
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, privacy_warnings
 from trainer.privacy import Privacy, clip_per_sample
 from trainer.transport import InProcessTransport
 
@@ -149,6 +149,15 @@ def test_privacy_options_that_do_not_go_together_are_refused(tmp_path, kw, where
         TrainConfig.from_cli(plan_path=tmp_path / "p.json", **kw)
     assert e.value.source == where
     TrainConfig.from_cli(plan_path=tmp_path / "p.json", dp_clip=1.0, dp_noise=1.0, aggregate="fedavg", secure_agg=True)
+
+
+def test_a_run_says_that_aggregated_weights_leave_the_client(tmp_path):
+    base = dict(plan_path=tmp_path / "p.json")
+    assert privacy_warnings(TrainConfig(**base)) == []
+    (w,) = privacy_warnings(TrainConfig(**base, aggregate="swap"))
+    assert "raw data leave" in w and "every client's weights" in w
+    (w,) = privacy_warnings(TrainConfig(**base, aggregate="fedavg", secure_agg=True, dp_clip=1.0, dp_noise=1.0))
+    assert "raw data still leave" in w and "only the average" in w and "epsilon does not cover it" in w
 
 
 def test_no_finite_epsilon_is_refused_with_exit_2(tmp_path):
