@@ -228,6 +228,15 @@ def train_cmd(
                                "each round; switch plans when re-solving promises a round 10%% shorter"),
     slowdown: list[str] = typer.Option([], "--slowdown", metavar="DEVICE=FACTOR@ROUND",
                                        help="emulated drift: that device runs FACTOR times slower from ROUND on"),
+    dp_clip: Optional[float] = typer.Option(None, "--dp-clip", metavar="C",
+                                            help="DP: clip each sample's generator feedback to L2 norm C (with --dp-noise)"),
+    dp_noise: Optional[float] = typer.Option(None, "--dp-noise", metavar="SIGMA",
+                                             help="DP: add Gaussian noise SIGMA x C to it; epsilon per client per round "
+                                             "in metrics.jsonl"),
+    secure_agg: bool = typer.Option(False, "--secure-agg", help="fedavg over pairwise-masked weights: the server "
+                                    "sees only their average"),
+    cut_noise: float = typer.Option(0.0, "--cut-noise", metavar="SIGMA",
+                                    help="Gaussian noise of std SIGMA on the activations the data device sends"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer import DeviceFailure, TrainConfig, train
@@ -239,7 +248,8 @@ def train_cmd(
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
             timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
-            slowdown=tuple(parse_slowdown(x) for x in slowdown))
+            slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,
+            secure_agg=secure_agg, cut_noise=cut_noise)
         follower = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 (the server) reports
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out, disable=follower) as bar:
@@ -252,6 +262,10 @@ def train_cmd(
                               "resuming from the last checkpoint", highlight=False)
                 for w in info.get("warnings", []):
                     out.print(f"[yellow]warning:[/] {w}", highlight=False)
+                if info.get("epsilon"):
+                    eps = ", ".join(f"{c} {e:.3g}" for c, e in info["epsilon"].items())
+                    out.print(f"DP: epsilon after {cfg.rounds * cfg.steps_per_round} steps (delta = 1 / the client's "
+                              f"records): {eps}", highlight=False)
                 bar.update(task, completed=info["start_round"],
                            info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
 
@@ -261,6 +275,8 @@ def train_cmd(
                     out.print(f"[yellow]round {w['round']}: switching to {w['plan']}[/]: predicted round "
                               f"{w['old_round_s']:.2f} -> {w['new_round_s']:.2f} s per step ({w['why']})",
                               highlight=False)
+                if m.get("aggregation_skipped"):
+                    out.print(f"[yellow]round {m['round']}:[/] {m['aggregation_skipped']}", highlight=False)
                 fid = f", FID {m['fid']:.1f}" if m.get("fid") is not None else ""
                 g = f"G {m['g_loss']:.3f}" if m.get("g_loss") is not None else "G -"
                 bar.update(task, completed=m["round"], info=f"{g}{fid}, {m['round_time_s']:.1f} s/round")
@@ -304,6 +320,10 @@ def render_summary(history: list[dict], out_dir: Path) -> None:
                       + (f", dropped at step {v['dropped_at_step']}" if v["dropped_at_step"] is not None else "")
                       for c, v in last["clients"].items())
     out.print(f"client step times: {steps}")
+    eps = {c: v["epsilon"] for c, v in last["clients"].items() if "epsilon" in v}
+    if eps:
+        out.print("privacy: epsilon " + ", ".join(f"{c} {e:.3g} (delta {last['clients'][c]['delta']:.2g})"
+                                                  for c, e in eps.items()))
     quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence") if last.get(k) is not None)
     if quality:
         out.print(f"quality: {quality}")

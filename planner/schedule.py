@@ -62,6 +62,7 @@ CONTROL_TAGS = frozenset([
     "state",  # checkpoint state: device -> its data device, or data device -> device on resume
     "saved",  # data device -> server: the client's checkpoint of this round is on disk
     "weights",  # aggregation: a segment's parameters to the server and back
+    "secagg",  # --secure-agg, once: a device's public key to the server; the key table back
     "bye",  # closing a connection
 ])
 TAGS = tuple(sorted(STEP_TAGS)) + tuple(sorted(CONTROL_TAGS))

@@ -3,7 +3,11 @@
 Each device sends its segment's parameters (one flat tensor) to the server; the server
 puts each client's discriminator together (its stages in chain order cover the model
 in order), combines, and sends each device its part back. The server sees every
-client's weights: SECURITY.md says what that means.
+client's weights (SECURITY.md says what that means), unless ``--secure-agg`` masks them
+(``trainer.secagg``): then it sees masked vectors and their average only. A round in
+which a client was dropped skips the secure aggregation (its masks would not cancel, and
+a sum without it is another average): every device keeps its weights, and the server
+says so in the round's metrics.
 
 - ``fedavg``: every client gets the average of all, weighted by the number of training
   samples its data device reported, layer by layer (FedAvg, McMahan et al. 2017).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from trainer.secagg import Masker, unmask_average
 from trainer.transport import SERVER, Transport
 
 
@@ -32,22 +37,33 @@ def combine(mode: str, whole: dict[str, torch.Tensor], weights: dict[str, float]
 
 
 def device_exchange(name: str, stage: torch.nn.Module, t: Transport, *, timeout_s: float | None,
-                    late_ok: bool = False) -> None:
+                    late_ok: bool = False, masker: Masker | None = None, round_no: int = 0) -> None:
     params = list(stage.parameters())
     flat = parameters_to_vector(params).detach() if params else torch.zeros(0)
-    t.send(name, SERVER, flat, tag="weights")
+    t.send(name, SERVER, flat if masker is None else masker.mask(flat, round_no), tag="weights")
     new = t.recv(name, SERVER, tag="weights", timeout_s=timeout_s, late_ok=late_ok)
-    if params:
+    if params and new.numel():  # an empty answer: the server skipped this round's aggregation
         with torch.no_grad():
             vector_to_parameters(new, params)
 
 
 def server_combine(mode: str, chains: dict[str, list[str]], weights: dict[str, float], t: Transport,
-                   *, timeout_s: float | None, late: set[str] = frozenset()) -> None:
+                   *, timeout_s: float | None, late: set[str] = frozenset(), secure: bool = False) -> str | None:
+    """Combine and answer every device; returns why the round's aggregation was skipped
+    (secure aggregation with a dropped client), else None."""
     parts = {c: [t.recv(SERVER, d, tag="weights", timeout_s=timeout_s, late_ok=d in late) for d in chain]
              for c, chain in chains.items()}
-    new = combine(mode, {c: torch.cat(p) for c, p in parts.items()}, weights)
+    dropped = [c for c, chain in chains.items() if late & set(chain)]
+    if secure and dropped:
+        for chain in chains.values():
+            for d in chain:
+                t.send(SERVER, d, torch.zeros(0), tag="weights")
+        return (f"secure aggregation skipped: {', '.join(dropped)} dropped this round, so the masks would not "
+                "cancel over the clients that remain; every client keeps its own discriminator")
+    whole = {c: torch.cat(p) for c, p in parts.items()}
+    new = dict.fromkeys(chains, unmask_average(whole, weights)) if secure else combine(mode, whole, weights)
     for c, chain in chains.items():
         sizes = [p.numel() for p in parts[c]]
         for d, piece in zip(chain, torch.split(new[c], sizes)):
             t.send(SERVER, d, piece, tag="weights")
+    return None

@@ -24,6 +24,7 @@ from trainer.clock import Clock
 from trainer.config import TrainConfig
 from trainer.data import DataSource, Dataset
 from trainer.device import DeviceRole
+from trainer.privacy import Privacy
 from trainer.server import ClientView, ServerRole
 from trainer.shards import ShardSampler
 from trainer.transport import SERVER
@@ -177,7 +178,8 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
         clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep", lock=lock),
         timeout_s=cfg.timeout_s, micro_batches=c.micro_batches, recompute=st.recompute,
         codec_in=c.stages[i - 1].codec if i > 0 else "none", codec_out=st.codec,
-        input_shape=unit_shapes(template, spans)[st.start - 1] if st.start > 0 else tuple(template.input_shape))
+        input_shape=unit_shapes(template, spans)[st.start - 1] if st.start > 0 else tuple(template.input_shape),
+        privacy=Privacy(cfg.dp_clip or 0.0, cfg.dp_noise or 0.0, cfg.cut_noise) if i == 0 else Privacy())
     spans_of = [(s.device, spans[s.start][0], spans[s.end - 1][1]) for s in c.stages]
     return DeviceParts(role, d, data, spans_of)
 

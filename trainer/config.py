@@ -36,6 +36,14 @@ class TrainConfig:
     replan_on_failure: bool = False  # a lost device is planned around and training goes on
     adapt: bool = False  # re-solve on measured speeds after each round; switch plans when 10% faster
     slowdown: tuple[tuple[str, float, int], ...] = ()  # (device, factor, from round): emulated drift
+    dp_clip: float | None = None  # C: per-sample L2 bound of the generator feedback (trainer.privacy)
+    dp_noise: float | None = None  # SIGMA: its Gaussian noise is SIGMA x C; epsilon in metrics.jsonl
+    secure_agg: bool = False  # fedavg over pairwise-masked weights (trainer.secagg)
+    cut_noise: float = 0.0  # std of Gaussian noise on the data device's first-cut activations
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip is not None
 
     @classmethod
     def from_cli(cls, **kw) -> "TrainConfig":
@@ -73,8 +81,44 @@ class TrainConfig:
             raise bad("--alpha", "shards one data set; with per-client folders ({client}) each client's data is its own")
         if self.slowdown and self.emulate != "sleep":
             raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
+        self._validate_privacy(bad)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise bad("--out", f"{self.out_dir} exists and is not a directory")
+
+    def _validate_privacy(self, bad) -> None:
+        """The options of trainer.privacy and trainer.secagg, and which go together. Whether
+        epsilon is finite depends on the shards; the server checks it once it knows them."""
+        if (self.dp_clip is None) != (self.dp_noise is None):
+            raise bad("--dp-noise" if self.dp_noise is None else "--dp-clip",
+                      "--dp-clip C and --dp-noise SIGMA go together (clip each sample's feedback to C, add noise SIGMA x C)")
+        for opt, v in (("--dp-clip", self.dp_clip), ("--dp-noise", self.dp_noise)):
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise bad(opt, f"must be a finite number > 0 (no noise, no finite epsilon), found {v}")
+        if not (math.isfinite(self.cut_noise) and self.cut_noise >= 0):
+            raise bad("--cut-noise", f"must be a finite number >= 0, found {self.cut_noise}")
+        if self.secure_agg and self.aggregate != "fedavg":
+            raise bad("--secure-agg", f"masks the sum of --aggregate fedavg; --aggregate {self.aggregate} has no sum "
+                      "to hide (swap hands one client's weights to another whole)")
+        if self.dp and self.aggregate == "swap":
+            raise bad("--aggregate", "swap hands each client's discriminator, trained on its raw data and not "
+                      "covered by epsilon, to another client through the server; it cannot be masked: "
+                      "use fedavg with --secure-agg, or none, with --dp-noise")
+        if self.dp and self.aggregate == "fedavg" and not self.secure_agg:
+            raise bad("--aggregate", "fedavg sends each client's discriminator, trained on its raw data and not "
+                      "covered by epsilon, to the server: add --secure-agg, so it sees only their average")
+
+
+def privacy_warnings(cfg: TrainConfig) -> list[str]:
+    """What a person should know about what leaves a client under these options."""
+    out = []
+    if cfg.aggregate != "none" and not cfg.secure_agg:
+        out.append(f"--aggregate {cfg.aggregate}: discriminator weights trained on each client's raw data leave "
+                   "the client; the server sees every client's weights")
+    if cfg.secure_agg:
+        out.append("--secure-agg: discriminator weights trained on raw data still leave the client, masked; the "
+                   "server sees only the average over the clients, and every client receives it"
+                   + (" (epsilon does not cover it)" if cfg.dp else ""))
+    return out
 
 
 def parse_slowdown(text: str) -> tuple[str, float, int]:

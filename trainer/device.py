@@ -19,7 +19,9 @@ the whole batch and sliced (``SeededDropout.window``), so they agree too. A stag
 ``recompute`` runs under ``torch.utils.checkpoint``: it keeps only its inputs between a
 micro-batch's forward and backward and runs the forward again in the backward pass.
 
-Real images never leave ``d0``: only the activation of its first segment does. The
+Real images never leave ``d0``: only the activation of its first segment does (with
+``--cut-noise``, noised), and the gradient w.r.t. the fake images (with ``--dp-noise``,
+clipped and noised per sample): ``trainer.privacy``. The
 generator phase uses the discriminator as updated in the same step, like DCGAN. Losses:
 discriminator ``BCE(D(real), 1) + BCE(D(fake), 0)``; generator the non-saturating
 ``BCE(D(G(z)), 1)``.
@@ -40,6 +42,7 @@ from planner.schedule import CUT_MESSAGES, FAKE, FAKE_GRAD, LOSSES
 from trainer.clock import Clock
 from trainer.codecs import decode, encode
 from trainer.errors import StopRound
+from trainer.privacy import Privacy
 from trainer.transport import SERVER, Transport
 
 ACT = {m.phase: m.tag for m in CUT_MESSAGES if m.direction == "forward"}  # phase -> activation tag
@@ -101,6 +104,7 @@ class DeviceRole:
     codec_in: str = "none"  # the codec of the cut before this stage
     codec_out: str = "none"  # the codec of the cut after this stage
     input_shape: tuple[int, ...] = ()  # per sample, what the cut before this stage carries
+    privacy: Privacy = field(default_factory=Privacy)  # data device: DP feedback, noise on its cut
     chain_s: float = 0.0
     steps_done: int = 0
     trace: list | None = None  # the last step's (row, label, start, end), when traced
@@ -172,7 +176,8 @@ class DeviceRole:
                     out = self._loss(out, phase)
                     total = out.detach() if total is None else total + out.detach()
             if not last:
-                self._send(t, self.next, out, ACT[phase], self.codec_out, f"{ACT[phase]} {i}")
+                sent = self.privacy.activation(out) if first else out
+                self._send(t, self.next, sent, ACT[phase], self.codec_out, f"{ACT[phase]} {i}")
             xs.append(x)
             outs.append(out)
         grads = []
@@ -206,7 +211,7 @@ class DeviceRole:
         _, d_loss = self._phase(t, "d", real_fake)
         fake_grads, g_loss = self._phase(t, "g", fakes)
         if self.prev is None:
-            t.send(self.name, SERVER, torch.cat(fake_grads), tag=FAKE_GRAD.tag)
+            t.send(self.name, SERVER, self.privacy.feedback(torch.cat(fake_grads)), tag=FAKE_GRAD.tag)
             self.chain_s += time.perf_counter() - t_chain
         self.steps_done += 1
         if self.next is None:

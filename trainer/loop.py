@@ -7,6 +7,7 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
     server                                      device d (of client c, data device d0)
       |<-- hello (pid, host, samples held) ------|   once: processes.json
       |--- start [R] --------------------------->|   once: R = last round done (resume)
+      |<-- secagg: public key --- key table ---->|   once, with --secure-agg (trainer.secagg)
       |                                          |   resume: d0 reads c's checkpoint,
       |                                          |   sends each device of c its state
       |--- round [r] --------------------------->|   every round
@@ -26,7 +27,7 @@ import threading
 
 import torch
 
-from trainer import state
+from trainer import secagg, state
 from trainer.aggregate import device_exchange
 from trainer.build import RunSpec, build_device
 from trainer.errors import RoleError
@@ -74,6 +75,7 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
         else:
             mine = state.unpack(t.recv(me, head, tag="state", timeout_s=long_s), source=f"state of {me}")
         state.load_device_state(role, model, mine, source=f"checkpoint of {c.name} for {me}")
+    masker = secagg.join(spec, me, t, timeout_s=long_s) if cfg.secure_agg else None
     factor = role.clock.factor
     for r in range(start + 1, cfg.rounds + 1):
         where.round = r
@@ -83,7 +85,8 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
         role.clock.factor = factor * math.prod(f for d, f, at in cfg.slowdown if d == me and r >= at)
         role.run(t, cfg.steps_per_round, trace_last=r == cfg.rounds)
         if cfg.aggregate != "none":
-            device_exchange(me, role.stage, t, timeout_s=cfg.timeout_s, late_ok=t.stopped(me))
+            device_exchange(me, role.stage, t, timeout_s=cfg.timeout_s, late_ok=t.stopped(me), masker=masker,
+                            round_no=r)
         t.send(me, SERVER, role.report(t).to_tensor(), tag="report")
         if r == cfg.rounds:
             t.send(me, SERVER, state.pack({"events": role.trace or []}), tag="trace")

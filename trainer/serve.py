@@ -10,12 +10,15 @@ import torch
 
 from trainer import state
 from trainer.adapt import Adapter
+from trainer.accountant import check_budget, round_privacy
 from trainer.aggregate import server_combine
 from trainer.build import RunSpec, build_server, emulation_warnings
+from trainer.config import privacy_warnings
 from trainer.device import DeviceReport
 from trainer.evaluation import Evaluation
 from trainer.metrics import round_metrics
 from trainer.roles import BETWEEN_ROUNDS_S, Report, Where, hello
+from trainer.secagg import serve_keys
 from trainer.rundir import RunDir
 from trainer.transport import SERVER, Transport
 
@@ -33,10 +36,16 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
                   for d in devices]
     run.write_processes(processes)
     samples = {row["client"]: row["training_samples"] for row in processes if row["training_samples"]}
+    records = {c.name: samples[c.name] for c in plan.planned}
+    epsilon = check_budget(records, batch_size=plan.batch_size, noise_multiplier=cfg.dp_noise,
+                           steps=cfg.rounds * cfg.steps_per_round, history=history) if cfg.dp else None
     for d in devices:
         t.send(SERVER, d, torch.tensor([start]), tag="start")
+    if cfg.secure_agg:
+        serve_keys(spec, t, samples, timeout_s=long_s)
     report("start", {"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
-                     "warnings": emulation_warnings(plan, cfg), "processes": processes})
+                     "warnings": emulation_warnings(plan, cfg) + privacy_warnings(cfg), "processes": processes,
+                     "epsilon": epsilon})
     chains = {c.name: [s.device for s in c.stages] for c in plan.planned}
     adapter = Adapter(plan) if cfg.adapt else None
     for r in range(start + 1, cfg.rounds + 1):
@@ -48,8 +57,10 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         traced = r == cfg.rounds
         trace = server.run(t, cfg.steps_per_round, trace_last=traced)
         late = server.late_devices()
+        skipped = None
         if cfg.aggregate != "none":
-            server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late)
+            skipped = server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late,
+                                     secure=cfg.secure_agg)
         wall_s = time.perf_counter() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
                                                       late_ok=d in late)) for d in devices}
@@ -62,6 +73,12 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
             t.recv(SERVER, chain[0], tag="saved", timeout_s=cfg.timeout_s, late_ok=chain[0] in late)
         m = round_metrics(plan, server, reports, t.log, round_no=r, wall_s=wall_s, steps=cfg.steps_per_round,
                           emulated=cfg.emulate == "sleep")
+        if skipped:
+            m["aggregation_skipped"] = skipped
+        if cfg.dp:
+            for c, v in round_privacy(history, m, records=records, batch_size=plan.batch_size,
+                                      noise_multiplier=cfg.dp_noise, clip=cfg.dp_clip).items():
+                m["clients"][c].update(v)
         if evaluation and (r % cfg.eval_every == 0 or r == cfg.rounds):
             m.update(evaluation(server.generator, r))
         switch = None

@@ -1,0 +1,111 @@
+"""The attacks ``benchmarks/privacy.py`` measures: membership inference on the generator and
+inversion of the activations a data device sends across its first cut.
+
+- **GAN-Leaks, full black-box** (Chen, Yu, Zhang, Fritz, "GAN-Leaks: A Taxonomy of
+  Membership Inference Attacks against Generative Models", CCS 2020, Sec. 5.1): the
+  attacker draws ``k`` samples from the generator; a record's score is the L2 distance
+  to its nearest sample, and a smaller distance says "member". Reported as the ROC AUC
+  of training records (members) against the held-out split (non-members): 0.5 is chance.
+- **Model inversion from a cut** (He, Zhang, Lee, "Model Inversion Attacks against
+  Collaborative Inference", ACSAC 2019, Sec. 4.3, the inverse-network attack): the
+  attacker, who sees what crosses the cut and knows the segment before it (its weights
+  are the client's; the strongest case), trains a decoder on auxiliary images (here the
+  held-out split, which no client trains on) to map activations back to images, then
+  decodes the activations of the client's training images.
+- **SSIM** (Wang, Bovik, Sheikh, Simoncelli, "Image Quality Assessment: From Error
+  Visibility to Structural Similarity", IEEE TIP 2004, Sec. III-C: an 11x11 Gaussian
+  window of sigma 1.5, K1 = 0.01, K2 = 0.03), on images in [0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+
+def nearest_distance(records: torch.Tensor, samples: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
+    """For each record, the L2 distance to its nearest sample (images flattened)."""
+    s = samples.flatten(1).double()
+    out = []
+    for part in records.flatten(1).double().split(chunk):
+        out.append(torch.cdist(part, s).min(dim=1).values)
+    return torch.cat(out)
+
+
+def gan_leaks_auc(members: torch.Tensor, non_members: torch.Tensor, samples: torch.Tensor) -> float:
+    """AUC of the full black-box attack: members should lie closer to the samples."""
+    d_in, d_out = nearest_distance(members, samples), nearest_distance(non_members, samples)
+    labels = np.r_[np.ones(len(d_in)), np.zeros(len(d_out))]
+    return float(roc_auc_score(labels, -torch.cat([d_in, d_out]).numpy()))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g /= g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM per image of [N, 1, H, W] images in [0, 1] (valid windows only)."""
+    w = _gaussian_window()
+    a, b = a.double(), b.double()
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
+    var_a = F.conv2d(a * a, w) - mu_a**2
+    var_b = F.conv2d(b * b, w) - mu_b**2
+    cov = F.conv2d(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+class Decoder(nn.Module):
+    """Activations [C, H, W] (or [D]) back to a 1x28x28 image in [-1, 1]."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.flat = len(shape) == 1
+        channels = 16 if self.flat else shape[0]
+        self.lift = nn.Linear(shape[0], 16 * 7 * 7) if self.flat else nn.Identity()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 64, 3, padding=1), nn.ReLU(),
+            nn.Upsample(size=(28, 28), mode="bilinear", align_corners=False),
+            nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 1, 3, padding=1), nn.Tanh())
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if self.flat:
+            a = self.lift(a).view(-1, 16, 7, 7)
+        return self.net(a)
+
+
+def invert(send, aux: torch.Tensor, targets: torch.Tensor, *, iters: int, seed: int = 0,
+           batch: int = 128) -> torch.Tensor:
+    """Train a decoder on ``(send(aux), aux)`` and return its reconstructions of
+    ``targets`` from ``send(targets)``. ``send(x)`` is what crosses the cut for images
+    ``x`` (drawn afresh each call, noise included)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        shape = tuple(send(aux[:1]).shape[1:])
+    dec = Decoder(shape)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(iters):
+        idx = torch.randint(len(aux), (batch,), generator=g)
+        with torch.no_grad():
+            a = send(aux[idx])
+        loss = F.mse_loss(dec(a), aux[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return torch.cat([dec(send(part)) for part in targets.split(256)])
+
+
+def reconstruction_scores(original: torch.Tensor, recon: torch.Tensor) -> tuple[float, float]:
+    """(MSE, SSIM) of reconstructions against the originals, both scaled to [0, 1]."""
+    a, b = (original + 1) / 2, (recon.clamp(-1, 1) + 1) / 2
+    return float(F.mse_loss(b, a)), float(ssim(a, b).mean())
