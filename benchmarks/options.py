@@ -196,31 +196,45 @@ def memory(model, mp, batch: int, m: int, repeats: int) -> str:
               "reached in a backward pass, when one micro-batch's activations are computed again.\n")
 
 
+PARTS = {"c": "memory", "a": "communication", "b": "quality"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer points, steps and seeds")
+    ap.add_argument("--only", default="c,a,b", help="which parts, comma-separated: c (memory), a (communication), "
+                    "b (quality); each writes its own section of BENCHMARKS.md, so a part can be rerun alone")
     args = ap.parse_args()
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if not only or set(only) - set(PARTS):
+        ap.error(f"--only: expected some of {','.join(PARTS)}, found {args.only!r}")
     steps, points, gan_steps, seeds, repeats = (1, 3, 100, (0,), 3) if args.quick else (2, 6, 300, (0, 1, 2), 7)
     FIGURES.mkdir(parents=True, exist_ok=True)
     model = build_discriminator("dcgan")
     mp = profile_model(model, use_cache=False)  # this machine, now
+    command = f"python benchmarks/options.py{' --quick' if args.quick else ''} --only {{part}}"
+    write_section("options", "## Codecs and recomputation (issue 12)\n\nThree parts, each written by its own "
+                  "command below (`python benchmarks/options.py` runs all three).")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        t0 = time.perf_counter()
-        parts = [f"Machine: {machine()}. Command: `python benchmarks/options.py{' --quick' if args.quick else ''}`.\n"]
-        print("(c) memory against compute ...", flush=True)
-        parts.append("### (c) Memory against compute (M = 4, batch 64, the discriminator phase of one stage)\n\n"
-                     + memory(model, mp, 64, 4, repeats))
-        print("(a) communication ...", flush=True)
-        parts.append(f"### (a) Communication (`--emulate sleep`, a warm-up round then a round of {steps} steps)\n\n"
-                     + communication(model, mp, tmp, steps, points))
-        print("(b) quality ...", flush=True)
-        parts.append(f"### (b) Quality of codecs ({gan_steps} generator steps, seeds {list(seeds)}, FID on the "
-                     "held-out split)\n\n" + quality(model, mp, tmp, gan_steps, seeds))
-        parts.append(f"\n({time.perf_counter() - t0:.0f} s in all.)\n")
-    body = "\n".join(parts)
-    print(body)
-    write_section("options", "## Codecs and recomputation\n\n" + body)
+        for part in only:
+            t0, load = time.perf_counter(), os.getloadavg()[1]
+            print(f"({part}) {PARTS[part]} ...", flush=True)
+            if part == "c":
+                title = "### (c) Memory against compute (M = 4, batch 64, the discriminator phase of one stage)"
+                body = memory(model, mp, 64, 4, repeats)
+            elif part == "a":
+                title = f"### (a) Communication (`--emulate sleep`, a warm-up round then a round of {steps} steps)"
+                body = communication(model, mp, tmp, steps, points)
+            else:
+                title = (f"### (b) Quality of codecs ({gan_steps} generator steps, seeds {list(seeds)}, FID on the "
+                         "held-out split)")
+                body = quality(model, mp, tmp, gan_steps, seeds)
+            text = (f"{title}\n\nMachine: {machine()}; load average {load:.1f} at the start, "
+                    f"{os.getloadavg()[1]:.1f} at the end. Command: `{command.format(part=part)}` "
+                    f"({time.perf_counter() - t0:.0f} s).\n\n{body}")
+            print(text, flush=True)
+            write_section(f"options-{PARTS[part]}", text)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ plan's prediction and against the other objective's. Then a sweep over M = 1, 2,
 (``--micro-batches M``), predicted and measured, in one figure; and the measured
 timeline of the throughput plan's last step beside its plan.
 
+Each client trains alone (a profile of that client only): emulation stretches this
+machine's real work by each device's factor, which is faithful only while the host has a
+core free whenever an emulated device computes. A throughput plan keeps every device of a
+client busy at once; two such clients together would ask this 2-core machine for about
+all of its time (the planned step is about the model's raw step here), and the waits for
+a core, not the plan, would set the pace (README, "Limits").
+
     python benchmarks/pipeline.py [--steps 3] [--rounds 4]
 """
 
@@ -31,7 +38,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.common import ROOT, machine, md_table, median, write_section  # noqa: E402
 from planner import plan  # noqa: E402
-from planner.devices import load_profile  # noqa: E402
+from planner.devices import parse_profile  # noqa: E402
+from planner.jsonio import read_json  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
 from planner.profile import profile_model  # noqa: E402
@@ -65,24 +73,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=4, help="per run; the first is a warm-up")
     args = ap.parse_args()
-    model, devices = build_discriminator("dcgan"), load_profile(PROFILE)
+    model, raw = build_discriminator("dcgan"), read_json(PROFILE, what="device profile")
+    alone = {c["name"]: parse_profile({**raw, "clients": [c]}, source=str(PROFILE)) for c in raw["clients"]}
     mp = profile_model(model, use_cache=False)  # this machine, now
-    plans = {o: plan(model, devices, objective=o, model_profile=mp, devices_file="profiles/pipeline.json",
-                     compare=False) for o in ("latency", "throughput")}
+    load_before = os.getloadavg()[1]
+    plans = {o: {c: plan(model, devices, objective=o, model_profile=mp, devices_file="profiles/pipeline.json",
+                         compare=False) for c, devices in alone.items()} for o in ("latency", "throughput")}
+    figures = ROOT / "benchmarks" / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, dict] = {"latency": {}, "throughput": {}}
+    sweep: dict[int, dict] = {m: {} for m in SWEEP}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        runs = {o: measured(run(p, tmp, o, args.rounds, args.steps)) for o, p in plans.items()}
-        figures = ROOT / "benchmarks" / "figures"
-        figures.mkdir(parents=True, exist_ok=True)
-        shutil.copy(tmp / "throughput" / "timeline.png", figures / "pipeline-timeline.png")
-        sweep = {}
-        for m in SWEEP:
-            p = plan(model, devices, objective="throughput", micro_batches=(m,), model_profile=mp, compare=False)
-            sweep[m] = measured(run(p, tmp, f"m{m}", min(args.rounds, 3), args.steps))
+        for c, devices in alone.items():
+            for o in runs:
+                runs[o].update(measured(run(plans[o][c], tmp, f"{o}-{c}", args.rounds, args.steps)))
+            for m in SWEEP:
+                p = plan(model, devices, objective="throughput", micro_batches=(m,), model_profile=mp, compare=False)
+                sweep[m].update(measured(run(p, tmp, f"m{m}-{c}", min(args.rounds, 3), args.steps)))
+        first = next(iter(alone))
+        shutil.copy(tmp / f"throughput-{first}" / "timeline.png", figures / "pipeline-timeline.png")
     rows, errors = [], []
     for c in runs["latency"]:
         lat, thr = runs["latency"][c], runs["throughput"][c]
-        m = next(x.micro_batches for x in plans["throughput"].planned if x.name == c)
+        m = next(x.micro_batches for x in plans["throughput"][c].planned if x.name == c)
         for o, r in (("latency", lat), ("throughput", thr)):
             errors.append(abs(r["step"] - r["predicted"]) / r["predicted"])
         rows.append([c, m, lat["predicted"], lat["step"], thr["predicted"], thr["step"], thr["wait"],
@@ -104,8 +118,9 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(figures / "pipeline-sweep.png", dpi=110)
     body = (f"Machine: {machine()}. Command: `python benchmarks/pipeline.py --steps {args.steps} --rounds "
-            f"{args.rounds}` (`--emulate sleep`; medians of the timed rounds after a warm-up round; the model "
-            f"profiled afresh: {mp.step_time_s * 1e3:.0f} ms per step on this machine).\n\n"
+            f"{args.rounds}` (`--emulate sleep`; each client trained alone; medians of the timed rounds after a "
+            f"warm-up round; the model profiled afresh: {mp.step_time_s * 1e3:.0f} ms per step on this machine). "
+            f"Load average {load_before:.1f} at the start, {os.getloadavg()[1]:.1f} at the end.\n\n"
             + md_table(["client", "M (throughput)", "latency plan: predicted s", "measured s",
                         "throughput plan: predicted s", "measured s", "of which host waits s",
                         "predicted ratio", "measured ratio"], rows)
@@ -115,7 +130,7 @@ def main() -> None:
             + md_table(["M"] + list(sweep[SWEEP[0]]), srows)
             + f"\n\nmedian |error| over the sweep {median(sweep_err):.1%}.\n\n"
               "![pipeline sweep](benchmarks/figures/pipeline-sweep.png)\n\n"
-              "The throughput plan's last step as measured, under its plan (`DIR/timeline.png`):\n\n"
+              f"The throughput plan's last step as measured for {first}, under its plan (`DIR/timeline.png`):\n\n"
               "![pipeline timeline](benchmarks/figures/pipeline-timeline.png)\n")
     print(body)
     write_section("pipeline", "## Pipelined steps\n\n" + body)
