@@ -213,6 +213,8 @@ def train_cmd(
     steps_per_round: int = typer.Option(10, "--steps-per-round", help="training steps per round"),
     emulate: str = typer.Option("sleep", help="sleep: devices run at their profile's speed; none: flat out"),
     aggregate: str = typer.Option("none", help="between rounds: none, fedavg or swap discriminators"),
+    feedback: str = typer.Option("mean", help="the generator steps on the clients' gradients: mean "
+                                 "(weighted by data_weight) or sum (the seed's)"),
     deadline_s: Optional[float] = typer.Option(None, "--deadline-s", help="drop a client slower than this per round"),
     data: str = typer.Option("digits", help="digits (embedded) or mnist (with --data-root)"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder with MNIST IDX files; "
@@ -245,7 +247,8 @@ def train_cmd(
     def run():
         cfg = TrainConfig.from_cli(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
-            steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, deadline_s=deadline_s,
+            steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, feedback=feedback,
+            deadline_s=deadline_s,
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
             timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
             slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,

@@ -96,6 +96,7 @@ def test_missing_file_and_directory_are_input_errors(tmp_path: Path):
     (["plan", "--devices", LAB, "--batch-size", "0"], "--batch-size"),
     (["plan", "--devices", LAB, "--solver", "magic"], "--solver"),
     (["plan", "--devices", LAB, "--objective", "energy"], "--objective"),
+    (["train", "--plan", str(BASE_PLAN), "--feedback", "max"], "--feedback"),
 ])
 def test_wrong_options_are_input_errors(args: list[str], where: str, tmp_path: Path):
     r = _invoke([*args, "--out", str(tmp_path / "p.json")])

@@ -18,9 +18,10 @@ from trainer.build import RunSpec
 from trainer.transport import InProcessTransport
 
 
-def reference_step(plan, *, seed: int = 0):
+def reference_step(plan, *, seed: int = 0, feedback: str = "mean"):
     """One step of every client's whole discriminator and the generator, in one piece:
-    (discriminators, generator, [(d_loss, g_loss)] per client)."""
+    (discriminators, generator, [(d_loss, g_loss)] per client). ``feedback="sum"``: the
+    generator steps on the unweighted sum of the clients' gradients."""
     ds = []
     for k in range(len(plan.planned)):
         torch.manual_seed(seed + 1)
@@ -49,9 +50,10 @@ def reference_step(plan, *, seed: int = 0):
     # d/dG of sum_k w_k loss_k / sum w, summed in client order as the server does: Adam's
     # first step is about lr x sign(gradient), so a different summation order would move
     # near-zero entries by up to lr and hide what this test is for
-    feedback = [torch.autograd.grad(lk, fake, retain_graph=True)[0] for lk in g_losses]
+    grads = [torch.autograd.grad(lk, fake, retain_graph=True)[0] for lk in g_losses]
     opt_g.zero_grad()
-    fake.backward(sum(fk * (wk / sum(w)) for fk, wk in zip(feedback, w)))
+    scale = [1.0] * len(w) if feedback == "sum" else [wk / sum(w) for wk in w]
+    fake.backward(sum(fk * sk for fk, sk in zip(grads, scale)))
     opt_g.step()
     return ds, g, [(ld, lg.item()) for ld, lg in zip(losses, g_losses)]
 
@@ -90,6 +92,22 @@ def test_generator_feedback_is_weighted_by_data_weight(tmp_path):
         assert m["d_loss"][c.name] == pytest.approx(losses[k][0], abs=1e-6)
     assert m["g_loss"] == pytest.approx((losses[0][1] + 3 * losses[1][1]) / 4, abs=1e-6)
     assert abs(losses[0][1] - losses[1][1]) > 1e-4  # else the weighting would not show
+
+
+def test_summed_feedback_against_an_independent_computation(tmp_path):
+    """``--feedback sum``: the generator steps on the plain sum of the clients' gradients,
+    so data weights 1 and 3 no longer count; it ends where the weighted mean does not."""
+    plan = chain_plan("dcgan", [[2], [4, 7]], weights=[1.0, 3.0])
+    (m,) = run(tmp_path, plan, rounds=1, steps_per_round=1, feedback="sum")
+    gen, discs = final_states(tmp_path / "run", plan)
+    ds, g, losses = reference_step(plan, feedback="sum")
+    assert_states_equal(gen, g)
+    for k, c in enumerate(plan.planned):
+        assert_states_equal(discs[c.name], ds[k])
+    _, g_mean, _ = reference_step(plan)
+    moved = max((g.state_dict()[k] - v).abs().max().item() for k, v in g_mean.state_dict().items())
+    assert moved > 1e-5  # the weighted mean would have stepped elsewhere
+    assert m["g_loss"] == pytest.approx((losses[0][1] + 3 * losses[1][1]) / 4, abs=1e-6)  # the metric stays weighted
 
 
 def _params(state: dict) -> dict:

@@ -194,7 +194,7 @@ def build_server(spec: RunSpec, *, lock: threading.Lock | None = None) -> Server
     return ServerRole(
         generator=g.train(), optimizer=adam(g, cfg.lr), clients=views, batch_size=plan.batch_size,
         z_generator=torch.Generator().manual_seed(cfg.seed + 12345), deadline_s=cfg.deadline_s,
-        timeout_s=cfg.timeout_s, clock=Clock(lock=lock))
+        timeout_s=cfg.timeout_s, feedback=cfg.feedback, clock=Clock(lock=lock))
 
 
 def emulation_warnings(plan: Plan, cfg: TrainConfig) -> list[str]:

@@ -11,6 +11,7 @@ from planner.errors import InputError
 BACKENDS = ("local", "dist")
 EMULATE = ("sleep", "none")
 AGGREGATE = ("none", "fedavg", "swap")
+FEEDBACK = ("mean", "sum")
 DATASETS = ("digits", "mnist")
 
 
@@ -24,6 +25,7 @@ class TrainConfig:
     steps_per_round: int = 10  # training steps per round
     emulate: str = "sleep"  # sleep: devices and links run at the profile's speed
     aggregate: str = "none"  # between rounds: none | fedavg | swap discriminators
+    feedback: str = "mean"  # the generator's step: mean (data_weight-weighted) | sum of the clients' gradients
     deadline_s: float | None = None  # a client slower than this per round is dropped
     data: str = "digits"  # digits (embedded) | mnist
     data_root: Path | None = None  # folder of MNIST IDX files; with {client}: each client's own folder
@@ -61,6 +63,8 @@ class TrainConfig:
             raise bad("--emulate", f"expected one of {', '.join(EMULATE)}, found {self.emulate!r}")
         if self.aggregate not in AGGREGATE:
             raise bad("--aggregate", f"expected one of {', '.join(AGGREGATE)}, found {self.aggregate!r}")
+        if self.feedback not in FEEDBACK:
+            raise bad("--feedback", f"expected one of {', '.join(FEEDBACK)}, found {self.feedback!r}")
         if not 1 <= self.rounds <= 100_000:
             raise bad("--rounds", f"must be within 1..100000, found {self.rounds}")
         if not 1 <= self.steps_per_round <= 100_000:

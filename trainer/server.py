@@ -2,8 +2,16 @@
 
 Each step the server draws ``z``, sends ``fake = G(z)`` to every active client's data
 device, waits for each client's gradient w.r.t. ``fake`` (and its losses from the last
-device), and steps the generator on ``sum_c w_c * fake_grad_c / sum_c w_c`` over the
-clients that answered, ``w_c`` the client's ``data_weight`` (MD-GAN, Hardy et al. 2019).
+device), and steps the generator on the clients' combined feedback, over the clients that
+answered (``--feedback``):
+
+- ``mean`` (default): ``sum_c w_c * fake_grad_c / sum_c w_c``, ``w_c`` the client's
+  ``data_weight`` (MD-GAN, Hardy et al. 2019);
+- ``sum``: ``sum_c fake_grad_c``, unweighted, as the seed's code sums its discriminators'
+  generator losses. With equal weights this is K x ``mean``, and Adam's step
+  ``m / (sqrt(v) + eps)`` does not change when every gradient is scaled by K (up to
+  ``eps``), so the two differ only where the weights differ.
+
 With a deadline, a client that has not answered in time is dropped for the rest of the
 round and its devices are told to stop at once.
 """
@@ -47,6 +55,7 @@ class ServerRole:
     z_generator: torch.Generator
     deadline_s: float | None = None  # per round: clients slower than this are dropped
     timeout_s: float | None = None  # a peer silent this long is a failure
+    feedback: str = "mean"  # mean: data_weight-weighted mean of the clients' gradients; sum: their sum
     losses: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)  # client -> step it was dropped at
     clock: Clock = field(default_factory=Clock)
@@ -81,13 +90,19 @@ class ServerRole:
             self.losses.setdefault(c.name, []).append((d_loss, g_loss))
         if not grads:
             return
-        weights = {c.name: c.weight for c in active if c.name in grads}
-        total = sum(weights.values())
         with self.clock.compute("G backward"):
-            g = sum(grads[n] * (w / total) for n, w in weights.items())
+            g = self.combine(grads, active)
             self.optimizer.zero_grad(set_to_none=True)
             fake.backward(g)
             self.optimizer.step()
+
+    def combine(self, grads: dict[str, torch.Tensor], active: list[ClientView]) -> torch.Tensor:
+        """The generator's feedback from the clients' gradients, summed in client order."""
+        if self.feedback == "sum":
+            return sum(grads[c.name] for c in active if c.name in grads)
+        weights = {c.name: c.weight for c in active if c.name in grads}
+        total = sum(weights.values())
+        return sum(grads[n] * (w / total) for n, w in weights.items())
 
     def run(self, t: Transport, steps: int, *, trace_last: bool = False) -> list:
         """One round of ``steps`` steps; with ``trace_last``, returns the last step's
