@@ -128,18 +128,24 @@ def plan_cmd(
                      time_limit_s=time_limit, devices_file=str(devices), progress=progress, ga=ga, **options)
         write_plan(p, out_path)
         write_plan_table(p, out_path.with_suffix(".txt"))
-        if figure is not None:
-            from planner.timeline import draw_plan
-
-            draw_plan(p.clients, figure)
-        if fmt == Fmt.json:
-            out.print_json(json.dumps(p.to_json()))
-        else:
-            render_plan(p, out)
-            written = [out_path, out_path.with_suffix(".txt"), *([figure] if figure else [])]
-            out.print(f"wrote {', '.join(map(str, written))}")
+        _emit(p, fmt, figure, written=[out_path, out_path.with_suffix(".txt")])
 
     _guard(run)
+
+
+def _emit(p, fmt: Fmt, figure: Optional[Path], *, written: list[Path]) -> None:
+    """Draw ``figure`` if asked, then print the plan (tables or JSON) and what was written."""
+    if figure is not None:
+        from planner.timeline import draw_plan
+
+        draw_plan(p.clients, figure)
+        written = [*written, figure]
+    if fmt == Fmt.json:
+        out.print_json(json.dumps(p.to_json()))
+    else:
+        render_plan(p, out)
+        if written:
+            out.print(f"wrote {', '.join(map(str, written))}")
 
 
 @app.command("show")
@@ -151,17 +157,7 @@ def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.
     from planner.planfile import load_plan
 
     def run():
-        p = load_plan(plan_path)
-        if figure is not None:
-            from planner.timeline import draw_plan
-
-            draw_plan(p.clients, figure)
-        if fmt == Fmt.json:
-            out.print_json(json.dumps(p.to_json()))
-        else:
-            render_plan(p, out)
-            if figure is not None:
-                out.print(f"wrote {figure}")
+        _emit(load_plan(plan_path), fmt, figure, written=[])
 
     _guard(run)
 
