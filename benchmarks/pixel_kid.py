@@ -58,7 +58,7 @@ def main() -> None:
         m = kid.evaluate(images)
         rows.append([name, len(images), f"{m['kid']:.3f}", f"{m['kid_std']:.3f}"])
         print(f"{name:20s} {len(images):4d}  KID {m['kid']:.3f} +- {m['kid_std']:.3f}")
-    body = (f"### Image folders: what KID on pixel statistics sees\n\n`python benchmarks/pixel_kid.py` on "
+    body = (f"## Image folders: what KID on pixel statistics sees\n\n`python benchmarks/pixel_kid.py` on "
             f"{machine()}. Held-out split: {len(held_out)} shapes of `examples/make_shapes.py` (seed 0); "
             "each row a set from another folder (seed 2); KID mean and std over 50 subsets "
             f"(`trainer/pixelkid.py`: {kid.evaluate(real)['quality_features']}).\n\n"

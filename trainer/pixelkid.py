@@ -12,9 +12,9 @@ held-out split may hold only tens.
 
 What it sees and what not (``benchmarks/pixel_kid.py``, shapes of
 ``examples/make_shapes.py``): against 90 held-out shapes, 408 other real shapes score
--0.015 +- 0.023, their circles alone 0.085, the shapes blurred 0.19, dimmed by half 2.3,
+-0.013 +- 0.020, their circles alone 0.085, the shapes blurred 0.20, dimmed by half 2.3,
 uniform noise and blank images 3.4. It is blind to what these means and the kernel's
-low moments do not show: grayscale copies of the shapes scored -0.011, like real ones.
+low moments do not show: grayscale copies of the shapes scored -0.009, like real ones.
 Numbers compare runs on the same folder, not with Inception KIDs nor with the digits
 classifier's.
 """
