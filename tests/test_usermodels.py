@@ -221,3 +221,14 @@ def test_the_same_seed_builds_the_same_weights(tmp_path):
     torch.manual_seed(3)
     b = build_model(ref).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_files_beside_a_factory_are_never_executed(tmp_path):
+    """SECURITY.md: a file factory runs alone; its folder is not on Python's path, so a
+    module beside it is not imported: importing it fails as an input error, and it never runs."""
+    marker = tmp_path / "executed"
+    (tmp_path / "helper_for_fsl_test.py").write_text(f"open({str(marker)!r}, 'a').write('ran')\n")
+    assert len(build_model(write_factory(tmp_path))) == 6
+    with pytest.raises(InputError, match="the factory raised ModuleNotFoundError: No module named 'helper_for_fsl_test'"):
+        build_model(_bad(tmp_path, "    import helper_for_fsl_test\n"))
+    assert not marker.exists()
