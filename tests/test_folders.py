@@ -139,14 +139,25 @@ def test_a_broken_folder_ends_fsl_train_with_one_line_naming_the_file(tmp_path, 
 
 
 def test_a_truncated_image_is_named_when_its_pixels_are_decoded(tmp_path):
-    path = tmp_path / "f" / "0.png"
-    path.parent.mkdir()
+    """The header is intact, so the up-front check passes; the client's data device, which
+    decodes its shard, ends fsl train with one line naming the file."""
+    folder = tmp_path / "f"
+    for i in range(6):
+        _png(folder / f"{i}.png", (40 * i, 0, 0), size=(64, 64))
+    row = min(set(range(6)) - set(held_out_rows(6).tolist()))  # in the single client's shard
+    path = folder / f"{row}.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:-200])
-    index = list_folder(path.parent)
-    check_folder(index)  # the header is intact
+    index = list_folder(folder)
+    check_folder(index)
     with pytest.raises(InputError, match=f"{path}: cannot be decoded"):
-        load_images(index, np.array([0]), (3, 16, 16))
+        load_images(index, np.array([row]), (3, 16, 16))
+    cfg = config(tmp_path, chain_plan("dcgan", [3]))
+    result = CliRunner().invoke(app, ["train", "--plan", str(cfg.plan_path), "--data", f"images:{folder}",
+                                      "--rounds", "1", "--steps-per-round", "1", "--emulate", "none",
+                                      "--eval-every", "0", "--out", str(tmp_path / "run")])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and f"{path}: cannot be decoded" in lines[0], result.output
 
 
 def test_options_that_cannot_work_on_an_image_folder_are_refused_up_front(tmp_path):
