@@ -24,10 +24,13 @@ Weights come from torch's global random state: the trainer seeds it before each 
 so every client starts from the same weights (use ``planner.models.SeededDropout`` for
 dropout that does not depend on thread timing).
 
-A plan records the reference as ``model.name`` and the fingerprint of both networks'
-architectures (layer reprs, parameter shapes, ``z_dim``; not weights), with the file's
-sha256 as ``model.source``. ``fsl train`` builds the model again from the plan's
-reference and refuses a fingerprint that differs. Executing the named code is the user's
+A plan records the reference as ``model.name``, the file's sha256 as ``model.source``
+and a fingerprint of that sha256 and both networks' architectures (layer reprs,
+parameter shapes, ``z_dim``; not weights). ``fsl train`` builds the model again from the
+plan's reference and refuses a fingerprint that differs: any edit of the named file
+means planning again, since a custom module's ``forward`` can change what a layer costs
+without changing its repr. For ``module.path:factory`` the sha256 is that of the
+module's own file (a package's ``__init__.py``), not of everything it imports. Executing the named code is the user's
 own trust decision (SECURITY.md).
 """
 
@@ -141,10 +144,11 @@ class UserModel(LayeredModel):
         return self.generator_signature != "none"
 
     def fingerprint(self) -> str:
-        """sha256 of both architectures: the discriminator's (``LayeredModel``) and the
-        generator's, which the plan's server step and training depend on."""
+        """sha256 of the factory's file and both architectures: the discriminator's
+        (``LayeredModel``) and the generator's, which the plan's server step and training
+        depend on."""
         h = hashlib.sha256(super().fingerprint().encode())
-        h.update(f"|generator:{self.generator_signature}".encode())
+        h.update(f"|generator:{self.generator_signature}|source:{self.source['sha256']}".encode())
         return "sha256:" + h.hexdigest()
 
 

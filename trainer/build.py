@@ -86,9 +86,8 @@ def check_plan_model(plan: Plan, source: str) -> tuple[LayeredModel, list[tuple[
     with _SEEDED:
         model = build_model(name, source=source, field="model.name")
     if plan.model["fingerprint"] != model.fingerprint():
-        what = "what it builds now" if isinstance(model, UserModel) else "this version"
-        raise InputError(source, "model.fingerprint", f"does not match model {name}: {what} has another "
-                         f"architecture ({plan.model['fingerprint'][:19]}… vs {model.fingerprint()[:19]}…); plan again")
+        raise InputError(source, "model.fingerprint", f"does not match model {name}: {_what_changed(plan, model)} "
+                         f"({plan.model['fingerprint'][:19]}… vs {model.fingerprint()[:19]}…); plan again")
     if list(plan.model["input_shape"]) != list(model.input_shape):
         raise InputError(source, "model.input_shape", f"expected {list(model.input_shape)}")
     if len(model.input_shape) != 3 or model.input_shape[0] not in (1, 3):
@@ -128,6 +127,16 @@ def _check_sizes(plan: Plan, model: LayeredModel, spans: list[tuple[int, int]], 
                 raise InputError(source, f"clients[{ci}].costs.cut_bytes[{l}]", f"{n} bytes, but a step moves "
                                  f"{cut_bytes_per_step(plan.model['layers'][l]['output_bytes'])} across that cut "
                                  "(planner.schedule)")
+
+
+def _what_changed(plan: Plan, model: LayeredModel) -> str:
+    if not isinstance(model, UserModel):
+        return "this version has another architecture"
+    recorded = plan.model.get("source")
+    planned = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if planned != model.source["sha256"]:
+        return f"its file changed since planning (sha256 {str(planned)[:12]}… vs {str(model.source['sha256'])[:12]}…)"
+    return "the factory builds another architecture now"
 
 
 def fit_images(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
