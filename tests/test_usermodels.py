@@ -87,6 +87,11 @@ def test_a_user_factory_is_profiled_and_planned_optimally(planned):
         assert step_time_s(c.costs, stages) == pytest.approx(oracle.step_time_s, rel=1e-6)
     small = next(c for c in plan.clients if c.name == "small")
     assert [s.device for s in small.stages] == ["s-sensor", "s-box"] and small.stages[0].end == 1
+    shown = CliRunner().invoke(app, ["profile", "--model", ref, "--batch-size", str(BATCH), "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    profiled = json.loads(shown.stdout)
+    assert profiled["fingerprint"] == model.fingerprint() and [x["name"] for x in profiled["layers"]] == \
+        [x["name"] for x in plan.model["layers"]]
 
 
 def test_the_plans_model_rebuilds_and_a_changed_file_is_refused(planned, tmp_path):
