@@ -136,7 +136,7 @@ def _what_changed(plan: Plan, model: LayeredModel) -> str:
     planned = recorded.get("sha256") if isinstance(recorded, dict) else None
     if planned != model.source["sha256"]:
         return f"its file changed since planning (sha256 {str(planned)[:12]}… vs {str(model.source['sha256'])[:12]}…)"
-    return "the factory builds another architecture now"
+    return "the factory builds another architecture now, or another version of fsl-gan made the plan"
 
 
 def fit_images(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
