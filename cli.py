@@ -35,6 +35,10 @@ out = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
+MODEL_HELP = ("discriminator: dcgan, dcgan64, resnet, or your own: path/to/file.py:factory or module.path:factory "
+              "(README: your own model; the file is executed)")
+
+
 class Fmt(str, Enum):
     table = "table"
     json = "json"
@@ -57,12 +61,11 @@ def _guard(fn):
         _fail(3, "\n".join(lines))
 
 
-def _model(name: str):
-    from planner.models import DISCRIMINATORS, build_discriminator
+def _model(reference: str):
+    """The discriminator ``--model`` names: a built-in, or a user factory (planner.usermodel)."""
+    from planner.usermodel import build_model
 
-    if name not in DISCRIMINATORS:
-        raise InputError("--model", None, f"unknown model {name!r}, expected one of {', '.join(DISCRIMINATORS)}")
-    return build_discriminator(name)
+    return build_model(reference, source="--model")
 
 
 def _check_batch(batch_size: int) -> None:
@@ -75,7 +78,7 @@ def _check_batch(batch_size: int) -> None:
 @app.command("plan")
 def plan_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
-    model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
+    model: str = typer.Option("dcgan", help=MODEL_HELP),
     batch_size: int = typer.Option(64, "--batch-size", help="samples per batch per client"),
     solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params, "
                                "ga (HuSCF-GAN's genetic algorithm)"),
@@ -163,7 +166,7 @@ def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.
 
 
 @app.command("profile")
-def profile_cmd(model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
+def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
                 batch_size: int = typer.Option(64, "--batch-size"),
                 no_cache: bool = typer.Option(False, "--no-cache", help="measure again"),
                 fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
@@ -212,7 +215,8 @@ def train_cmd(
     feedback: str = typer.Option("mean", help="the generator steps on the clients' gradients: mean "
                                  "(weighted by data_weight) or sum (the seed's)"),
     deadline_s: Optional[float] = typer.Option(None, "--deadline-s", help="drop a client slower than this per round"),
-    data: str = typer.Option("digits", help="digits (embedded) or mnist (with --data-root)"),
+    data: str = typer.Option("digits", help="digits (embedded), mnist (with --data-root), or images:DIR (a folder "
+                             "of PNG/JPEG images, optionally a subfolder per class; 'images:DIR/{client}': one per client)"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder with MNIST IDX files; "
                                              "'DIR/{client}': each client's data device reads its own folder"),
     alpha: Optional[float] = typer.Option(None, help="Dirichlet alpha for non-IID shards (default IID)"),

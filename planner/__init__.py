@@ -26,6 +26,7 @@ from planner.models import SEED_PARTS, LayeredModel
 from planner.planfile import Plan, PlannedClient, PlannedStage, round_time_s
 from planner.problem import ClientProblem, Solution
 from planner.profile import ModelProfile, profile_model
+from planner.usermodel import model_record
 
 SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference", "ga")
 
@@ -207,7 +208,7 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     ]
     server = {"step_s": model_profile.generator_step_s}
     return Plan(
-        model={"name": model.model_name, "fingerprint": model.fingerprint(),
+        model={"name": model.model_name, "fingerprint": model.fingerprint(), **model_record(model),
                "input_shape": list(model.input_shape), "layers": layers,
                "profiled_on": {"host": model_profile.host, "torch": model_profile.torch_version,
                                "threads": model_profile.threads}},

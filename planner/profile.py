@@ -45,6 +45,7 @@ from fvcore.nn.jit_handles import elementwise_flop_counter
 from planner.jsonio import write_json
 from planner.models import LayeredModel
 from planner.profile_options import measure_codec_s, measure_generator_step, measure_overhead_s
+from planner.usermodel import generator_for
 
 PROFILE_VERSION = 4
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
@@ -205,7 +206,7 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, war
             forward_s=statistics.median(forwards[i]), input_bytes=sum(a.numel() * a.element_size() for a in args1),
             codec_s=codec_by_shape[shape],
         ))
-    generator_s, fake_bytes = measure_generator_step(batch_size, model.input_shape[-1])
+    generator_s, fake_bytes = measure_generator_step(batch_size, generator_for(model), model.input_shape)
     return ModelProfile(
         model=model.model_name, fingerprint=model.fingerprint(), input_shape=model.input_shape,
         batch_size=batch_size, layers=tuple(layers), host=platform.node(),

@@ -19,13 +19,16 @@ after that layer handles in a step: it sends 3 x batch (activations of both phas
 their gradients) and receives 3 x batch, so one encode and one decode of a tensor of
 3 x batch samples (:mod:`planner.codecs`); median of repeats, measured once per shape.
 
-``generator_step_s``: the server's own step at the plan's batch size: the DCGAN
-generator's forward on a batch of noise, backward from a gradient on its images, and
-its Adam update (train mode), median of repeats. ``fake_bytes``: one batch of its images.
+``generator_step_s``: the server's own step at the plan's batch size: the generator's
+forward on a batch of noise, backward from a gradient on its images, and its Adam update
+(train mode), median of repeats. The generator is the model's
+(``planner.usermodel.generator_for``): the seed's DCGAN generator for the built-in
+models, a user factory's own. ``fake_bytes``: one batch of its images.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import statistics
 import threading
@@ -34,7 +37,6 @@ import time
 import torch
 
 from planner.codecs import CODECS, decode, encode
-from planner.models import Generator
 
 OVERHEAD_REPEATS, OVERHEAD_WARMUP = 200, 20
 CODEC_REPEATS = 3
@@ -94,9 +96,14 @@ def measure_codec_s(shape: tuple[int, ...], batch_size: int) -> dict[str, float]
     return out
 
 
-def measure_generator_step(batch_size: int, image_size: int) -> tuple[float, int]:
-    """``(generator_step_s, fake_bytes)`` at ``batch_size`` (above)."""
-    g = Generator(image_size=image_size).train()
+def measure_generator_step(batch_size: int, generator: torch.nn.Module | None,
+                           image_shape: tuple[int, ...]) -> tuple[float, int]:
+    """``(generator_step_s, fake_bytes)`` at ``batch_size`` (above); a model without a
+    generator (a user factory that returns none: profile and plan only) has a step of 0
+    and ``fake_bytes`` of a batch of its input images."""
+    if generator is None:
+        return 0.0, 4 * batch_size * math.prod(image_shape)
+    g = generator.train()
     opt = torch.optim.Adam(g.parameters(), lr=1e-12)
     gen = torch.Generator().manual_seed(0)
     z = torch.randn((batch_size, g.z_dim), generator=gen)

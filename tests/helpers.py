@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from planner import check
-from planner.models import build_discriminator
 from planner.planfile import Plan, PlannedClient, PlannedStage, round_time_s, write_plan
 from planner.codecs import BYTES_RATIO
 from planner.problem import ClientProblem, Codec, RecomputeTables, Stage
 from planner.schedule import cut_bytes_per_step
+from planner.usermodel import build_model
 from trainer import TrainConfig, train
 from trainer.data import DataSource, load_digits_28
 from trainer.shards import ShardSampler
@@ -19,10 +19,33 @@ from trainer.shards import ShardSampler
 B = 8  # batch size of the hand-cut plans
 
 
+# A user factory (planner.usermodel) for 3x16x16 RGB images, small enough to train in seconds.
+FACTORY = '''
+from torch import nn
+
+WIDTH = {width}
+
+
+def build():
+    d = nn.Sequential(nn.Conv2d(3, WIDTH, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(WIDTH, 16, 4, 2, 1),
+                      nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(16 * 4 * 4, 1))
+    g = nn.Sequential(nn.Linear(8, 16 * 4 * 4), nn.Unflatten(1, (16, 4, 4)), nn.ReLU(),
+                      nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(8, 3, 4, 2, 1), nn.Tanh())
+    return {{"discriminator": d, "input_shape": (3, 16, 16), "generator": g, "z_dim": 8}}
+'''
+
+
+def write_factory(folder: Path, *, width: int = 8, extra: str = "") -> str:
+    """Write :data:`FACTORY` to ``folder/my_gan.py``; returns its ``--model`` reference."""
+    path = folder / "my_gan.py"
+    path.write_text(FACTORY.format(width=width) + extra)
+    return f"{path}:build"
+
+
 def chain_plan(model_name: str, cuts: list[int] | list[list[int]], *, n_clients: int = 1,
                weights: list[float] | None = None, batch: int = B, micro_batches: int = 1,
                recompute: tuple[int, ...] = (), codecs: dict[int, str] | None = None) -> Plan:
-    """A plan cutting a chain model after the given layers, on fresh devices ``c<i>-d<j>``.
+    """A plan cutting a chain model (a built-in name or a factory reference) after the given layers, on fresh devices ``c<i>-d<j>``.
 
     ``cuts`` is one list for every client or a list per client; client ``i`` has
     ``data_weight`` ``weights[i]`` (default ``1 + i``). Every client runs ``micro_batches``
@@ -30,7 +53,7 @@ def chain_plan(model_name: str, cuts: list[int] | list[list[int]], *, n_clients:
     ``recompute`` recompute their activations; ``codecs[k]`` encodes the cut after stage k."""
     codecs = codecs or {}
     objective = "throughput" if micro_batches > 1 else "latency"
-    model = build_discriminator(model_name)
+    model = build_model(model_name)
     L = len(model)
     per_client = cuts if cuts and isinstance(cuts[0], list) else [cuts] * n_clients
     with torch.no_grad():

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import InputError
-from planner.models import DISCRIMINATORS, Generator, LayeredModel, SeededDropout, build_discriminator
+from planner.models import LayeredModel, SeededDropout
 from planner.planfile import Plan, PlannedClient
 from planner.planschema import MAX_BATCH
 from planner.schedule import cut_bytes_per_step
+from planner.usermodel import UserModel, build_model, generator_for
 from trainer.clock import Clock
 from trainer.config import TrainConfig
 from trainer.data import DataSource, Dataset
@@ -47,7 +48,8 @@ class RunSpec:
     @property
     def data(self) -> DataSource:
         c = self.cfg
-        return DataSource(c.data, None if c.data_root is None else str(c.data_root), c.alpha, c.seed)
+        return DataSource.of(c.data, None if c.data_root is None else str(c.data_root), c.alpha, c.seed,
+                             tuple(self.plan.model["input_shape"]))
 
     def roles(self) -> list[str]:
         """The server, then every planned device in plan order."""
@@ -79,17 +81,21 @@ def check_plan_model(plan: Plan, source: str) -> tuple[LayeredModel, list[tuple[
     """The plan's model, built fresh, and each planning unit's layer span; InputError if
     they disagree (model, fingerprint, input shape, batch size, the tables' sizes)."""
     name = plan.model["name"]
-    if name not in DISCRIMINATORS:
-        raise InputError(source, "model.name", f"unknown model {name!r}, expected one of {', '.join(DISCRIMINATORS)}")
     if not 1 <= plan.batch_size <= MAX_BATCH:
         raise InputError(source, "batch_size", f"must be within 1..{MAX_BATCH}, found {plan.batch_size}")
     with _SEEDED:
-        model = build_discriminator(name)
+        model = build_model(name, source=source, field="model.name")
     if plan.model["fingerprint"] != model.fingerprint():
-        raise InputError(source, "model.fingerprint", f"does not match model {name} of this version "
+        raise InputError(source, "model.fingerprint", f"does not match model {name}: {_what_changed(plan, model)} "
                          f"({plan.model['fingerprint'][:19]}… vs {model.fingerprint()[:19]}…); plan again")
     if list(plan.model["input_shape"]) != list(model.input_shape):
         raise InputError(source, "model.input_shape", f"expected {list(model.input_shape)}")
+    if len(model.input_shape) != 3 or model.input_shape[0] not in (1, 3):
+        raise InputError(source, "model.input_shape", f"{list(model.input_shape)}: training needs images "
+                         "(C, H, W) with C 1 (grayscale) or 3 (RGB)")
+    if isinstance(model, UserModel) and not model.has_generator:
+        raise InputError(source, "model.name", f"{name} returns no generator to train: the factory returns one "
+                         "as 'generator' with its 'z_dim' (README: your own model)")
     spans = unit_layers(plan, model, source)
     _check_sizes(plan, model, spans, source)
     return model, spans
@@ -123,11 +129,26 @@ def _check_sizes(plan: Plan, model: LayeredModel, spans: list[tuple[int, int]], 
                                  "(planner.schedule)")
 
 
+def _what_changed(plan: Plan, model: LayeredModel) -> str:
+    if not isinstance(model, UserModel):
+        return "this version has another architecture"
+    recorded = plan.model.get("source")
+    planned = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if planned != model.source["sha256"]:
+        return f"its file changed since planning (sha256 {str(planned)[:12]}… vs {str(model.source['sha256'])[:12]}…)"
+    return "the factory builds another architecture now, or another version of fsl-gan made the plan"
+
+
 def fit_images(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Resize [N,1,28,28] images to the model's input (e.g. 64x64)."""
+    """Images [N, C, H, W] as the model's input: resized (e.g. 28x28 digits to 64x64), and
+    grayscale repeated into RGB where the model takes 3 channels."""
     if tuple(images.shape[1:]) == tuple(shape):
         return images
-    return F.interpolate(images, size=shape[1:], mode="bilinear", align_corners=False).clamp(-1, 1)
+    if images.shape[1] == 1 and shape[0] == 3:
+        images = images.expand(-1, 3, -1, -1)
+    if tuple(images.shape[2:]) != tuple(shape[1:]):
+        images = F.interpolate(images, size=shape[1:], mode="bilinear", align_corners=False).clamp(-1, 1)
+    return images.contiguous()
 
 
 def adam(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer | None:
@@ -141,7 +162,7 @@ def client_discriminator(spec: RunSpec, k: int) -> LayeredModel:
     its own dropout streams."""
     with _SEEDED:
         torch.manual_seed(spec.cfg.seed + 1)
-        d = build_discriminator(spec.plan.model["name"])
+        d = build_model(spec.plan.model["name"], source=spec.source, field="model.name")
     for i, layer in enumerate(d.layers):
         if isinstance(layer, SeededDropout):
             layer.reseed((spec.cfg.seed * 7919 + k) * 1009 + i)
@@ -189,7 +210,7 @@ def build_server(spec: RunSpec, *, lock: threading.Lock | None = None) -> Server
     template, _ = check_plan_model(plan, spec.source)
     with _SEEDED:
         torch.manual_seed(cfg.seed)
-        g = Generator(image_size=template.input_shape[-1])
+        g = generator_for(template)
     views = [ClientView(c.name, tuple(s.device for s in c.stages), c.data_weight) for c in plan.planned]
     return ServerRole(
         generator=g.train(), optimizer=adam(g, cfg.lr), clients=views, batch_size=plan.batch_size,

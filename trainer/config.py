@@ -12,7 +12,8 @@ BACKENDS = ("local", "dist")
 EMULATE = ("sleep", "none")
 AGGREGATE = ("none", "fedavg", "swap")
 FEEDBACK = ("mean", "sum")
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "mnist", "images:DIR")
+IMAGES = "images:"  # --data images:DIR (trainer.folders)
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class TrainConfig:
     aggregate: str = "none"  # between rounds: none | fedavg | swap discriminators
     feedback: str = "mean"  # the generator's step: mean (data_weight-weighted) | sum of the clients' gradients
     deadline_s: float | None = None  # a client slower than this per round is dropped
-    data: str = "digits"  # digits (embedded) | mnist
+    data: str = "digits"  # digits (embedded) | mnist | images:DIR (an image folder; with {client}: one per client)
     data_root: Path | None = None  # folder of MNIST IDX files; with {client}: each client's own folder
     alpha: float | None = None  # Dirichlet alpha for non-IID shards; None = IID
     eval_every: int = 1  # rounds between FID/KID evaluations; 0 = never
@@ -75,14 +76,23 @@ class TrainConfig:
                 raise bad(opt, f"must be a finite number > 0, found {v}")
         if self.eval_every < 0:
             raise bad("--eval-every", f"must be >= 0, found {self.eval_every}")
-        if self.data not in DATASETS:
+        images = self.data.startswith(IMAGES)
+        if self.data not in DATASETS and not images:
             raise bad("--data", f"expected one of {', '.join(DATASETS)}, found {self.data!r}")
+        if images and not self.data[len(IMAGES):]:
+            raise bad("--data", "images: needs the folder, e.g. --data images:path/to/folder")
         if self.data == "mnist" and self.data_root is None:
             raise bad("--data-root", "--data mnist needs --data-root DIR with the MNIST IDX files")
         if self.data_root is not None and self.data != "mnist":
-            raise bad("--data-root", f"is for --data mnist; --data {self.data} is embedded")
-        if self.data_root is not None and "{client}" in str(self.data_root) and self.alpha is not None:
+            raise bad("--data-root", f"is for --data mnist; --data {self.data} "
+                      + ("names its folder itself" if images else "is embedded"))
+        folder = str(self.data_root) if self.data_root is not None else self.data[len(IMAGES):] if images else ""
+        if "{client}" in folder and self.alpha is not None:
             raise bad("--alpha", "shards one data set; with per-client folders ({client}) each client's data is its own")
+        if images and "{client}" not in folder and Path(folder).resolve() in (self.out_dir.resolve(),
+                                                                              *self.out_dir.resolve().parents):
+            raise bad("--out", f"{self.out_dir} is in the image folder {folder}: the run's pictures would become "
+                      "training images; write the run elsewhere")
         if self.slowdown and self.emulate != "sleep":
             raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
         self._validate_privacy(bad)

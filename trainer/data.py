@@ -1,6 +1,7 @@
 """Data sets, and which part of them each role may hold.
 
-Images are float32 in [-1, 1], shape [N, 1, 28, 28]; labels are int64 digits 0..9.
+Images are float32 in [-1, 1], shape [N, 1, 28, 28] (an image folder: the model's input
+shape); labels are int64 (digits 0..9; an image folder's class folders 0..K-1).
 
 - ``digits``: scikit-learn's 1,797 8x8 digits (values 0..16), framed like MNIST: each
   digit is upsampled bilinearly to a 20x20 box and placed in a 28x28 canvas so that its
@@ -18,6 +19,10 @@ memory-mapped and only those rows read (a ``.gz`` file is decompressed in memory
 other rows dropped at once). With ``--data-root 'DIR/{client}'`` every client's data
 device reads its own folder (``DIR/<client>``, IDX training files) and nothing is
 sharded; the server reads its held-out ``t10k`` files from ``DIR/server``.
+
+``images:DIR`` (``trainer.folders``): a fixed 20 % of the folder's files is held out;
+the rest is the pool. ``images:DIR/{client}``: each client's data device reads all of
+``DIR/<client>`` and the server its held-out images from ``DIR/server``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import InputError
+from trainer.folders import FolderIndex, check_folder, list_folder, load_images
 from trainer.shards import shard_dirichlet, shard_iid
 
 DATASETS = ("digits", "mnist")
+IMAGES = "images:"  # --data images:DIR: an image folder (trainer.folders)
 HELD_OUT_FRACTION = 0.2  # digits: the share held out for evaluation
 SPLIT_SEED = 20_221_010  # digits: the held-out split is the same for every run and seed
 CLIENT = "{client}"  # in --data-root: each client's own folder
@@ -44,9 +51,9 @@ N_DIGITS = 1797
 
 @dataclass(frozen=True)
 class Dataset:
-    images: torch.Tensor  # float32 [N, 1, 28, 28] in [-1, 1]
-    labels: torch.Tensor  # int64 [N], 0..9
-    name: str  # "digits", "mnist-train", "mnist-test"
+    images: torch.Tensor  # float32 [N, C, H, W] in [-1, 1]; [N, 1, 28, 28] for digits and MNIST
+    labels: torch.Tensor  # int64 [N]: digits 0..9, or an image folder's class index
+    name: str  # "digits", "mnist-train", "mnist-test", "images:<folder>"
     indices: torch.Tensor | None = None  # int64 [N]: rows of the source these images are
 
     def __len__(self) -> int:
@@ -214,10 +221,19 @@ def load_dataset(name: str, *, root: str | Path | None = None, split: str = "tra
 class DataSource:
     """A run's data and the split rules; each role asks only for what it may hold."""
 
-    name: str  # digits | mnist
-    root: str | None = None  # mnist: the IDX folder, or a pattern with {client}
+    name: str  # digits | mnist | images
+    root: str | None = None  # mnist: the IDX folder; images: the image folder; either may hold {client}
     alpha: float | None = None  # Dirichlet alpha of the shards; None = IID
     seed: int = 0  # the shards' seed
+    shape: tuple[int, ...] = (1, 28, 28)  # images: the model's input (C, H, W) they are loaded as
+
+    @classmethod
+    def of(cls, data: str, data_root: str | None, alpha: float | None, seed: int,
+           shape: tuple[int, ...]) -> "DataSource":
+        """The source ``--data`` / ``--data-root`` name (``images:DIR`` carries its folder)."""
+        if data.startswith(IMAGES):
+            return cls("images", data[len(IMAGES):], alpha, seed, tuple(shape))
+        return cls(data, data_root, alpha, seed, tuple(shape))
 
     @property
     def per_client(self) -> bool:
@@ -229,25 +245,37 @@ class DataSource:
             labels = digits_labels()
             rows = np.setdiff1d(np.arange(N_DIGITS), _digits_held_out())
             return rows, labels[rows]
+        if self.name == "images":
+            labels = list_folder(self.root).labels
+            rows = np.setdiff1d(np.arange(len(labels)), held_out_rows(len(labels)))
+            return rows, labels[rows]
         _, labels = _mnist_labels(self.root, "train")
         return np.arange(len(labels)), labels
 
     def shard_rows(self, weights: list[float], k: int) -> np.ndarray:
         """Rows of the source that client ``k`` of clients weighted ``weights`` holds."""
         rows, labels = self._pool()
-        if self.alpha is None:
-            shards = shard_iid(len(rows), weights, seed=self.seed)
-        else:
-            shards = shard_dirichlet(labels, weights, alpha=self.alpha, seed=self.seed)
+        try:
+            if self.alpha is None:
+                shards = shard_iid(len(rows), weights, seed=self.seed)
+            else:
+                shards = shard_dirichlet(labels, weights, alpha=self.alpha, seed=self.seed)
+        except InputError as e:
+            raise InputError(self.root if self.name == "images" else e.source, e.field, e.problem) from None
         return rows[shards[k]]
 
     def client_data(self, weights: list[float], k: int, client: str) -> Dataset:
         """Client ``k``'s training data, and nothing else: its shard, or its own folder."""
         if self.per_client:
-            return load_mnist(self.root.replace(CLIENT, client), split="train")
+            folder = self.root.replace(CLIENT, client)
+            if self.name == "images":
+                return _folder_rows(list_folder(folder), None, self.shape)
+            return load_mnist(folder, split="train")
         rows = self.shard_rows(weights, k)
         if self.name == "digits":
             return load_digits_28(rows)
+        if self.name == "images":
+            return _folder_rows(list_folder(self.root), rows, self.shape)
         return load_mnist(self.root, split="train", indices=rows)
 
     def held_out(self) -> Dataset:
@@ -255,7 +283,37 @@ class DataSource:
         if self.name == "digits":
             return load_digits_28(_digits_held_out())
         root = self.root.replace(CLIENT, "server") if self.per_client else self.root
+        if self.name == "images":
+            index = list_folder(root)
+            return _folder_rows(index, None if self.per_client else held_out_rows(len(index)), self.shape)
         return load_mnist(root, split="test")
+
+    def check(self, weights: list[float]) -> None:
+        """Fail before any role starts where the data is certain to fail: an image folder
+        shared by every client is listed, every header read and the shards computed. A
+        per-client folder is checked by its own data device (it may live elsewhere)."""
+        if self.name != "images" or self.per_client:
+            return
+        index = list_folder(self.root)
+        check_folder(index)
+        if self.alpha is not None and len(index.classes) < 2:
+            raise InputError(self.root, None, f"--alpha splits by class: the folder needs one subfolder per class, "
+                             f"found {len(index.classes) or 'no'} class folder{'s' * (len(index.classes) != 1)}")
+        for k in range(len(weights)):
+            self.shard_rows(weights, k)
+
+
+def held_out_rows(n: int) -> np.ndarray:
+    """An image folder's held-out rows: a fixed 20 % (at least one), the same for every
+    run and seed, like the digits'."""
+    return np.sort(np.random.default_rng(SPLIT_SEED).permutation(n)[:max(1, int(round(n * HELD_OUT_FRACTION)))])
+
+
+def _folder_rows(index: FolderIndex, rows: np.ndarray | None, shape: tuple[int, ...]) -> Dataset:
+    """Rows of an image folder (all of it if None) as a Dataset, loaded as ``shape``."""
+    rows = np.arange(len(index)) if rows is None else np.asarray(rows, dtype=np.int64)
+    return Dataset(load_images(index, rows, shape), torch.from_numpy(index.labels[rows]),
+                   f"images:{index.root}", torch.from_numpy(rows))
 
 
 def _digits_held_out() -> np.ndarray:

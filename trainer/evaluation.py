@@ -1,6 +1,8 @@
-"""How good the generator is: FID, KID and classifier scores against a held-out split that
-no client trains on (``trainer.data.DataSource.held_out``); the classifier is trained on
-that split too (``trainer.quality``)."""
+"""How good the generator is, against a held-out split that no client trains on
+(``trainer.data.DataSource.held_out``): for digits and MNIST, FID, KID and classifier
+scores on a digit classifier trained on that split (``trainer.quality``); for an image
+folder, which has no digits and maybe no labels, KID on pixel statistics
+(``trainer.pixelkid``). Each row says which in ``quality_features``."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import torch.nn.functional as F
 from planner.profile import cache_dir
 from trainer.data import DataSource
 from trainer.quality import QualityEvaluator
+from trainer.pixelkid import PixelKID
 
 EVAL_SIZE = 28  # the quality classifier's input
+CLASSIFIER = "fid, kid on the digits classifier's features (trained on the held-out split)"
 
 
 def sample_images(generator: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
@@ -33,11 +37,19 @@ class Evaluation:
 
     def __init__(self, data: DataSource, *, seed: int, samples: int):
         self.held_out = data.held_out()
-        self.quality = QualityEvaluator(self.held_out, cache_dir=cache_dir() / "classifier", seed=seed)
+        self.digits = data.name != "images"
+        if self.digits:
+            self.quality = QualityEvaluator(self.held_out, cache_dir=cache_dir() / "classifier", seed=seed)
+        else:
+            self.quality = PixelKID(self.held_out, seed=seed)
         self.seed, self.samples = seed, samples
 
     def __call__(self, generator: torch.nn.Module, round_done: int) -> dict:
         fake = sample_images(generator, self.samples, seed=self.seed * 100003 + round_done)
+        if not self.digits:
+            return self.quality.evaluate(fake)
+        if fake.shape[1] == 3:  # an RGB model trained on digits: the classifier reads luminance
+            fake = fake.mean(dim=1, keepdim=True)
         if fake.shape[-1] != EVAL_SIZE:
             fake = F.interpolate(fake, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)
-        return self.quality.evaluate(fake)
+        return self.quality.evaluate(fake) | {"quality_features": CLASSIFIER}

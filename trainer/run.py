@@ -30,6 +30,7 @@ def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None) -> 
     """Train as ``cfg.plan_path`` says; returns every round's metrics (SPEC §4)."""
     plan = load_plan(cfg.plan_path)
     check_plan_model(plan, str(cfg.plan_path))  # a wrong plan fails here, before any role starts
+    RunSpec(cfg, plan).data.check([c.data_weight for c in plan.planned])  # so does an image folder
     known = {d for c in plan.planned for d in c.costs.devices}
     for name, _, _ in cfg.slowdown:
         if name not in known:
