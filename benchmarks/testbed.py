@@ -130,9 +130,9 @@ class Testbed:
                 + _ip("tc", "qdisc", "show", "dev", f"v{k}", ns=self.hub).stdout)
 
     def launch(self, ranks: dict[str, int], argv: list[str], *, env: dict[str, str] | None = None,
-               logs: Path | None = None) -> dict[str, subprocess.Popen]:
-        """Start ``python -m cli *argv`` for each role in its namespace as rank ``ranks[role]``
-        of a torchrun-style group whose rank 0 is the master."""
+               logs: Path | None = None, module: str = "cli") -> dict[str, subprocess.Popen]:
+        """Start ``python -m MODULE *argv`` for each role in its namespace as rank
+        ``ranks[role]`` of a torchrun-style group whose rank 0 is the master."""
         master = next(r for r, k in ranks.items() if k == 0)
         ranks_file = Path(self._tmp.name) / "ranks.json"
         ranks_file.write_text(json.dumps(ranks))
@@ -142,7 +142,7 @@ class Testbed:
                         "MASTER_PORT": PORT, "FSL_RANKS": ranks_file, "GLOO_SOCKET_IFNAME": "eth0",
                         **(env or {})}
             cmd = ["ip", "netns", "exec", self.ns(role), "env", *[f"{k}={v}" for k, v in settings.items()],
-                   sys.executable, "-m", "cli", *argv]
+                   sys.executable, "-m", module, *argv]
             sink = open(logs / f"{role}.log", "w") if logs else subprocess.DEVNULL  # noqa: SIM115 - closed below
             try:
                 p = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
