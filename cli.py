@@ -239,12 +239,9 @@ def calibrate_cmd(
         profile = load_profile(devices)
         job = CalibrationJob(profile=str(devices), model=model, batch_size=batch_size, emulate=emulate,
                              repeats=repeats, links=links, timeout_s=timeout_s)
-        follower = os.environ.get("RANK", "0") != "0"
-
-        def progress(body: dict) -> None:
-            if not follower:
-                err.print(f"{body['step']} {body['device']} ({body['round']}/{body['total']} devices measured)",
-                          highlight=False)
+        def progress(body: dict) -> None:  # only the server's process reports
+            err.print(f"{body['step']} {body['device']} ({body['round']}/{body['total']} devices measured)",
+                      highlight=False)
 
         result = calibrate(job, on_progress=progress)
         if result is None:  # a torchrun rank other than the server's
