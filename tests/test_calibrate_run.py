@@ -18,8 +18,8 @@ from planner.devices import load_profile
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-BATCH, REPEATS = 8, 5  # small batch: the emulated devices sleep factor x the work; 5 passes: a median
-# of 3 took a burst of load on the shared VM for a layer's time (2.6x) once in a few runs
+BATCH, REPEATS = 8, 9  # small batch: the emulated devices sleep factor x the work; 9 passes: with
+# 3 a burst of load on the shared VM took a layer's median (2.6x), with 5 a device's step (+18%)
 
 
 # glibc moves its mmap threshold as a process frees large blocks, so whether c_conv's

@@ -22,8 +22,8 @@ A device measures what ``planner.profile`` measures on the host: every layer's s
 (``planner.profile_options``). A layer's time is what ``fsl train``'s
 :class:`~trainer.clock.Clock` counts for a device's compute: its wall time, or under
 ``--emulate sleep`` ``factor`` x that (``forward_s`` is the forward's share of it). The
-emulated device's extra time is slept once per pass over the layers, not after every
-layer as the training clock does: a sleep leaves the next layer's work cold (caches,
+emulated device's extra time is slept once per pass over the layers (while the next
+device works), not after every layer as the training clock does: a sleep leaves the next layer's work cold (caches,
 clock frequency, the scheduler), and at batch 8 on the 2-core VM that made a factor-12
 device's layers 1.5x slower than this host's, an artefact of emulation, not the device.
 Devices on one host measure one at a time, otherwise they would time each other's
@@ -122,8 +122,8 @@ def measure_here(job: CalibrationJob, factor: float, *, turn: Callable[[str], No
     args = layer_args(model, job.batch_size)
 
     def passed(done: int, total: int) -> None:
+        turn("passed")  # the next device works while this one sleeps its emulated extra time
         count.pay()
-        turn("passed")
         if done < total:
             turn("pass")
 
