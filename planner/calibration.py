@@ -23,7 +23,8 @@ torch version)::
 - ``overhead_s``: the device's fixed seconds per micro-batch of holding a stage
   (SPEC §2.1; measured as :func:`planner.profile_options.measure_overhead_s` does).
 - ``host``, ``threads``: where it ran and with how many torch threads (the dist
-  backend's one); ``seconds``: how long measuring took.
+  backend's one); ``seconds``: how long measuring took (with the waits
+  for its turns: the devices of one host measure in turn).
 - ``emulate``: ``"none"``, measured flat out on the device, or ``"sleep"``, the device
   emulated on this host (``fsl train --emulate sleep``'s clock: its work stretched by
   ``emulated_factor``, the device's ``processing_time_factor`` at the time).
