@@ -87,7 +87,7 @@ class Calibration(_Frozen):
     emulate: Literal["sleep", "none"]
     emulated_factor: Annotated[float, Field(ge=1e-3, le=1e4, allow_inf_nan=False)] | None = None
     measured_at: Text  # ISO 8601, UTC
-    seconds: Secs = 0.0  # how long measuring took
+    seconds: Secs = 0.0  # how long measuring took, turns waited included
     overhead_s: Secs  # fixed seconds per micro-batch of holding a stage
     layers: list[LayerTimes] = Field(min_length=1, max_length=100_000)
 
