@@ -202,6 +202,64 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
     _guard(run)
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
+    model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="where to write the calibrated profile "
+                                            "(default: back into --devices)"),
+    emulate: str = typer.Option("sleep", help="sleep: each device emulated at its factor, as fsl train; "
+                                "none: measured flat out (real devices)"),
+    repeats: int = typer.Option(5, help="timed passes over the layers per device"),
+    links: bool = typer.Option(True, "--links/--no-links", help="also measure each client's links and each "
+                               "device's link to the server (overwrites them in the profile)"),
+    timeout_s: float = typer.Option(600.0, "--timeout-s", help="a process silent this long is a failure"),
+    measurements: Optional[Path] = typer.Option(None, "--measurements", help="also write every measurement "
+                                                "(each link's probe sizes and times) as JSON"),
+) -> None:
+    """Measure the model's layers on each device itself (a process per device, as --backend
+    dist) and the links between them; write the profile back with each device's calibration."""
+    from calibration_view import render_calibration
+    from planner.calibration import calibrated_profile
+    from planner.devices import load_profile, parse_profile
+    from planner.jsonio import read_json, write_json
+    from planner.profile import profile_model
+    from trainer import DeviceFailure
+    from trainer.calibrate import CalibrationJob, calibrate
+
+    def run():
+        _check_batch(batch_size)
+        if emulate not in ("sleep", "none"):
+            raise InputError("--emulate", None, f"expected sleep or none, found {emulate!r}")
+        if not 1 <= repeats <= 1000:
+            raise InputError("--repeats", None, f"must be within 1..1000, found {repeats}")
+        m = _model(model)
+        profile = load_profile(devices)
+        job = CalibrationJob(profile=str(devices), model=model, batch_size=batch_size, emulate=emulate,
+                             repeats=repeats, links=links, timeout_s=timeout_s)
+        def progress(body: dict) -> None:  # only the server's process reports
+            err.print(f"{body['step']} {body['device']} ({body['round']}/{body['total']} devices measured)",
+                      highlight=False)
+
+        result = calibrate(job, on_progress=progress)
+        if result is None:  # a torchrun rank other than the server's
+            return
+        target = out_path or devices
+        written = calibrated_profile(read_json(devices, what="device profile"), result)
+        parse_profile(written, source=str(target))
+        write_json(target, written)
+        if measurements is not None:
+            write_json(measurements, result)
+        render_calibration(result, profile, profile_model(m, batch_size=batch_size), out)
+        out.print(f"wrote {target}")
+
+    try:
+        _guard(run)
+    except DeviceFailure as e:
+        _fail(1, f"error: {e}")
+
+
 @app.command("train")
 def train_cmd(
     plan_path: Path = typer.Option(..., "--plan", help="a plan.json from fsl plan"),

@@ -3,6 +3,7 @@ text table beside a plan or a run, and the parsing of ``fsl plan``'s option valu
 
 Per planned client: its step against the budget, ``M`` and the per-micro-batch
 bottleneck (which stage or link, how long), then one row per stage: device, layers,
+where its times come from (its calibration, or its factor x the host's profile),
 compute and per-micro-batch overhead, the cut to the next stage (seconds per step and
 codec), whether it recomputes, memory against capacity; the caption lists the options
 the plan allowed, the server transfer, unused devices and the baselines.
@@ -42,6 +43,13 @@ def _client_title(c) -> str:
             f"{units[top]:.4f} s per micro-batch ({where}), data weight {c.data_weight:g}")
 
 
+def _time_source(c, device: str) -> str:
+    """Where a device's times come from: its calibration, or its factor x the host's profile."""
+    if c.time_source.get(device) == "calibration":
+        return "calibrated"
+    return f"{c.processing_time_factor.get(device, 1.0):g}x host"
+
+
 def render_plan(plan, con: Console) -> None:
     """The plan as rich tables on ``con``: a summary, each client's stages, exclusions."""
     s = plan.solver
@@ -53,7 +61,7 @@ def render_plan(plan, con: Console) -> None:
     for c in plan.planned:
         p = c.costs
         t = Table(title=_client_title(c), title_justify="left", show_lines=False)
-        for col, just in (("#", "right"), ("device", "left"), ("layers", "left"), ("compute s", "right"),
+        for col, just in (("#", "right"), ("device", "left"), ("layers", "left"), ("times", "left"), ("compute s", "right"),
                           ("overhead s", "right"), ("→ next s", "right"), ("codec", "left"), ("recompute", "left"),
                           ("memory / capacity", "left")):
             t.add_column(col, justify=just)
@@ -61,7 +69,8 @@ def render_plan(plan, con: Console) -> None:
         for i, st in enumerate(c.stages):
             mark = " (data)" if st.device == p.devices[p.data_device] else ""
             last = i == len(c.stages) - 1
-            t.add_row(str(i), st.device + mark, _layer_span(plan, st.start, st.end), f"{st.compute_s:.3f}",
+            t.add_row(str(i), st.device + mark, _layer_span(plan, st.start, st.end), _time_source(c, st.device),
+                      f"{st.compute_s:.3f}",
                       "—" if p.overhead_s is None else f"{p.overhead(p.devices.index(st.device)):.4f}",
                       "—" if last else f"{st.transfer_s:.3f}",
                       "—" if last else st.codec, "yes" if st.recompute else "no",
@@ -72,7 +81,7 @@ def render_plan(plan, con: Console) -> None:
             notes.append(f"server transfer {p.server_transfer_s:.3f} s")
         unused = [d for d in p.devices if d not in {st.device for st in c.stages}]
         if unused:
-            notes.append(f"unused: {', '.join(unused)}")
+            notes.append(f"unused: {', '.join(f'{d} ({_time_source(c, d)})' for d in unused)}")
         if c.baselines_step_time_s:
             cmp = ", ".join(f"{k} {v:.2f} s ({v / max(c.step_time_s, 1e-12):.2f}x)" if v else f"{k} no plan"
                             for k, v in c.baselines_step_time_s.items())

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, replace
 
 from planner import check
+from planner.calibration import check_calibrations
 from planner.codecs import CODECS
-from planner.costs import Options, Unit, client_problem, planning_units, profile_problems
+from planner.costs import Options, Unit, client_problem, client_times, planning_units, profile_problems
 from planner.devices import Profile
 from planner.errors import InputError, NoFeasiblePlan
 from planner.ga import GASettings
@@ -87,9 +88,12 @@ def _seed_parts(model: LayeredModel, units: list[Unit]) -> tuple[int, ...] | Non
 
 def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, objective: str, data_weight: float,
                   processing_time_factor: dict[str, float], layer_names: list[str],
-                  alternatives: tuple[tuple[str, ClientProblem], ...] = ()) -> PlannedClient:
+                  alternatives: tuple[tuple[str, ClientProblem], ...] = (),
+                  time_source: dict[str, str] | None = None) -> PlannedClient:
     """A solved client as the plan records it: its stages, or its exclusion and why
-    (``alternatives``: ``(option hint, tables)`` that may fit where ``p`` does not)."""
+    (``alternatives``: ``(option hint, tables)`` that may fit where ``p`` does not;
+    ``time_source``: per device, whether its times are its calibration or its factor)."""
+    time_source = dict(time_source or {})
     if not sol.stages:
         from planner.explain import explain_infeasible
 
@@ -101,7 +105,7 @@ def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, ob
                                         alternatives=alternatives)
         return PlannedClient(name=name, status="excluded", reason=reason, step_time_s=None, stages=(), costs=p,
                              data_weight=data_weight, solver_status=sol.status,
-                             processing_time_factor=processing_time_factor)
+                             processing_time_factor=processing_time_factor, time_source=time_source)
     transfers = check.cut_transfer_s(p, sol.stages) + [0.0]
     stages = tuple(
         PlannedStage(device=p.devices[s.device], start=s.start, end=s.end, compute_s=check.stage_compute_s(p, s),
@@ -110,7 +114,8 @@ def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, ob
     return PlannedClient(name=name, status="planned", reason=None,
                          step_time_s=check.step_time_s(p, sol.stages, sol.micro_batches),
                          stages=stages, costs=p, data_weight=data_weight, solver_status=sol.status,
-                         processing_time_factor=processing_time_factor, micro_batches=sol.micro_batches)
+                         processing_time_factor=processing_time_factor, micro_batches=sol.micro_batches,
+                         time_source=time_source)
 
 
 def _with_baselines(c: PlannedClient, objective: str, parts: tuple[int, ...] | None) -> PlannedClient:
@@ -172,6 +177,9 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     if model_profile is None:
         model_profile = profile_model(model, batch_size=batch_size,
                                       progress=(lambda d, t: progress("profile", d, t)) if progress else None)
+    check_calibrations([(f"clients[{ci}].devices[{di}].calibration", d.calibration)
+                        for ci, c in enumerate(devices.clients) for di, d in enumerate(c.devices)],
+                       model_profile, codecs=CODECS, source=devices_file or "<profile>")
     units = planning_units(model, model_profile)
     parts = _seed_parts(model, units)
     problems = profile_problems(devices, units, model_profile, opts)
@@ -190,6 +198,7 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
         client_result(client.name, p, solved[p], solver=solver, objective=objective, data_weight=client.data_weight,
                       processing_time_factor={d.name: d.processing_time_factor for d in client.devices},
                       layer_names=[u.name for u in units],
+                      time_source={d.name: t.source for d, t in zip(client.devices, client_times(client, units, model_profile))},
                       alternatives=() if solved[p].stages else _alternatives(
                           client, units, model_profile, p.budget_s, opts, objective))
         for client, p in zip(devices.clients, problems)

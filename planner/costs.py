@@ -15,6 +15,10 @@ Per unit ``u`` and device ``d`` (SPEC §2), with ``f = processing_time_factor[d]
 - a link between ``a`` and ``b`` has the smaller bandwidth and the larger latency of
   the two devices unless the client lists the pair in ``links``.
 
+A device whose profile carries a calibration that matches the model, batch size and
+torch version (``planner.calibration``) uses its own measured times instead of ``f`` x
+the host's, in every time row below (compute, overhead, codecs, recompute).
+
 SPEC §2.1, what :class:`Options` allows:
 
 - ``overhead_s[d]`` = ``f`` x this host's per micro-batch stage overhead (always set);
@@ -42,6 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner.calibration import DeviceTimes, device_times
 from planner.codecs import BYTES_RATIO
 from planner.devices import Client, Profile
 from planner.graph import build_graph, legal_cuts
@@ -121,32 +126,37 @@ def link_tables(client: Client) -> tuple[tuple[tuple[float, ...], ...], tuple[tu
     return tuple(map(tuple, bw)), tuple(map(tuple, lat))
 
 
+def client_times(client: Client, units: list[Unit], profile: ModelProfile,
+                 codecs: tuple[str, ...] = ()) -> list[DeviceTimes]:
+    """Each device's time rows: its matching calibration, else its factor x ``profile``."""
+    spans = [(u.first, u.last + 1) for u in units]
+    return [device_times(d.calibration, d.processing_time_factor, spans, profile, codecs) for d in client.devices]
+
+
 def client_problem(client: Client, units: list[Unit], profile: ModelProfile, *, budget_s: float | None,
                    options: Options = Options()) -> ClientProblem:
     bw, lat = link_tables(client)
     devs = client.devices
-    factor = [d.processing_time_factor for d in devs]
+    times = client_times(client, units, profile, options.codecs)
     data = next(i for i, d in enumerate(devs) if d.holds_data)
     recompute = None
     if options.recompute:
         m = min(options.micro_batch_choices)
         recompute = RecomputeTables(
-            compute_s=tuple(tuple(f * (u.time_s + u.forward_s) for u in units) for f in factor),
+            compute_s=tuple(tuple(c + f for c, f in zip(t.compute_s, t.forward_s)) for t in times),
             memory_bytes=tuple(tuple(recompute_memory_bytes(u, m) for u in units) for _ in devs))
-    codecs = tuple(
-        Codec(c, BYTES_RATIO[c], tuple(tuple(f * dict(u.codec_s)[c] for u in units[:-1]) for f in factor))
-        for c in options.codecs)
+    codecs = tuple(Codec(c, BYTES_RATIO[c], tuple(t.codec_s[c][:-1] for t in times)) for c in options.codecs)
     return ClientProblem(
         devices=tuple(d.name for d in devs),
         data_device=data,
-        compute_s=tuple(tuple(f * u.time_s for u in units) for f in factor),
+        compute_s=tuple(t.compute_s for t in times),
         memory_bytes=tuple(tuple(u.memory_bytes for u in units) for _ in devs),
         capacity_bytes=tuple(d.capacity_bytes for d in devs),
         cut_bytes=tuple(cut_bytes_per_step(u.output_bytes) for u in units[:-1]),
         link_bytes_per_s=bw,
         link_latency_s=lat,
         budget_s=budget_s,
-        overhead_s=tuple(f * profile.overhead_s for f in factor),
+        overhead_s=tuple(t.overhead_s for t in times),
         micro_batch_choices=tuple(sorted(set(options.micro_batch_choices))),
         recompute=recompute,
         codecs=codecs,

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator, model_validator
 
+from planner.calibration import Calibration, unique_keys
 from planner.errors import InputError
 from planner.jsonio import read_json
 
@@ -68,11 +69,17 @@ class Device(_Strict):
     bandwidth_mbps: Mbps = 1000.0  # the device's link, megabits per second
     latency_ms: LatencyMs = 0.0  # the device's link latency, milliseconds
     holds_data: StrictBool = False
+    calibration: list[Calibration] = Field(default_factory=list)  # fsl calibrate's (planner.calibration)
 
     @field_validator("capacity")
     @classmethod
     def _capacity(cls, v: Any) -> int:
         return parse_bytes(v)
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, v: list[Calibration]) -> list[Calibration]:
+        return list(unique_keys(v))
 
     @property
     def capacity_bytes(self) -> int:

@@ -52,6 +52,7 @@ class PlannedClient:
     processing_time_factor: dict[str, float] = field(default_factory=dict)
     baselines_step_time_s: dict[str, float | None] = field(default_factory=dict)  # same tables
     micro_batches: int = 1  # M: the step runs as M pipelined micro-batches
+    time_source: dict[str, str] = field(default_factory=dict)  # device -> "calibration" | "factor"
 
     def solver_stages(self) -> list[Stage]:
         index = {d: i for i, d in enumerate(self.costs.devices)}
@@ -102,6 +103,7 @@ class Plan:
                     "baselines_step_time_s": c.baselines_step_time_s,
                     "stages": [vars(s) for s in c.stages],
                     "costs": c.costs.to_json(),
+                    **({"time_source": c.time_source} if c.time_source else {}),
                 }
                 for c in self.clients
             ],
@@ -160,6 +162,7 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
             processing_time_factor=dict(c.processing_time_factor),
             baselines_step_time_s=dict(c.baselines_step_time_s),
             micro_batches=c.micro_batches,
+            time_source=dict(c.time_source),
         )
         if c.status == "planned":
             _check_client(raw, c, client, source, where)

@@ -159,17 +159,25 @@ def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, f
     return time.perf_counter() - t0, forward
 
 
-def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, warmup: int = 3,
-            progress: Callable[[int, int], None] | None = None) -> ModelProfile:
-    """Profile every layer of ``model`` at ``batch_size`` on this machine."""
-    t_start = time.perf_counter()
+def layer_args(model: LayeredModel, batch_size: int) -> list[tuple[tuple, tuple]]:
+    """Per layer, its inputs for one GAN step: (real and fake, 2 x batch; fake, batch)."""
     model.train()
     gen = torch.Generator().manual_seed(0)
     x2 = torch.rand((2 * batch_size, *model.input_shape), generator=gen) * 2 - 1
     inputs_2b = _layer_inputs(model, x2)
-    args = [(inputs_2b[i], tuple(a[:batch_size] for a in inputs_2b[i])) for i in range(len(model))]
-    # Time round-robin over the layers, so a burst of load elsewhere on the machine
-    # spreads over every layer's repeats instead of inflating one layer.
+    return [(inputs_2b[i], tuple(a[:batch_size] for a in inputs_2b[i])) for i in range(len(model))]
+
+
+def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats: int, warmup: int,
+                timed: Callable[[Callable[[], tuple[float, float]]], tuple[float, float]] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[tuple[float, float]]:
+    """Per layer, the medians of ``(seconds, forward seconds)`` of one GAN step's work
+    (:func:`time_layer_step`) over ``repeats`` after ``warmup``. ``timed(run)`` may time
+    ``run`` itself (a device's emulated clock does); by default ``run``'s own timing.
+
+    Timed round-robin over the layers, so a burst of load elsewhere on the machine
+    spreads over every layer's repeats instead of inflating one layer."""
+    model.train()
     times: list[list[float]] = [[] for _ in model.layers]
     forwards: list[list[float]] = [[] for _ in model.layers]
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -177,13 +185,25 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, war
                   for layer in model.layers]
     for r in range(warmup + repeats):
         for i, layer in enumerate(model.layers):
-            t, fwd = time_layer_step(layer, args[i][0], args[i][1], first=(i == 0), optimizer=optimizers[i])
+            def run(i=i, layer=layer) -> tuple[float, float]:
+                return time_layer_step(layer, args[i][0], args[i][1], first=(i == 0), optimizer=optimizers[i])
+
+            t, fwd = timed(run) if timed is not None else run()
             if r >= warmup:
                 times[i].append(t)
                 forwards[i].append(fwd)
         if progress:
             progress(r + 1, warmup + repeats)
     model.load_state_dict(state)  # the timing's optimizer steps leave no trace
+    return [(statistics.median(t), statistics.median(f)) for t, f in zip(times, forwards)]
+
+
+def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, warmup: int = 3,
+            progress: Callable[[int, int], None] | None = None) -> ModelProfile:
+    """Profile every layer of ``model`` at ``batch_size`` on this machine."""
+    t_start = time.perf_counter()
+    args = layer_args(model, batch_size)
+    timings = time_layers(model, args, repeats=repeats, warmup=warmup, progress=progress)
     codec_by_shape: dict[tuple[int, ...], dict[str, float]] = {}
     layers = []
     for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
@@ -202,8 +222,8 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, war
             flops=flops, output_shape=shape, output_bytes=out_bytes,
             saved_bytes=saved,
             memory_bytes=params * BYTES_PER_PARAM_TRAINING + saved + 2 * 2 * out_bytes,
-            time_s=statistics.median(times[i]), uncounted_ops=uncounted,
-            forward_s=statistics.median(forwards[i]), input_bytes=sum(a.numel() * a.element_size() for a in args1),
+            time_s=timings[i][0], uncounted_ops=uncounted,
+            forward_s=timings[i][1], input_bytes=sum(a.numel() * a.element_size() for a in args1),
             codec_s=codec_by_shape[shape],
         ))
     generator_s, fake_bytes = measure_generator_step(batch_size, generator_for(model), model.input_shape)

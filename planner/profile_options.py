@@ -33,6 +33,7 @@ import queue
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -41,6 +42,14 @@ from planner.codecs import CODECS, decode, encode
 OVERHEAD_REPEATS, OVERHEAD_WARMUP = 200, 20
 CODEC_REPEATS = 3
 GENERATOR_REPEATS = 3
+Timed = Callable[[Callable[[], object]], float]  # runs a block of work, returns its seconds
+
+
+def wall_s(work: Callable[[], object]) -> float:
+    """The block's wall time on this machine (a device's emulated clock counts otherwise)."""
+    t0 = time.perf_counter()
+    work()
+    return time.perf_counter() - t0
 
 
 def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Queue) -> None:
@@ -53,8 +62,10 @@ def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Q
         outbox.put(x.grad.detach().clone())
 
 
-def measure_overhead_s() -> float:
-    """Seconds of one micro-batch's step through a stage that computes nothing (above)."""
+def measure_overhead_s(*, timed: Timed = wall_s, repeats: int = OVERHEAD_REPEATS,
+                       warmup: int = OVERHEAD_WARMUP) -> float:
+    """Seconds of one micro-batch's step through a stage that computes nothing (above),
+    each micro-batch timed by ``timed``."""
     layer = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         layer.weight.fill_(1.0)
@@ -62,7 +73,7 @@ def measure_overhead_s() -> float:
     times: list[float] = []
 
     def peer() -> None:  # the neighbours: send, wait for the answer, send the gradient
-        for _ in range(OVERHEAD_WARMUP + OVERHEAD_REPEATS):
+        for _ in range(warmup + repeats):
             for _ in range(2):
                 to_stage.put(torch.ones(1, 1))
                 from_stage.get()
@@ -71,27 +82,22 @@ def measure_overhead_s() -> float:
 
     helper = threading.Thread(target=peer, daemon=True)
     helper.start()
-    for r in range(OVERHEAD_WARMUP + OVERHEAD_REPEATS):
-        t0 = time.perf_counter()
-        _one_micro_batch(layer, to_stage, from_stage)
-        if r >= OVERHEAD_WARMUP:
-            times.append(time.perf_counter() - t0)
+    for r in range(warmup + repeats):
+        seconds = timed(lambda: _one_micro_batch(layer, to_stage, from_stage))
+        if r >= warmup:
+            times.append(seconds)
     helper.join()
     return statistics.median(times)
 
 
-def measure_codec_s(shape: tuple[int, ...], batch_size: int) -> dict[str, float]:
+def measure_codec_s(shape: tuple[int, ...], batch_size: int, *, timed: Timed = wall_s) -> dict[str, float]:
     """Seconds per step one side of a cut spends on each codec for activations of
-    ``shape`` per sample (above)."""
+    ``shape`` per sample (above), each run timed by ``timed``."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((3 * batch_size, *shape), generator=gen)
     out = {}
     for codec in CODECS:
-        times = []
-        for _ in range(CODEC_REPEATS + 1):
-            t0 = time.perf_counter()
-            decode(encode(codec, x))
-            times.append(time.perf_counter() - t0)
+        times = [timed(lambda: decode(encode(codec, x))) for _ in range(CODEC_REPEATS + 1)]
         out[codec] = statistics.median(times[1:])
     return out
 

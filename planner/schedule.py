@@ -64,6 +64,9 @@ CONTROL_TAGS = frozenset([
     "weights",  # aggregation: a segment's parameters to the server and back
     "secagg",  # --secure-agg, once: a device's public key to the server; the key table back
     "bye",  # closing a connection
+    "calib",  # fsl calibrate: the server's orders to a device, and what it measured
+    "probe",  # fsl calibrate: a link probe's payload (trainer.linkprobe)
+    "probe_ack",  # fsl calibrate: its acknowledgement
 ])
 TAGS = tuple(sorted(STEP_TAGS)) + tuple(sorted(CONTROL_TAGS))
 

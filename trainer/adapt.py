@@ -72,7 +72,8 @@ class Adapter:
             p = scaled(c.costs, self.ratios)
             sol = solve_client(p, solver="ilp", objective=plan.objective)
             redone = client_result(c.name, p, sol, solver="ilp", objective=plan.objective, data_weight=c.data_weight,
-                                   processing_time_factor=c.processing_time_factor, layer_names=names)
+                                   processing_time_factor=c.processing_time_factor, layer_names=names,
+                                   time_source=c.time_source)
             if redone.status != "planned":  # the corrected tables exclude it: keep what runs
                 redone = replace(c, costs=p, step_time_s=client_step_s(c, p))
             clients.append(redone)

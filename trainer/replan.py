@@ -27,7 +27,8 @@ def _replan_client(plan: Plan, c: PlannedClient, device: str, round_no: int) -> 
     sol = solve_ilp(p, objective=plan.objective)
     names = [layer["name"] for layer in plan.model["layers"]]
     out = client_result(c.name, p, sol, solver="ilp", objective=plan.objective, data_weight=c.data_weight,
-                        processing_time_factor=ptf, layer_names=names)
+                        processing_time_factor=ptf, layer_names=names,
+                        time_source={k: v for k, v in c.time_source.items() if k != device})
     if out.status == "excluded":
         out = replace(out, reason=f"{device} failed in round {round_no}; without it: {out.reason}")
     return out

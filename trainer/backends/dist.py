@@ -19,7 +19,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
@@ -70,12 +72,12 @@ def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, re
     return history
 
 
-def _spawned(spec: RunSpec, me: str, ranks: dict[str, int], port: int, conn) -> None:
+def _spawned(play: Callable, me: str, ranks: dict[str, int], port: int, conn) -> None:
     """Entry of a spawned rank: report to the parent through ``conn``, exit 1 on failure."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     try:
-        history = _play(spec, me, ranks, init_method=f"tcp://127.0.0.1:{port}",
-                        report=lambda kind, body: conn.send((kind, body)))
+        history = play(me, ranks, init_method=f"tcp://127.0.0.1:{port}",
+                       report=lambda kind, body: conn.send((kind, body)))
         conn.send(("done", history))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
         conn.send(("error", RankFailure.of(me, 0, e)))
@@ -83,11 +85,10 @@ def _spawned(spec: RunSpec, me: str, ranks: dict[str, int], port: int, conn) -> 
         os._exit(1)
 
 
-def _supervise(spec: RunSpec, procs: dict, conns: dict, on_round, on_start) -> list[dict]:
+def _supervise(procs: dict, conns: dict, on_round, on_start, quiet_limit: float):
     names = {c: n for n, c in conns.items()}
     live, done, reported, failures, history = set(conns.values()), set(), set(), [], []
     round_no, first_failure = 0, None
-    quiet_limit = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
     last_news = time.monotonic()
     while len(done) < len(procs):
         for c in wait_any(list(live), timeout=0.2):
@@ -132,36 +133,57 @@ def _kill_all(procs: dict) -> None:
         p.join(10)
 
 
-def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
-    """Train as ``spec`` says with a process per role; returns every round's metrics (on a
-    torchrun rank other than 0: ``[]``)."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return _torchrun(spec, on_start=on_start, on_round=on_round)
-    ranks, port = default_ranks(spec), free_port()
+def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on_start=None, on_round=None):
+    """Start a process per role of ``ranks`` (``spawn``), each running ``play(me, ranks, *,
+    init_method, report)``, and supervise them (module docstring); returns what the
+    server's ``play`` returned. ``play`` must pickle (a module-level function or a
+    ``partial`` of one)."""
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs, conns = {}, {}
     try:
         for name in ranks:
             recv_end, send_end = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_spawned, args=(spec, name, ranks, port, send_end), name=f"fsl-{name}",
+            p = ctx.Process(target=_spawned, args=(play, name, ranks, port, send_end), name=f"fsl-{name}",
                             daemon=True)
             p.start()
             send_end.close()
             procs[name], conns[name] = p, recv_end
-        return _supervise(spec, procs, conns, on_round, on_start)
+        return _supervise(procs, conns, on_round, on_start, quiet_limit_s)
     finally:
         _kill_all(procs)
 
 
-def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:
+def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
+    """Train as ``spec`` says with a process per role; returns every round's metrics (on a
+    torchrun rank other than 0: ``[]``)."""
+    if in_torchrun():
+        return _torchrun(spec, on_start=on_start, on_round=on_round)
+    quiet = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
+    return run_ranks(default_ranks(spec), partial(_play, spec), quiet_limit_s=quiet, on_start=on_start,
+                     on_round=on_round)
+
+
+def in_torchrun() -> bool:
+    """Whether this process is one rank of a group started outside (``torchrun``)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def torchrun_role(roles: list[str]) -> tuple[str, dict[str, int]]:
+    """Under torchrun: this process's role and every role's rank, from ``FSL_RANKS`` (a
+    JSON file of role -> rank) or ``roles`` in order; InputError if they disagree."""
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     source = os.environ.get("FSL_RANKS")
-    ranks = {str(k): int(v) for k, v in json.loads(Path(source).read_text()).items()} if source else default_ranks(spec)
-    want = set(default_ranks(spec))
-    if set(ranks) != want or sorted(ranks.values()) != list(range(world)):
-        raise InputError(source or "WORLD_SIZE", None, f"expected ranks 0..{world - 1} for {sorted(want)}, "
+    ranks = {str(k): int(v) for k, v in json.loads(Path(source).read_text()).items()} if source else \
+        {n: i for i, n in enumerate(roles)}
+    if set(ranks) != set(roles) or sorted(ranks.values()) != list(range(world)):
+        raise InputError(source or "WORLD_SIZE", None, f"expected ranks 0..{world - 1} for {sorted(roles)}, "
                          f"found {ranks}")
-    me = next(n for n, k in ranks.items() if k == rank)
+    return next(n for n, k in ranks.items() if k == rank), ranks
+
+
+def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:
+    me, ranks = torchrun_role(spec.roles())
 
     def report(kind: str, body: dict) -> None:
         hook = on_start if kind == "start" else on_round
