@@ -55,8 +55,11 @@ def measured(history: list[dict]) -> dict[str, dict]:
     out = {}
     for c in timed[0]["clients"]:
         rows = [h["clients"][c] for h in timed]
+        devices = [d for d, v in timed[0]["devices"].items() if v["client"] == c and v["predicted_compute_s"] > 0]
+        compute = [median([h["devices"][d]["compute_s"] / h["devices"][d]["predicted_compute_s"] for h in timed])
+                   for d in devices]
         out[c] = {"step": median([r["step_time_s"] for r in rows]), "wait": median([r["host_wait_s"] for r in rows]),
-                  "predicted": rows[0]["predicted_step_time_s"]}
+                  "predicted": rows[0]["predicted_step_time_s"], "compute": median(compute)}
     return out
 
 
@@ -103,7 +106,12 @@ def main() -> None:
                      f"{thr['predicted'] / lat['predicted']:.2f}", f"**{thr['step'] / lat['step']:.2f}**"])
     ratio = max(thr_step / lat_step for thr_step, lat_step in
                 ((runs["throughput"][c]["step"], runs["latency"][c]["step"]) for c in runs["latency"]))
-    srows = [[m] + [f"{sweep[m][c]['predicted']:.3f} / {sweep[m][c]['step']:.3f}" for c in sweep[m]] for m in SWEEP]
+    # What the profiler says a micro-batch costs: the model's step profiled at batch 64 / M, times M.
+    small = {m: profile_model(model, batch_size=mp.batch_size // m, use_cache=False).step_time_s * m / mp.step_time_s
+             for m in SWEEP}
+    srows = [[m, f"{small[m]:.2f}"]
+             + [f"{sweep[m][c]['predicted']:.3f} / {sweep[m][c]['step']:.3f} ({sweep[m][c]['compute']:.2f}x)"
+                for c in sweep[m]] for m in SWEEP]
     sweep_err = [abs(v["step"] - v["predicted"]) / v["predicted"] for m in SWEEP for v in sweep[m].values()]
     fig, ax = plt.subplots(figsize=(7, 4))
     for c in sweep[SWEEP[0]]:
@@ -126,8 +134,11 @@ def main() -> None:
                         "predicted ratio", "measured ratio"], rows)
             + f"\n\nMeasured step ratio throughput / latency: at most **{ratio:.2f}** (target <= 0.6). Measured "
               f"against predicted, both objectives: median |error| **{median(errors):.1%}** (target <= 15%).\n\n"
-            + "Sweep over M (throughput plan with `--micro-batches M`), predicted / measured step s:\n\n"
-            + md_table(["M"] + list(sweep[SWEEP[0]]), srows)
+            + "Sweep over M (throughput plan with `--micro-batches M`): predicted / measured step s, and in "
+              "brackets the devices' measured compute against the plan's (median over the client's devices). "
+              "'profiled M x batch/M': the profiler's step for the whole model at batch 64 / M, times M, against "
+              "its step at 64 (1.00: micro-batches cost their share; the plan assumes 1.00 plus `overhead_s`).\n\n"
+            + md_table(["M", "profiled M x batch/M"] + list(sweep[SWEEP[0]]), srows)
             + f"\n\nmedian |error| over the sweep {median(sweep_err):.1%}.\n\n"
               "![pipeline sweep](benchmarks/figures/pipeline-sweep.png)\n\n"
               f"The throughput plan's last step as measured for {first}, under its plan (`DIR/timeline.png`):\n\n"
