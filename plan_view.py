@@ -75,7 +75,9 @@ def render_plan(plan, con: Console) -> None:
                       "—" if last else f"{st.transfer_s:.3f}",
                       "—" if last else st.codec, "yes" if st.recompute else "no",
                       f"{_bar(st.memory_bytes / cap[st.device])} of {format_bytes(cap[st.device])}")
-        notes = [f"M from {list(p.micro_batch_choices)}", f"codecs allowed: {', '.join(['none', *(k.name for k in p.codecs)])}",
+        searched = ", ".join(f"{m}: {'no plan' if t is None else f'{t:.3f} s'}" for m, t in c.micro_batch_steps_s.items())
+        notes = [f"M from {list(c.micro_batch_steps_s)} (best step per M, each on tables measured at its micro-batch "
+                 f"size: {searched})" if searched else f"M from {list(p.micro_batch_choices)}", f"codecs allowed: {', '.join(['none', *(k.name for k in p.codecs)])}",
                  "recompute " + ("allowed" if p.recompute is not None else "off")]
         if p.server_transfer_s is not None:
             notes.append(f"server transfer {p.server_transfer_s:.3f} s")

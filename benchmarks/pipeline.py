@@ -81,7 +81,8 @@ def main() -> None:
     mp = profile_model(model, use_cache=False)  # this machine, now
     load_before = os.getloadavg()[1]
     plans = {o: {c: plan(model, devices, objective=o, model_profile=mp, devices_file="profiles/pipeline.json",
-                         compare=False) for c, devices in alone.items()} for o in ("latency", "throughput")}
+                         compare=False, measure_micro_batches=True) for c, devices in alone.items()}
+             for o in ("latency", "throughput")}
     figures = ROOT / "benchmarks" / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict] = {"latency": {}, "throughput": {}}
@@ -92,7 +93,8 @@ def main() -> None:
             for o in runs:
                 runs[o].update(measured(run(plans[o][c], tmp, f"{o}-{c}", args.rounds, args.steps)))
             for m in SWEEP:
-                p = plan(model, devices, objective="throughput", micro_batches=(m,), model_profile=mp, compare=False)
+                p = plan(model, devices, objective="throughput", micro_batches=(m,), model_profile=mp, compare=False,
+                         measure_micro_batches=True)
                 sweep[m].update(measured(run(p, tmp, f"m{m}-{c}", min(args.rounds, 3), args.steps)))
         first = next(iter(alone))
         shutil.copy(tmp / f"throughput-{first}" / "timeline.png", figures / "pipeline-timeline.png")
@@ -107,8 +109,7 @@ def main() -> None:
     ratio = max(thr_step / lat_step for thr_step, lat_step in
                 ((runs["throughput"][c]["step"], runs["latency"][c]["step"]) for c in runs["latency"]))
     # What the profiler says a micro-batch costs: the model's step profiled at batch 64 / M, times M.
-    small = {m: profile_model(model, batch_size=mp.batch_size // m, use_cache=False).step_time_s * m / mp.step_time_s
-             for m in SWEEP}
+    small = {m: profile_model(model, batch_size=mp.batch_size // m).step_time_s * m / mp.step_time_s for m in SWEEP}
     srows = [[m, f"{small[m]:.2f}"]
              + [f"{sweep[m][c]['predicted']:.3f} / {sweep[m][c]['step']:.3f} ({sweep[m][c]['compute']:.2f}x)"
                 for c in sweep[m]] for m in SWEEP]
@@ -137,7 +138,8 @@ def main() -> None:
             + "Sweep over M (throughput plan with `--micro-batches M`): predicted / measured step s, and in "
               "brackets the devices' measured compute against the plan's (median over the client's devices). "
               "'profiled M x batch/M': the profiler's step for the whole model at batch 64 / M, times M, against "
-              "its step at 64 (1.00: micro-batches cost their share; the plan assumes 1.00 plus `overhead_s`).\n\n"
+              "its step at 64 (1.00: micro-batches cost their share). The planner solves each M on tables measured "
+              "at that micro-batch size (`planner.profile.micro_batch_profile`).\n\n"
             + md_table(["M", "profiled M x batch/M"] + list(sweep[SWEEP[0]]), srows)
             + f"\n\nmedian |error| over the sweep {median(sweep_err):.1%}.\n\n"
               "![pipeline sweep](benchmarks/figures/pipeline-sweep.png)\n\n"

@@ -26,7 +26,7 @@ from planner.ga import GASettings
 from planner.models import SEED_PARTS, LayeredModel
 from planner.planfile import Plan, PlannedClient, PlannedStage, round_time_s
 from planner.problem import ClientProblem, Solution
-from planner.profile import ModelProfile, profile_model
+from planner.profile import ModelProfile, micro_batch_profile, profile_model
 from planner.usermodel import model_record
 
 SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference", "ga")
@@ -135,6 +135,24 @@ def overall_status(statuses: list[str]) -> str:
     return "optimal"
 
 
+def _best_m(candidates: list[ClientProblem], solved: dict[ClientProblem, Solution], *,
+            joint: ClientProblem) -> tuple[ClientProblem, Solution]:
+    """A client's tables and solution for its best ``M`` (one candidate per allowed ``M``,
+    each on its own tables), or, when none fits, the tables of every allowed ``M`` at the
+    whole batch's times (``joint``: what exclusion reasons are explained on). The best is
+    proven optimal only if every ``M``'s solve was."""
+    sols = [solved[p] for p in candidates]
+    unproven = any(s.status in ("feasible", "time_limit") for s in sols)
+    fits = [(s.step_time_s, s.micro_batches, i) for i, s in enumerate(sols) if s.stages]
+    if not fits:
+        return joint, next((s for s in sols if s.status == "time_limit"), sols[0])
+    *_, i = min(fits)
+    best = sols[i]
+    if unproven and best.status == "optimal":
+        best = replace(best, status="feasible")
+    return candidates[i], best
+
+
 def _alternatives(client, units: list[Unit], model_profile: ModelProfile, budget_s: float | None,
                   opts: Options, objective: str) -> tuple[tuple[str, ClientProblem], ...]:
     """The options the caller left out that might make ``client`` fit, as ``(the command
@@ -160,7 +178,7 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
          devices_file: str | None = None, model_profile: ModelProfile | None = None,
          compare: bool = True, progress: Callable[[str, int, int], None] | None = None,
          micro_batches: tuple[int, ...] | None = None, codecs: tuple[str, ...] = (), recompute: bool = True,
-         ga: GASettings | None = None) -> Plan:
+         ga: GASettings | None = None, measure_micro_batches: bool | None = None) -> Plan:
     """Plan every client of ``devices`` for ``model``; raises NoFeasiblePlan if none fits.
 
     ``micro_batches``, ``codecs`` and ``recompute`` are the execution options a plan may
@@ -170,10 +188,18 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
 
     ``progress(stage, done, total)`` is called while profiling and solving. ``ga``: the
     settings of ``solver="ga"`` (recorded in the plan's ``solver.ga``).
+
+    ``measure_micro_batches``: solve each allowed ``M`` on tables measured at its
+    micro-batch size (:func:`planner.profile.micro_batch_profile`; the plan keeps the best
+    ``M``'s tables, and ``micro_batch_steps_s`` every ``M``'s best step). Default: when
+    ``plan`` profiles the model itself; a caller that hands in ``model_profile`` gets every
+    ``M`` solved together on that profile's tables (``C / M``) unless it asks.
     """
     if solver not in SOLVERS:
         raise InputError("--solver", None, f"unknown solver {solver!r}, expected one of {', '.join(SOLVERS)}")
     opts = options_for(objective, batch_size, micro_batches=micro_batches, codecs=codecs, recompute=recompute)
+    if measure_micro_batches is None:
+        measure_micro_batches = model_profile is None
     if model_profile is None:
         model_profile = profile_model(model, batch_size=batch_size,
                                       progress=(lambda d, t: progress("profile", d, t)) if progress else None)
@@ -183,8 +209,16 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     units = planning_units(model, model_profile)
     parts = _seed_parts(model, units)
     problems = profile_problems(devices, units, model_profile, opts)
+    # Each M is solved on tables measured at its micro-batch size (profile.micro_batch_profile).
+    per_m = {None: problems}
+    if measure_micro_batches and opts.micro_batch_choices != (1,):
+        per_m = {}
+        for m in opts.micro_batch_choices:
+            mp = micro_batch_profile(model, model_profile, m, progress=(lambda d, t: progress("profile", d, t))
+                                     if progress else None)
+            per_m[m] = profile_problems(devices, planning_units(model, mp), mp, replace(opts, micro_batch_choices=(m,)))
     t0 = time.perf_counter()
-    unique = list(dict.fromkeys(problems))  # identical tables are solved once
+    unique = list(dict.fromkeys(p for ps in per_m.values() for p in ps))  # identical tables are solved once
     solved: dict[ClientProblem, Solution] = {}
     # CBC runs as a child process, so threads solve clients on every core at once.
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(unique)))) as pool:
@@ -194,15 +228,21 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
             solved[futures[fut]] = fut.result()
             if progress:
                 progress("solve", done, len(unique))
+    problems, chosen = zip(*(_best_m([ps[i] for ps in per_m.values()], solved, joint=p)
+                              for i, p in enumerate(problems)))
     clients = [
-        client_result(client.name, p, solved[p], solver=solver, objective=objective, data_weight=client.data_weight,
+        client_result(client.name, p, sol, solver=solver, objective=objective, data_weight=client.data_weight,
                       processing_time_factor={d.name: d.processing_time_factor for d in client.devices},
                       layer_names=[u.name for u in units],
                       time_source={d.name: t.source for d, t in zip(client.devices, client_times(client, units, model_profile))},
-                      alternatives=() if solved[p].stages else _alternatives(
+                      alternatives=() if sol.stages else _alternatives(
                           client, units, model_profile, p.budget_s, opts, objective))
-        for client, p in zip(devices.clients, problems)
+        for client, p, sol in zip(devices.clients, problems, chosen)
     ]
+    if len(per_m) > 1:
+        clients = [replace(c, micro_batch_steps_s={m: (solved[ps[i]].step_time_s if solved[ps[i]].stages else None)
+                                                   for m, ps in per_m.items()})
+                   for i, c in enumerate(clients)]
     if compare and solver == "ilp":
         clients = [_with_baselines(c, objective, parts) for c in clients]
     seconds = time.perf_counter() - t0

@@ -53,6 +53,9 @@ class PlannedClient:
     baselines_step_time_s: dict[str, float | None] = field(default_factory=dict)  # same tables
     micro_batches: int = 1  # M: the step runs as M pipelined micro-batches
     time_source: dict[str, str] = field(default_factory=dict)  # device -> "calibration" | "factor"
+    # throughput: each allowed M's best step on tables measured at that M's micro-batch size
+    # (None: no plan fits); ``costs`` are the chosen M's tables (planner.profile.micro_batch_profile)
+    micro_batch_steps_s: dict[int, float | None] = field(default_factory=dict)
 
     def solver_stages(self) -> list[Stage]:
         index = {d: i for i, d in enumerate(self.costs.devices)}
@@ -104,6 +107,8 @@ class Plan:
                     "stages": [vars(s) for s in c.stages],
                     "costs": c.costs.to_json(),
                     **({"time_source": c.time_source} if c.time_source else {}),
+                    **({"micro_batch_steps_s": {str(m): t for m, t in c.micro_batch_steps_s.items()}}
+                       if c.micro_batch_steps_s else {}),
                 }
                 for c in self.clients
             ],
@@ -163,6 +168,7 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
             baselines_step_time_s=dict(c.baselines_step_time_s),
             micro_batches=c.micro_batches,
             time_source=dict(c.time_source),
+            micro_batch_steps_s={int(m): t for m, t in c.micro_batch_steps_s.items()},
         )
         if c.status == "planned":
             _check_client(raw, c, client, source, where)

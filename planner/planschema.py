@@ -127,6 +127,7 @@ class Client(_Loose):
     processing_time_factor: dict[StrictStr, Pos] = Field(default_factory=dict)
     baselines_step_time_s: dict[StrictStr, NonNeg | None] = Field(default_factory=dict)
     time_source: dict[StrictStr, Literal["calibration", "factor"]] = Field(default_factory=dict)
+    micro_batch_steps_s: dict[StrictStr, NonNeg | None] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _status(self) -> "Client":

@@ -24,7 +24,7 @@ from planner.devices import parse_profile
 from planner.errors import InputError, NoFeasiblePlan
 from planner.models import LayeredModel, dcgan_discriminator
 from planner.planfile import load_plan, parse_plan, write_plan
-from planner.profile import measure
+from planner.profile import measure, profile_model
 from planner.reference import solve_reference
 from planner.timeline import predicted_boxes
 
@@ -58,6 +58,23 @@ def test_throughput_plan_is_optimal_over_m_and_beats_latency(dcgan_profile):
     boxes = predicted_boxes(c)  # the fill-drain schedule ends where the formula says
     assert max(b.end_s for b in boxes) == pytest.approx(c.step_time_s, rel=1e-12)
     assert len(boxes) == c.micro_batches * (2 * len(c.stages) - 1)
+
+
+def test_each_m_is_planned_on_tables_measured_at_its_micro_batch_size():
+    model = dcgan_discriminator()
+    p = plan(model, PIPELINE, batch_size=8, objective="throughput", compare=False)  # profiles, so measures each M
+    (c,) = p.clients
+    steps = c.micro_batch_steps_s
+    assert set(steps) == {1, 2, 4, 8} and c.costs.micro_batch_choices == (c.micro_batches,)
+    assert c.step_time_s == pytest.approx(min(t for t in steps.values() if t is not None), rel=1e-9)
+    assert c.step_time_s == pytest.approx(solve_reference(c.costs, objective="throughput").step_time_s, rel=1e-6)
+    # M = 8 alone: its tables are the model measured at batch 1 (cached), 8 times, on 4x devices
+    (m8,) = plan(model, PIPELINE, batch_size=8, objective="throughput", micro_batches=(8,), compare=False).clients
+    one = profile_model(model, batch_size=1)
+    assert m8.micro_batches == 8 and m8.step_time_s == pytest.approx(steps[8], rel=1e-9)
+    assert m8.costs.compute_s[0] == pytest.approx([4.0 * 8 * lp.time_s for lp in one.layers])
+    (m1,) = plan(model, PIPELINE, batch_size=8, compare=False).clients  # memory and bytes stay the whole batch's
+    assert m8.costs.cut_bytes == m1.costs.cut_bytes and m8.costs.memory_bytes == m1.costs.memory_bytes
 
 
 def test_codec_only_where_allowed_and_named_when_it_would_fit(dcgan_profile):
