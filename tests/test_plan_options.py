@@ -60,7 +60,7 @@ def test_throughput_plan_is_optimal_over_m_and_beats_latency(dcgan_profile):
     assert len(boxes) == c.micro_batches * (2 * len(c.stages) - 1)
 
 
-def test_each_m_is_planned_on_tables_measured_at_its_micro_batch_size():
+def test_each_m_is_planned_on_tables_measured_at_its_micro_batch_size(tmp_path):
     model = dcgan_discriminator()
     p = plan(model, PIPELINE, batch_size=8, objective="throughput", compare=False)  # profiles, so measures each M
     (c,) = p.clients
@@ -68,6 +68,8 @@ def test_each_m_is_planned_on_tables_measured_at_its_micro_batch_size():
     assert set(steps) == {1, 2, 4, 8} and c.costs.micro_batch_choices == (c.micro_batches,)
     assert c.step_time_s == pytest.approx(min(t for t in steps.values() if t is not None), rel=1e-9)
     assert c.step_time_s == pytest.approx(solve_reference(c.costs, objective="throughput").step_time_s, rel=1e-6)
+    write_plan(p, tmp_path / "p.json")  # the per-M steps survive the file
+    assert load_plan(tmp_path / "p.json").clients[0].micro_batch_steps_s == steps
     # M = 8 alone: its tables are the model measured at batch 1 (cached), 8 times, on 4x devices
     (m8,) = plan(model, PIPELINE, batch_size=8, objective="throughput", micro_batches=(8,), compare=False).clients
     one = profile_model(model, batch_size=1)
