@@ -50,13 +50,24 @@ def test_calibration_under_emulation_recovers_each_devices_factor(lab_calibrated
     the devices): on the shared VM the host's speed while they measured is known from
     nothing else (the load average reaches 9 on 2 cores); a device whose factor were
     not applied, applied twice or applied to another's work falls out of line."""
-    devices = [d for c in load_profile(lab_calibrated).clients for d in c.devices]
-    steps = {d.name: sum(x.time_s for x in d.calibration[0].layers) for d in devices}
-    host_step = statistics.median(steps[d.name] / d.processing_time_factor for d in devices)
-    off = {d.name: (d.processing_time_factor, round(steps[d.name] / host_step, 2)) for d in devices}
-    assert len({f for f, _ in off.values()}) >= 5  # lab.json's factors differ (1 to 12)
-    bad = {n: v for n, v in off.items() if abs(v[1] / v[0] - 1) > 0.15}
-    assert not bad, f"(factor, recovered) beyond 15%: {bad}; all: {off}"
+    def recovered(path: Path) -> tuple[dict, dict]:
+        devices = [d for c in load_profile(path).clients for d in c.devices]
+        steps = {d.name: sum(x.time_s for x in d.calibration[0].layers) for d in devices}
+        host_step = statistics.median(steps[d.name] / d.processing_time_factor for d in devices)
+        off = {d.name: (d.processing_time_factor, round(steps[d.name] / host_step, 2)) for d in devices}
+        assert len({f for f, _ in off.values()}) >= 5  # lab.json's factors differ (1 to 12)
+        return off, {n: v for n, v in off.items() if abs(v[1] / v[0] - 1) > 0.15}
+
+    off, bad = recovered(lab_calibrated)
+    if bad:  # a burst of load from other work on the VM puts one device off now and then (seen
+        # in CI): calibrate once more; a factor not applied, or applied twice, is off both times
+        again = lab_calibrated.with_name("again.json")
+        r = _fsl("calibrate", "--devices", str(ROOT / "profiles" / "lab.json"), "--out", str(again), "--batch-size",
+                 str(BATCH), "--repeats", str(REPEATS), "--no-links", "--timeout-s", "120")
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        first = bad
+        off, bad = recovered(again)
+        assert not bad, f"(factor, recovered) beyond 15% twice: {first}, then {bad}; all: {off}"
 
 
 def test_the_calibrated_profile_loads_and_fsl_plan_uses_it(lab_calibrated, tmp_path):
