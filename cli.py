@@ -22,12 +22,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from planner.errors import InputError, NoFeasiblePlan
-from planner.explain import format_bytes
 from planner.ga import DEFAULT_GENERATIONS, DEFAULT_POPULATION
 from plan_view import plan_options, render_plan, write_plan_table
+from profile_view import render_profile
+from train_view import TrainProgress, render_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated split learning for GANs: plan discriminator segments on devices, then train.")
@@ -180,24 +180,8 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
         prof = profile_model(m, batch_size=batch_size, use_cache=not no_cache)
         if fmt == Fmt.json:
             out.print_json(json.dumps(prof.to_json()))
-            return
-        cuts = set(legal_cuts(build_graph(m)))
-        t = Table(title=f"{model}: one GAN training step at batch {batch_size} on {prof.host} "
-                        f"({prof.threads} threads, torch {prof.torch_version})", title_justify="left")
-        for col in ("#", "layer", "kind", "params", "MFLOPs", "output", "memory", "time ms", "cut after"):
-            t.add_column(col, justify="left" if col in ("layer", "kind", "output") else "right")
-        for i, lp in enumerate(prof.layers):
-            note = "yes" if i in cuts else ("—" if i == len(prof.layers) - 1 else "[dim]no[/]")
-            flops = f"{lp.flops / 1e6:,.1f}" + (" [red]+?[/]" if lp.uncounted_ops else "")
-            t.add_row(str(i), lp.name, lp.kind, f"{lp.params:,}", flops, "x".join(map(str, lp.output_shape)),
-                      format_bytes(lp.memory_bytes), f"{lp.time_s * 1e3:.2f}", note)
-        t.caption = (f"total {sum(x.params for x in prof.layers):,} params, "
-                     f"{prof.step_time_s * 1e3:.1f} ms per step; FLOPs: one forward of one batch")
-        t.caption_justify = "left"
-        out.print(t)
-        missing = sorted({op for lp in prof.layers for op in lp.uncounted_ops})
-        if missing:
-            out.print(f"[red]FLOPs not counted for: {', '.join(missing)}[/]")
+        else:
+            render_profile(prof, model, set(legal_cuts(build_graph(m))), out)
 
     _guard(run)
 
@@ -312,84 +296,18 @@ def train_cmd(
             slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,
             secure_agg=secure_agg, cut_noise=cut_noise)
         follower = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 (the server) reports
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=out, disable=follower) as bar:
-            task = bar.add_task("round", total=cfg.rounds, info="starting")
-
-            def on_start(info: dict) -> None:
-                if "replanned" in info:
-                    r = info["replanned"]
-                    out.print(f"[yellow]lost {r['lost']} in round {r['round']}[/]: re-planned without it, "
-                              "resuming from the last checkpoint", highlight=False)
-                for w in info.get("warnings", []):
-                    out.print(f"[yellow]warning:[/] {w}", highlight=False)
-                if info.get("epsilon"):
-                    eps = ", ".join(f"{c} {e:.3g}" for c, e in info["epsilon"].items())
-                    out.print(f"DP: epsilon after {cfg.rounds * cfg.steps_per_round} steps (delta = 1 / the client's "
-                              f"records): {eps}", highlight=False)
-                bar.update(task, completed=info["start_round"],
-                           info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
-
-            def on_round(m: dict) -> None:
-                if m.get("plan_switch"):
-                    w = m["plan_switch"]
-                    out.print(f"[yellow]round {w['round']}: switching to {w['plan']}[/]: predicted round "
-                              f"{w['old_round_s']:.2f} -> {w['new_round_s']:.2f} s per step ({w['why']})",
-                              highlight=False)
-                if m.get("aggregation_skipped"):
-                    out.print(f"[yellow]round {m['round']}:[/] {m['aggregation_skipped']}", highlight=False)
-                fid = f", FID {m['fid']:.1f}" if m.get("fid") is not None else ""
-                g = f"G {m['g_loss']:.3f}" if m.get("g_loss") is not None else "G -"
-                bar.update(task, completed=m["round"], info=f"{g}{fid}, {m['round_time_s']:.1f} s/round")
-
-            history = train(cfg, on_round=on_round, on_start=on_start)
+        with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
+            history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)
         if not follower:
             from planner.planfile import load_plan
 
             write_plan_table(load_plan(Path(cfg.out_dir) / "plan.json"), Path(cfg.out_dir) / "plan.txt")
-            render_summary(history, cfg.out_dir)
+            render_summary(history, cfg.out_dir, out)
 
     try:
         _guard(run)
     except DeviceFailure as e:  # a process of --backend dist failed: which device, which round
         _fail(1, f"error: {e}")
-
-
-def render_summary(history: list[dict], out_dir: Path) -> None:
-    """Last round per device: predicted against measured compute, bytes moved."""
-    if not history:
-        return
-    last = history[-1]
-    t = Table(title=f"round {last['round']}: measured against the plan (per step)", title_justify="left")
-    for col in ("client", "device", "predicted s", "measured s", "error", "sent", "received"):
-        t.add_column(col, justify="left" if col in ("client", "device") else "right")
-    flat_out = False
-    for name, d in last["devices"].items():
-        predicted = d["predicted_compute_s"]
-        if not d.get("emulated", True):  # --emulate none: this machine's speed, not the device's
-            predicted, flat_out = predicted / d.get("processing_time_factor", 1.0), True
-        err_pct = (d["compute_s"] - predicted) / predicted if predicted else 0
-        t.add_row(d["client"], name, f"{predicted:.3f}", f"{d['compute_s']:.3f}", f"{err_pct:+.0%}",
-                  format_bytes(d["bytes_sent"]), format_bytes(d["bytes_received"]))
-    if flat_out:
-        t.caption = "--emulate none: predictions are for this machine (the plan's compute / processing_time_factor)"
-        t.caption_justify = "left"
-    out.print(t)
-    steps = ", ".join(f"{c}: {v['step_time_s']:.2f} s (plan {v['predicted_step_time_s']:.2f} s"
-                      + (f", {v['host_wait_s']:.2f} s of it waiting for this machine's cores)"
-                         if v.get("host_wait_s") else ")")
-                      + (f", dropped at step {v['dropped_at_step']}" if v["dropped_at_step"] is not None else "")
-                      for c, v in last["clients"].items())
-    out.print(f"client step times: {steps}")
-    eps = {c: v["epsilon"] for c, v in last["clients"].items() if "epsilon" in v}
-    if eps:
-        out.print("privacy: epsilon " + ", ".join(f"{c} {e:.3g} (delta {last['clients'][c]['delta']:.2g})"
-                                                  for c, e in eps.items()))
-    quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence") if last.get(k) is not None)
-    if quality:
-        out.print(f"quality: {quality}")
-    out.print(f"wrote {out_dir}/plan.txt, metrics.jsonl, samples/round_{last['round']:04d}.png, losses.png, times.png, "
-              "checkpoint/")
 
 
 def main() -> None:

@@ -216,7 +216,8 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
         for m in opts.micro_batch_choices:
             mp = micro_batch_profile(model, model_profile, m, progress=(lambda d, t: progress("profile", d, t))
                                      if progress else None)
-            per_m[m] = profile_problems(devices, planning_units(model, mp), mp, replace(opts, micro_batch_choices=(m,)))
+            per_m[m] = profile_problems(devices, units if mp is model_profile else planning_units(model, mp), mp,
+                                        replace(opts, micro_batch_choices=(m,)))
     t0 = time.perf_counter()
     unique = list(dict.fromkeys(p for ps in per_m.values() for p in ps))  # identical tables are solved once
     solved: dict[ClientProblem, Solution] = {}

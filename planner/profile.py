@@ -275,7 +275,7 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
     pieces: measured at batch ``batch_size / micro_batches`` and multiplied back.
 
     SPEC §2.1 runs a stage's compute as ``M`` units of ``C / M``; on a CPU a small batch
-    costs more than its share (a 2-core VM: 16 micro-batches of 4 samples took 2.6x one
+    costs more than its share (a 2-core VM: 16 micro-batches of 4 samples took 2.07x one
     batch of 64, ``benchmarks/pipeline.py``), so tables for ``M`` are measured at ``B / M``.
     Memory and bytes stay the whole batch's (a fill-drain holds every micro-batch), as do
     ``overhead_s``, the generator and the batch size the tables are for."""
