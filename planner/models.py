@@ -36,16 +36,19 @@ def dcgan_init(module: nn.Module) -> nn.Module:
 
 
 class SeededDropout(nn.Module):
-    """Dropout that draws its mask from its own ``torch.Generator``.
+    """Dropout whose masks come from its own ``torch.Generator``, drawn sample by sample.
 
     Each device owns its randomness, so results do not depend on how threads or
     processes interleave, and the generator state is checkpointed with the weights.
 
-    A trainer that runs a batch in pieces (micro-batches) or runs a piece twice
-    (recomputation in the backward pass) sets ``window = (rows, full, fresh)``: the mask
-    is drawn for the whole batch of ``full`` samples when ``fresh``, kept, and ``rows``
-    of it are used. Micro-batched and recomputed steps then drop exactly what the
-    whole batch would have dropped. ``window = None`` draws a mask per call.
+    A batch's masks: one number ``base`` is drawn from ``generator`` per batch, and
+    sample ``r``'s mask from a generator seeded with ``base + r``. A trainer that runs a
+    batch in pieces (micro-batches) or runs a piece twice (recomputation in the backward
+    pass) sets ``window = (rows, full, fresh)``: ``fresh`` starts a new batch of ``full``
+    samples (a new ``base``), and the piece is that batch's ``rows``. Micro-batched and
+    recomputed steps then drop exactly what the whole batch would have dropped, and each
+    micro-batch draws only its own rows' masks: the first one does not pay for the whole
+    batch's (a pipeline fills behind it). ``window = None`` starts a batch per call.
     """
 
     def __init__(self, p: float, seed: int = 0):
@@ -53,7 +56,8 @@ class SeededDropout(nn.Module):
         self.p = p
         self.generator = torch.Generator().manual_seed(seed)
         self.window: tuple[torch.Tensor, int, bool] | None = None
-        self._mask: torch.Tensor | None = None
+        self._base = 0
+        self._rows = torch.Generator()
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -61,14 +65,14 @@ class SeededDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.window is None:
-            keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
-        else:
-            rows, full, fresh = self.window
-            if fresh or self._mask is None or self._mask.shape[1:] != x.shape[1:]:
-                self._mask = torch.rand((full, *x.shape[1:]), generator=self.generator, dtype=x.dtype) >= self.p
-            keep = self._mask[rows]
-        return x * keep / (1.0 - self.p)
+        rows, fresh = (range(x.shape[0]), True) if self.window is None else (self.window[0].tolist(), self.window[2])
+        if fresh:
+            self._base = int(torch.randint(2**62, (1,), generator=self.generator))
+        keep = torch.empty(x.shape, dtype=x.dtype)
+        for j, r in enumerate(rows):
+            self._rows.manual_seed(self._base + r)
+            torch.rand(x.shape[1:], generator=self._rows, dtype=x.dtype, out=keep[j])
+        return x * (keep >= self.p) / (1.0 - self.p)
 
 
 class Add(nn.Module):
