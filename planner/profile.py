@@ -34,7 +34,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -47,7 +48,13 @@ from planner.models import LayeredModel
 from planner.profile_options import measure_codec_s, measure_generator_step, measure_overhead_s
 from planner.usermodel import generator_for
 
-PROFILE_VERSION = 4
+PROFILE_VERSION = 5
+# A device is one core of this host: profiles, calibration and both backends compute with
+# this many torch threads. More threads per device would not be what one core of a
+# device does, and on a small host the emulated devices' thread pools wake cold after
+# each emulated sleep (2 threads: +20-35 % per compute block after a 50 ms sleep, 1 thread:
+# +6 %; ``benchmarks/pipeline.py``'s notes).
+DEVICE_THREADS = 1
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 _ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
                     "aten::ge", "aten::tanh", "aten::sigmoid", "aten::relu")
@@ -200,7 +207,14 @@ def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats
 
 def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, warmup: int = 3,
             progress: Callable[[int, int], None] | None = None) -> ModelProfile:
-    """Profile every layer of ``model`` at ``batch_size`` on this machine."""
+    """Profile every layer of ``model`` at ``batch_size`` on one core of this machine
+    (:data:`DEVICE_THREADS`)."""
+    with device_threads():
+        return _measure(model, batch_size=batch_size, repeats=repeats, warmup=warmup, progress=progress)
+
+
+def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
+             progress: Callable[[int, int], None] | None) -> ModelProfile:
     t_start = time.perf_counter()
     args = layer_args(model, batch_size)
     timings = time_layers(model, args, repeats=repeats, warmup=warmup, progress=progress)
@@ -239,13 +253,24 @@ def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, war
     )
 
 
+@contextmanager
+def device_threads() -> Iterator[None]:
+    """Torch computes with :data:`DEVICE_THREADS` threads inside (as before, after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(DEVICE_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("FSL_CACHE_DIR", Path.home() / ".cache" / "fsl-gan"))
 
 
 def cache_path(model: LayeredModel, batch_size: int) -> Path:
     key = json.dumps([PROFILE_VERSION, model.fingerprint(), batch_size, torch.__version__,
-                      platform.node(), torch.get_num_threads()])
+                      platform.node(), DEVICE_THREADS])
     return cache_dir() / "profiles" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 

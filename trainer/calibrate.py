@@ -47,7 +47,7 @@ import torch.distributed as dist
 from planner.calibration import FORMAT
 from planner.devices import Profile, load_profile
 from planner.usermodel import build_model
-from planner.profile import layer_args, time_layers
+from planner.profile import DEVICE_THREADS, layer_args, time_layers
 from planner.profile_options import measure_codec_s, measure_overhead_s
 from trainer import linkprobe
 from trainer.backends.dist import in_torchrun, run_ranks, torchrun_role
@@ -232,7 +232,7 @@ def follow(job: CalibrationJob, profile: Profile, me: str, t: Transport) -> None
 def play(job: CalibrationJob, me: str, ranks: dict[str, int], *, init_method: str, report) -> dict | None:
     """One process of a calibration, from joining the group to leaving it; the server
     returns every measurement, a device None."""
-    torch.set_num_threads(1)  # as the dist backend trains
+    torch.set_num_threads(DEVICE_THREADS)  # a device is one core, as profiles and both backends have it
     profile = load_profile(job.profile)
     dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
                             timeout=timedelta(seconds=job.timeout_s))

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from planner.errors import InputError
+from planner.profile import DEVICE_THREADS
 from trainer.build import RunSpec
 from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
 from trainer.loop import run_role
@@ -61,7 +62,7 @@ def free_port() -> int:
 
 def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
     """This process's role, from joining the group to leaving it."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(DEVICE_THREADS)  # a device is one core (planner.profile)
     dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
                             timeout=timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S))
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),

@@ -1,7 +1,8 @@
 """The local backend: every role a thread of this process, over an in-process transport.
 
-Roles share this machine's cores; a lock lets one compute at a time, so the work each
-measures is what the profile measured (``trainer.clock``). The first role to fail aborts
+Roles share this machine's cores; a lock lets one compute at a time, on one core as the
+profile measured (``planner.profile.DEVICE_THREADS``), so the work each measures is what
+the profile measured (``trainer.clock``). The first role to fail aborts
 the others (their ``recv`` raises at once) and its error, classified like the dist
 backend's (``trainer.errors.root_cause``), is raised here.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+from planner.profile import device_threads
 from trainer.build import RunSpec
 from trainer.errors import RankFailure, RoleError, root_cause
 from trainer.loop import run_role
@@ -39,10 +41,13 @@ def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transpo
             t.abort(roles, f"{name} failed")
 
     threads = [threading.Thread(target=play, args=(n,), name=f"fsl-{n}", daemon=True) for n in roles]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    with device_threads():
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    if transport is None:
+        t.close(timeout_s=spec.cfg.timeout_s)  # the emulated links' threads
     if failures:
         own = next((errors[f.role] for f in failures if f.kind == "own"), None)
         raise root_cause(failures, max(f.round_no for f in failures)) from own  # keeps a bug's traceback
