@@ -1,11 +1,14 @@
 """Device emulation: a compute phase lasts factor x work from when the device was ready,
-however long this host made it wait for its cores, and oversleeping does not add up.
+however long this host made it wait for its cores, and oversleeping does not add up; a
+link carries its messages in turn, apart from the sender.
 
-Time is a fake clock here, so every figure is exact and no test depends on this
-machine's load.
+Compute's time is a fake clock here, so every figure is exact and no test depends on
+this machine's load; the link tests assert only what a busy machine cannot change.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -101,22 +104,36 @@ def test_paced_sleep_pays_back_debt_before_sleeping(fake):
     assert paced_sleep(-1.0, 0.001) == pytest.approx(0.001)  # nothing to sleep: debt kept
 
 
-def test_link_sleeps_are_paced_per_sender(fake):
-    fake.oversleep = 0.001
+def test_a_link_carries_messages_in_turn_while_the_sender_goes_on():
+    """The link, not the sender, takes a message's time: send returns at once, each
+    message ends 10 ms after the one before (the link is busy), and they arrive in order,
+    none before its end. Real time, but only lower bounds on it are asserted."""
     links = transport.LinkTable(bytes_per_s={("a", "b"): 1e6}, latency_s={("a", "b"): 0.0})
     t = transport.InProcessTransport(links, emulate=True)
-    start = fake.now
-    for _ in range(20):
-        t.send("a", "b", torch.zeros(2500), tag="act_d")  # 10,000 bytes at 1 MB/s: 10 ms each
-    assert fake.now - start == pytest.approx(20 * 0.01 + 0.001)
+    t0 = time.perf_counter()
+    spans = [t.send("a", "b", torch.full((2500,), float(k)), tag="act_d") for k in range(20)]  # 10 ms each
+    returned = time.perf_counter()
+    assert [e - spans[0][0] for _, e in spans] == pytest.approx([0.01 * (k + 1) for k in range(20)])
+    assert spans[-1][1] > returned  # the sender was not held for the 200 ms the link takes
+    for k in range(20):
+        assert t.recv("b", "a", tag="act_d", timeout_s=5)[0].item() == k
+        assert time.perf_counter() >= spans[k][1]
+    assert time.perf_counter() - t0 >= 0.2
+    t.close(timeout_s=5)
 
 
-def test_only_a_steps_messages_cross_emulated_links(fake):
-    """Checkpoint state and reports are not planned, so they are not delayed."""
+def test_only_a_steps_messages_take_a_links_time():
+    """Checkpoint state and reports are not planned, so they are not delayed, but they
+    keep their place behind what the link carries."""
     links = transport.LinkTable(bytes_per_s={("a", "b"): 1e6}, latency_s={("a", "b"): 0.004})
     t = transport.InProcessTransport(links, emulate=True)
-    t.send("a", "b", torch.zeros(2500), tag="state")
-    t.send("a", "b", torch.zeros(2500), tag="report")
-    assert fake.slept == []
-    t.send("a", "b", torch.zeros(2500), tag="grad_g")  # 10 ms of bytes + a quarter of the latency
-    assert fake.slept == [pytest.approx(0.011)]
+    for tag in ("state", "report"):
+        start, end = t.send("a", "b", torch.zeros(2500), tag=tag)
+        assert end == start
+    start, grad_end = t.send("a", "b", torch.zeros(2500), tag="grad_g")  # 10 ms of bytes + a quarter of the latency
+    assert grad_end - start == pytest.approx(0.011)
+    start, end = t.send("a", "b", torch.zeros(1), tag="report")
+    assert start == end == grad_end  # queued behind grad_g
+    assert [t.recv("b", "a", tag=tag, timeout_s=5).numel() for tag in ("state", "report", "grad_g", "report")] \
+        == [2500, 2500, 2500, 1]
+    t.close(timeout_s=5)

@@ -90,7 +90,7 @@ def _spy_run(tmp_path, plan, out: str, tags: set[str], **kw) -> tuple[list, list
     def spy(src, dst, tensor, *, tag):
         if tag in tags:
             seen.append((src, tag, tensor.detach().clone()))
-        send(src, dst, tensor, tag=tag)
+        return send(src, dst, tensor, tag=tag)
 
     t.send = spy
     return seen, run_local(RunSpec(cfg, plan), transport=t)

@@ -74,7 +74,7 @@ def _weights_sent(tmp_path, plan, out: str, **kw) -> dict[str, torch.Tensor]:
     def spy(src, dst, tensor, *, tag):
         if tag == "weights" and dst == "server":
             seen[src] = tensor.detach().clone()
-        send(src, dst, tensor, tag=tag)
+        return send(src, dst, tensor, tag=tag)
 
     t.send = spy
     run_local(RunSpec(cfg, plan), transport=t)

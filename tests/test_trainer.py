@@ -146,7 +146,7 @@ def test_raw_images_never_leave_the_data_device(tmp_path):
 
     def spy(src, dst, tensor, *, tag):
         sent.append((src, dst, tag, tensor.detach().clone()))
-        send(src, dst, tensor, tag=tag)
+        return send(src, dst, tensor, tag=tag)
 
     t.send = spy
     run_local(RunSpec(cfg, plan), transport=t)

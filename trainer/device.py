@@ -1,21 +1,23 @@
 """A device's training step, written once; the transport decides where the device runs.
 
 The messages of a step are ``planner.schedule``'s (drawn there). A step has two phases,
-each a GPipe fill-drain (Huang et al. 2019, "GPipe", Sec. 2.2) over ``M`` micro-batches
-(``M = 1``: plain sequential split learning)::
+each a fill-drain over ``M`` micro-batches (``M = 1``: plain sequential split learning),
+scheduled one-forward-one-backward (PipeDream-flush; the update is GPipe's, Huang et al.
+2019): a device with ``w`` stages after it runs ``w`` forwards, then a forward and a
+backward in turn, then the rest of the backwards. With 3 stages and ``M = 4``::
 
     phase d (discriminator, real and fake; micro-batch i = [real_i ; fake_i], 2B/M samples)
-      d0:   F0 F1 .. F(M-1) -> act_d      ...   <- grad_d  B0 B1 .. B(M-1)   Adam step
-      d1:      F0 F1 .. F(M-1) -> act_d   ...   <- grad_d  B0 .. B(M-1) -> grad_d   Adam step
-      dk:         F0 L0 F1 L1 ..  (loss per micro-batch)   B0 .. B(M-1) -> grad_d   Adam step
+      d0:  F0 F1 F2 B0 F3 B1 B2 B3   Adam step      (w = 2)
+      d1:  F0 F1 B0 F2 B1 F3 B2 B3   Adam step      (w = 1)
+      d2:  F0 B0 F1 B1 F2 B2 F3 B3   Adam step      (w = 0; F includes the loss)
     phase g (generator feedback, fake only, B/M samples): the same, without Adam; d0
       sends the gradient w.r.t. the fake images (all micro-batches) to the server.
 
 Each device starts micro-batch ``i`` as soon as it has it, so the devices of a client
 work concurrently. Gradients accumulate over the micro-batches (each micro-batch's loss
 carries ``1/M``) and each device takes one Adam step per step, so the update is the
-``M = 1`` update up to the order of floating-point sums; dropout masks are drawn for
-the whole batch and sliced (``SeededDropout.window``), so they agree too. A stage with
+``M = 1`` update up to the order of floating-point sums; dropout masks are drawn per
+sample from the whole batch's seed (``SeededDropout.window``), so they agree too. A stage with
 ``recompute`` runs under ``torch.utils.checkpoint``: it keeps only its inputs between a
 micro-batch's forward and backward and runs the forward again in the backward pass.
 
@@ -100,6 +102,7 @@ class DeviceRole:
     clock: Clock = field(default_factory=Clock)
     timeout_s: float | None = None
     micro_batches: int = 1  # M: the step runs as M micro-batches, pipelined
+    downstream: int = 0  # how many stages come after this one (the pipeline's warm-up)
     recompute: bool = False  # keep only inputs; run the forward again in the backward pass
     codec_in: str = "none"  # the codec of the cut before this stage
     codec_out: str = "none"  # the codec of the cut after this stage
@@ -125,11 +128,10 @@ class DeviceRole:
         if codec != "none":
             with self.clock.compute(codec=True):
                 x = encode(x, codec)
-        t0 = time.perf_counter()
-        t.send(self.name, dst, x, tag=tag)
+        start, end = t.send(self.name, dst, x, tag=tag)
         if self.trace is not None:
             link = f"{self.name}→{dst}" if dst == self.next else f"{dst}→{self.name}"
-            self.trace.append((link, label, t0, time.perf_counter()))
+            self.trace.append((link, label, start, end))
 
     @contextmanager
     def _window(self, phase: str, i: int, *, fresh: bool):
@@ -158,30 +160,42 @@ class DeviceRole:
         loss = F.binary_cross_entropy_with_logits(out.squeeze(1), labels, reduction="none")
         return loss.view(-1, b).mean(1).sum() / self.micro_batches
 
+    def _order(self) -> list[tuple[str, int]]:
+        """The phase's work on this device, one-forward-one-backward (PipeDream-flush,
+        Narayanan et al. 2021): ``w`` = the stages after this one forwards to fill the
+        pipe, then a forward and a backward in turn, then the last backwards. The
+        bottleneck stage then alternates its own forwards and backwards without waiting
+        for the slower pace of its neighbours' forwards, as SPEC §2.1's line of units has it."""
+        M = self.micro_batches
+        w = min(self.downstream, M)
+        order = [("F", i) for i in range(w)]
+        for j in range(M - w):
+            order += [("F", w + j), ("B", j)]
+        return order + [("B", j) for j in range(M - w, M)]
+
     def _phase(self, t: Transport, phase: str, inputs: list[torch.Tensor] | None) -> tuple[list, torch.Tensor | None]:
-        """One fill-drain over the micro-batches; returns (input gradients where this
-        device needs them, the phase's loss on the last device)."""
+        """One fill-drain over the micro-batches (:meth:`_order`); returns (input
+        gradients where this device needs them, the phase's loss on the last device)."""
         M, first, last = self.micro_batches, self.prev is None, self.next is None
         input_grad = not first or phase == "g"
         params = list(self.stage.parameters()) if phase == "d" else []
-        xs, outs, total = [], [], None
+        xs, outs, grads, total = [None] * M, [None] * M, [], None
         n = SHARE[phase] * self.batch_size // M
-        for i in range(M):
-            x = inputs[i] if first else self._recv(t, self.prev, ACT[phase], self.codec_in, (n, *self.input_shape))
-            with self.clock.compute(f"F{phase}{i}"):
-                x = x.detach().requires_grad_(input_grad)
-                with self._window(phase, i, fresh=i == 0), torch.enable_grad():
-                    out = self._forward(x)
-                if last:
-                    out = self._loss(out, phase)
-                    total = out.detach() if total is None else total + out.detach()
-            if not last:
-                sent = self.privacy.activation(out) if first else out
-                self._send(t, self.next, sent, ACT[phase], self.codec_out, f"{ACT[phase]} {i}")
-            xs.append(x)
-            outs.append(out)
-        grads = []
-        for i in range(M):
+        for kind, i in self._order():
+            if kind == "F":
+                x = inputs[i] if first else self._recv(t, self.prev, ACT[phase], self.codec_in, (n, *self.input_shape))
+                with self.clock.compute(f"F{phase}{i}"):
+                    x = x.detach().requires_grad_(input_grad)
+                    with self._window(phase, i, fresh=i == 0), torch.enable_grad():
+                        out = self._forward(x)
+                    if last:
+                        out = self._loss(out, phase)
+                        total = out.detach() if total is None else total + out.detach()
+                if not last:
+                    sent = self.privacy.activation(out) if first else out
+                    self._send(t, self.next, sent, ACT[phase], self.codec_out, f"{ACT[phase]} {i}")
+                xs[i], outs[i] = x, out
+                continue
             g = None if last else self._recv(t, self.next, GRAD[phase], self.codec_out, outs[i].shape)
             with self.clock.compute(f"B{phase}{i}"):
                 wrt = params + ([xs[i]] if input_grad else [])
@@ -196,6 +210,7 @@ class DeviceRole:
                 self._send(t, self.prev, xs[i].grad, GRAD[phase], self.codec_in, f"{GRAD[phase]} {i}")
             elif input_grad:
                 grads.append(xs[i].grad)
+            xs[i] = None
         return grads, total
 
     def step(self, t: Transport) -> None:

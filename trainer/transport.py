@@ -17,7 +17,11 @@ peer it is waiting for.
 - **Link emulation** (``emulate=True``): a step message between two devices of a client
   takes ``bytes / link_bytes_per_s + latency / 4`` seconds (the plan's own tables; SPEC §2
   charges a link's latency once per cut and micro-batch, and four messages cross it).
-  Control messages and the server's are not planned and not delayed.
+  Control messages and the server's are not planned and not delayed. The link, not the
+  sender, takes that time: ``send`` returns at once and the message arrives when the link
+  has carried it, after what it carried before (:class:`EmulatedLink`), so a device
+  computes its next micro-batch while its last activation is on the wire, as SPEC §2.1's
+  cuts are units of their own. Every message between a pair goes through its link, in order.
 - **Log.** :class:`TransferLog` counts each role's bytes and waits, step and control
   messages apart, so metrics report what actually crossed.
 """
@@ -72,6 +76,60 @@ class LinkTable:
                         table.bytes_per_s[(da, db)] = p.link_bytes_per_s[a][b]
                         table.latency_s[(da, db)] = p.link_latency_s[a][b]
         return table
+
+
+class EmulatedLink:
+    """One direction between two roles under emulation: messages leave in the order sent,
+    each ``delay`` seconds after the link is free (its previous message arrived), and are
+    handed on by this link's own thread at that moment. An error handing one on (a peer
+    gone) is raised by the sender's next send over this link."""
+
+    def __init__(self, hand_on, name: str):
+        self._hand_on = hand_on
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._free_at = 0.0
+        self._pending = 0
+        self._idle = threading.Condition()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def carry(self, dst: str, envelope: Envelope, delay_s: float) -> tuple[float, float]:
+        """Queue ``envelope``; returns when its transfer starts and ends (perf_counter)."""
+        if self.error is not None:
+            raise self.error
+        start = max(time.perf_counter(), self._free_at)
+        self._free_at = end = start + delay_s
+        with self._idle:
+            self._pending += 1
+        self._queue.put((end, dst, envelope))
+        return start, end
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            end, dst, envelope = item
+            wait = end - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if self.error is None:
+                    self._hand_on(dst, envelope)
+            except BaseException as e:  # noqa: BLE001 - the sender sees it on its next send
+                self.error = e
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every queued message is handed on; True if it was."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
+
+    def stop(self) -> None:
+        self._queue.put(None)
 
 
 def _counter() -> defaultdict:
@@ -146,7 +204,7 @@ class Transport:
         self._epoch: dict[str, int] = defaultdict(int)
         self._stopped: dict[str, int] = {}  # role -> epoch it was stopped in
         self._aborted: dict[str, str] = {}  # role -> why the run is being torn down
-        self._sleep_debt: dict[str, float] = defaultdict(float)  # per sender, see paced_sleep
+        self._links: dict[tuple[str, str], EmulatedLink] = {}  # under emulation, per (src, dst)
         self._lock = threading.Lock()
 
     # -- what an implementation provides
@@ -174,15 +232,35 @@ class Transport:
         """Whether ``role`` was stopped in its current round."""
         return self._stopped.get(role) == self._epoch[role]
 
-    def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> None:
+    def send(self, src: str, dst: str, tensor: torch.Tensor, *, tag: str) -> tuple[float, float]:
+        """Send ``tensor`` to ``dst``; returns when its transfer started and ends
+        (perf_counter; under emulation the end may lie ahead: the link carries it)."""
         if tag not in TAGS:
             raise ProtocolError(f"{src} sends unknown tag {tag!r}; known: {', '.join(TAGS)}")
         payload = self._prepare(tensor)
         n = nbytes(payload)
-        if self.emulate and tag in STEP_TAGS:
-            self._sleep_debt[src] = paced_sleep(self.links.delay_s(src, dst, n), self._sleep_debt[src])
-        self._put(dst, Envelope(src, tag, self._epoch[src], payload))
+        envelope = Envelope(src, tag, self._epoch[src], payload)
+        if self.emulate:
+            delay = self.links.delay_s(src, dst, n) if tag in STEP_TAGS else 0.0
+            span = self._link(src, dst).carry(dst, envelope, delay)
+        else:
+            t0 = time.perf_counter()
+            self._put(dst, envelope)
+            span = (t0, time.perf_counter())
         self.log.record_send(src, dst, tag, n)
+        return span
+
+    def _link(self, src: str, dst: str) -> EmulatedLink:
+        with self._lock:
+            if (src, dst) not in self._links:
+                self._links[(src, dst)] = EmulatedLink(self._put, f"link-{src}-{dst}")
+            return self._links[(src, dst)]
+
+    def drain_links(self, timeout_s: float) -> None:
+        """Wait (bounded) until the emulated links have handed on everything sent."""
+        deadline = time.monotonic() + timeout_s
+        for link in list(self._links.values()):
+            link.drain(max(0.0, deadline - time.monotonic()))
 
     def recv(self, dst: str, src: str, *, tag: str, timeout_s: float | None = None, stoppable: bool = False,
              late_ok: bool = False) -> torch.Tensor:
@@ -241,6 +319,9 @@ class Transport:
 
     def close(self, timeout_s: float) -> None:
         """Release what the implementation holds (threads, connections)."""
+        self.drain_links(timeout_s)
+        for link in self._links.values():
+            link.stop()
 
 
 class InProcessTransport(Transport):

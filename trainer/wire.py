@@ -87,11 +87,12 @@ class DistTransport(Transport):
     def close(self, timeout_s: float) -> None:
         """Say ``bye`` to every peer, then wait (bounded) until each peer has said it. The
         run's work is done by then: a peer already gone is no failure."""
+        deadline = time.monotonic() + timeout_s
         for p in self.peers:
             try:
                 self.send(self.me, p, torch.zeros(0), tag="bye")
             except RuntimeError:  # gloo: the peer closed its side first
                 continue
-        deadline = time.monotonic() + timeout_s
+        super().close(max(0.0, deadline - time.monotonic()))  # what the emulated links still carry
         for th in self._threads:
             th.join(max(0.0, deadline - time.monotonic()))
