@@ -301,15 +301,45 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
 
     SPEC §2.1 runs a stage's compute as ``M`` units of ``C / M``; on a CPU a small batch
     costs more than its share (a 2-core VM: 16 micro-batches of 4 samples took 2.07x one
-    batch of 64, ``benchmarks/pipeline.py``), so tables for ``M`` are measured at ``B / M``.
-    Memory and bytes stay the whole batch's (a fill-drain holds every micro-batch), as do
-    ``overhead_s``, the generator and the batch size the tables are for."""
+    batch of 64 at 2 threads, ``benchmarks/pipeline.py``), so tables for ``M`` are
+    measured at ``B / M``: the layers' step times and the codecs, nothing else (FLOPs,
+    memory and bytes stay the whole batch's, since a fill-drain holds every micro-batch,
+    as do ``overhead_s``, the generator and the batch size the tables are for). Cached
+    beside the profiles."""
     if micro_batches == 1:
         return profile
-    small = profile_model(model, batch_size=profile.batch_size // micro_batches, use_cache=use_cache,
-                          progress=progress)
+    small = profile.batch_size // micro_batches
+    path = cache_path(model, small).with_suffix(".times.json")
+    times = None
+    if use_cache and path.is_file():
+        try:
+            times = [(float(t), float(f), {k: float(v) for k, v in c.items()})
+                     for t, f, c in json.loads(path.read_text())["layers"]]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            times = None
+    if times is None or len(times) != len(profile.layers):
+        times = _measure_times(model, small, progress=progress)
+        if use_cache:
+            write_json(path, {"batch_size": small, "layers": [[t, f, c] for t, f, c in times]})
     m = micro_batches
-    layers = tuple(replace(big, time_s=m * s.time_s, forward_s=m * s.forward_s,
-                           codec_s={k: m * v for k, v in s.codec_s.items()})
-                   for big, s in zip(profile.layers, small.layers))
+    layers = tuple(replace(big, time_s=m * t, forward_s=m * f, codec_s={k: m * v for k, v in c.items()})
+                   for big, (t, f, c) in zip(profile.layers, times))
     return replace(profile, layers=layers)
+
+
+def _measure_times(model: LayeredModel, batch_size: int, *,
+                   progress: Callable[[int, int], None] | None) -> list[tuple[float, float, dict[str, float]]]:
+    """Per layer, ``(time_s, forward_s, codec_s)`` at ``batch_size`` on one core (as :func:`measure`,
+    with fewer repeats: the medians of 9)."""
+    with device_threads():
+        args = layer_args(model, batch_size)
+        timings = time_layers(model, args, repeats=9, warmup=2, progress=progress)  # M tables of 4: keep fsl plan quick
+        codec_by_shape: dict[tuple[int, ...], dict[str, float]] = {}
+        out = []
+        for layer, (_, args1), (t, f) in zip(model.layers, args, timings):
+            with torch.no_grad():
+                shape = tuple(layer(*args1).shape[1:])
+            if shape not in codec_by_shape:
+                codec_by_shape[shape] = measure_codec_s(shape, batch_size)
+            out.append((t, f, codec_by_shape[shape]))
+    return out

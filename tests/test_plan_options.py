@@ -24,7 +24,7 @@ from planner.devices import parse_profile
 from planner.errors import InputError, NoFeasiblePlan
 from planner.models import LayeredModel, dcgan_discriminator
 from planner.planfile import load_plan, parse_plan, write_plan
-from planner.profile import measure, profile_model
+from planner.profile import cache_path, measure
 from planner.reference import solve_reference
 from planner.timeline import predicted_boxes
 
@@ -72,9 +72,10 @@ def test_each_m_is_planned_on_tables_measured_at_its_micro_batch_size(tmp_path):
     assert load_plan(tmp_path / "p.json").clients[0].micro_batch_steps_s == steps
     # M = 8 alone: its tables are the model measured at batch 1 (cached), 8 times, on 4x devices
     (m8,) = plan(model, PIPELINE, batch_size=8, objective="throughput", micro_batches=(8,), compare=False).clients
-    one = profile_model(model, batch_size=1)
+    one = json.loads(cache_path(model, 1).with_suffix(".times.json").read_text())  # the layers timed at batch 1
+    assert one["batch_size"] == 1
     assert m8.micro_batches == 8 and m8.step_time_s == pytest.approx(steps[8], rel=1e-9)
-    assert m8.costs.compute_s[0] == pytest.approx([4.0 * 8 * lp.time_s for lp in one.layers])
+    assert m8.costs.compute_s[0] == pytest.approx([4.0 * 8 * t for t, _, _ in one["layers"]])
     (m1,) = plan(model, PIPELINE, batch_size=8, compare=False).clients  # memory and bytes stay the whole batch's
     assert m8.costs.cut_bytes == m1.costs.cut_bytes and m8.costs.memory_bytes == m1.costs.memory_bytes
 
