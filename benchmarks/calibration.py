@@ -51,7 +51,7 @@ from planner import plan  # noqa: E402
 from planner.calibration import calibrated_profile  # noqa: E402
 from planner.costs import client_problem, planning_units  # noqa: E402
 from planner.devices import load_profile, parse_profile  # noqa: E402
-from planner.jsonio import read_json, write_json  # noqa: E402
+from planner.jsonio import read_json  # noqa: E402
 from planner.models import dcgan_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
 from planner.profile import measure  # noqa: E402

@@ -10,14 +10,12 @@ time limit hit; the limits are planned with a stopwatch.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 

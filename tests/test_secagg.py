@@ -40,7 +40,7 @@ def test_pairwise_masks_cancel_over_the_clients():
         keys = [X25519PrivateKey.generate() for _ in devices]
         weights = [rng.randint(1, 900) for _ in range(3)]
         x = [torch.randn(P) for _ in range(3)]
-        masked, plain = [torch.zeros(P, dtype=torch.int64) for _ in range(3)], []
+        masked = [torch.zeros(P, dtype=torch.int64) for _ in range(3)]
         for i, (k, a, b) in enumerate(devices):
             peers = tuple((1 if k < j else -1, pa, pb, shared_key(keys[i], _public(keys[n])))
                           for n, (j, pa, pb) in enumerate(devices) if j != k and max(a, pa) < min(b, pb))

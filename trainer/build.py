@@ -197,7 +197,7 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
         prev=chain[i - 1] if i > 0 else None, next=chain[i + 1] if i + 1 < len(chain) else None,
         batch_size=plan.batch_size, sampler=sampler,
         clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep", lock=lock),
-        timeout_s=cfg.timeout_s, micro_batches=c.micro_batches, downstream=len(chain) - 1 - i, recompute=st.recompute,
+        timeout_s=cfg.timeout_s, micro_batches=c.micro_batches, recompute=st.recompute,
         codec_in=c.stages[i - 1].codec if i > 0 else "none", codec_out=st.codec,
         input_shape=unit_shapes(template, spans)[st.start - 1] if st.start > 0 else tuple(template.input_shape),
         privacy=Privacy(cfg.dp_clip or 0.0, cfg.dp_noise or 0.0, cfg.cut_noise) if i == 0 else Privacy())

@@ -1,20 +1,21 @@
 """A device's training step, written once; the transport decides where the device runs.
 
 The messages of a step are ``planner.schedule``'s (drawn there). A step has two phases,
-each a fill-drain over ``M`` micro-batches (``M = 1``: plain sequential split learning),
-scheduled one-forward-one-backward (PipeDream-flush; the update is GPipe's, Huang et al.
-2019): a device with ``w`` stages after it runs ``w`` forwards, then a forward and a
-backward in turn, then the rest of the backwards. With 3 stages and ``M = 4``::
+each a fill-drain over ``M`` micro-batches (``M = 1``: plain sequential split learning;
+the update is GPipe's, Huang et al. 2019) in which every device takes its work as it
+comes: the data device runs its forwards first, the last device a backward right after
+each forward, and a device in between whichever its neighbours hand it first, a gradient
+first where both wait. With 3 stages and ``M = 4`` one run may go::
 
     phase d (discriminator, real and fake; micro-batch i = [real_i ; fake_i], 2B/M samples)
-      d0:  F0 F1 F2 B0 F3 B1 B2 B3   Adam step      (w = 2)
-      d1:  F0 F1 B0 F2 B1 F3 B2 B3   Adam step      (w = 1)
-      d2:  F0 B0 F1 B1 F2 B2 F3 B3   Adam step      (w = 0; F includes the loss)
+      d0:  F0 F1 F2 F3 B0 B1 B2 B3   Adam step
+      d1:  F0 F1 B0 F2 F3 B1 B2 B3   Adam step      (as activations and gradients arrive)
+      d2:  F0 B0 F1 B1 F2 B2 F3 B3   Adam step      (F includes the loss)
     phase g (generator feedback, fake only, B/M samples): the same, without Adam; d0
       sends the gradient w.r.t. the fake images (all micro-batches) to the server.
 
-Each device starts micro-batch ``i`` as soon as it has it, so the devices of a client
-work concurrently. Gradients accumulate over the micro-batches (each micro-batch's loss
+No device idles while it has work, so the devices of a client work concurrently and the
+bottleneck stage stays busy, as SPEC §2.1's line of units assumes. Gradients accumulate over the micro-batches (each micro-batch's loss
 carries ``1/M``) and each device takes one Adam step per step, so the update is the
 ``M = 1`` update up to the order of floating-point sums; dropout masks are drawn per
 sample from the whole batch's seed (``SeededDropout.window``), so they agree too. A stage with
@@ -102,7 +103,6 @@ class DeviceRole:
     clock: Clock = field(default_factory=Clock)
     timeout_s: float | None = None
     micro_batches: int = 1  # M: the step runs as M micro-batches, pipelined
-    downstream: int = 0  # how many stages come after this one (the pipeline's warm-up)
     recompute: bool = False  # keep only inputs; run the forward again in the backward pass
     codec_in: str = "none"  # the codec of the cut before this stage
     codec_out: str = "none"  # the codec of the cut after this stage
@@ -118,7 +118,9 @@ class DeviceRole:
         self._dropout = [m for m in self.stage.modules() if isinstance(m, SeededDropout)]
 
     def _recv(self, t: Transport, src: str, tag: str, codec: str = "none", shape=None) -> torch.Tensor:
-        payload = t.recv(self.name, src, tag=tag, timeout_s=self.timeout_s, stoppable=True)
+        return self._decode(t.recv(self.name, src, tag=tag, timeout_s=self.timeout_s, stoppable=True), codec, shape)
+
+    def _decode(self, payload: torch.Tensor, codec: str, shape) -> torch.Tensor:
         if codec == "none":
             return payload
         with self.clock.compute(codec=True):
@@ -160,30 +162,40 @@ class DeviceRole:
         loss = F.binary_cross_entropy_with_logits(out.squeeze(1), labels, reduction="none")
         return loss.view(-1, b).mean(1).sum() / self.micro_batches
 
-    def _order(self) -> list[tuple[str, int]]:
-        """The phase's work on this device, one-forward-one-backward (PipeDream-flush,
-        Narayanan et al. 2021): ``w`` = the stages after this one forwards to fill the
-        pipe, then a forward and a backward in turn, then the last backwards. The
-        bottleneck stage then alternates its own forwards and backwards without waiting
-        for the slower pace of its neighbours' forwards, as SPEC §2.1's line of units has it."""
-        M = self.micro_batches
-        w = min(self.downstream, M)
-        order = [("F", i) for i in range(w)]
-        for j in range(M - w):
-            order += [("F", w + j), ("B", j)]
-        return order + [("B", j) for j in range(M - w, M)]
+    def _next_work(self, t: Transport, phase: str, f: int, b: int, outs: list) -> tuple[str, torch.Tensor | None]:
+        """What this device does next in a phase, after ``f`` forwards and ``b`` backwards:
+        ``("F", input)`` or ``("B", gradient)``. The data device runs its forwards first (its
+        inputs are here), the last device a backward right after each forward (it computes
+        the loss itself), and a device in between whichever its neighbours hand it first,
+        a gradient first where both wait. So no device idles while it has work, and the
+        bottleneck stage keeps busy as SPEC §2.1's line of units has it."""
+        M, n = self.micro_batches, SHARE[phase] * self.batch_size // self.micro_batches
+        act = (self.prev, ACT[phase])
+        if self.prev is None and f < M:
+            return "F", None
+        if self.next is None:
+            return ("B", None) if b < f else ("F", self._recv(t, *act, self.codec_in, (n, *self.input_shape)))
+        wanted = (((self.next, GRAD[phase]),) if b < f else ()) + ((act,) if f < M and self.prev is not None else ())
+        payload, src = t.recv_any(self.name, wanted, timeout_s=self.timeout_s, stoppable=True)
+        if src == self.next:
+            return "B", self._decode(payload, self.codec_out, outs[b].shape)
+        return "F", self._decode(payload, self.codec_in, (n, *self.input_shape))
 
     def _phase(self, t: Transport, phase: str, inputs: list[torch.Tensor] | None) -> tuple[list, torch.Tensor | None]:
-        """One fill-drain over the micro-batches (:meth:`_order`); returns (input
-        gradients where this device needs them, the phase's loss on the last device)."""
+        """One fill-drain over the micro-batches, each device taking its work as it comes
+        (:meth:`_next_work`); returns (input gradients where this device needs them, the
+        phase's loss on the last device). Forwards and backwards each run in micro-batch
+        order, so gradients accumulate in the same order whatever the timing."""
         M, first, last = self.micro_batches, self.prev is None, self.next is None
         input_grad = not first or phase == "g"
         params = list(self.stage.parameters()) if phase == "d" else []
         xs, outs, grads, total = [None] * M, [None] * M, [], None
-        n = SHARE[phase] * self.batch_size // M
-        for kind, i in self._order():
+        f = b = 0
+        while b < M:
+            kind, payload = self._next_work(t, phase, f, b, outs)
             if kind == "F":
-                x = inputs[i] if first else self._recv(t, self.prev, ACT[phase], self.codec_in, (n, *self.input_shape))
+                i, f = f, f + 1
+                x = inputs[i] if first else payload
                 with self.clock.compute(f"F{phase}{i}"):
                     x = x.detach().requires_grad_(input_grad)
                     with self._window(phase, i, fresh=i == 0), torch.enable_grad():
@@ -196,12 +208,12 @@ class DeviceRole:
                     self._send(t, self.next, sent, ACT[phase], self.codec_out, f"{ACT[phase]} {i}")
                 xs[i], outs[i] = x, out
                 continue
-            g = None if last else self._recv(t, self.next, GRAD[phase], self.codec_out, outs[i].shape)
+            i, b = b, b + 1
             with self.clock.compute(f"B{phase}{i}"):
                 wrt = params + ([xs[i]] if input_grad else [])
                 if wrt:
                     with self._window(phase, i, fresh=False):
-                        torch.autograd.backward(outs[i], g, inputs=wrt)
+                        torch.autograd.backward(outs[i], payload, inputs=wrt)
                 if phase == "d" and i == M - 1 and self.optimizer is not None:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)

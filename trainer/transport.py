@@ -266,19 +266,26 @@ class Transport:
              late_ok: bool = False) -> torch.Tensor:
         """The next tensor tagged ``tag`` from ``src``; raises StopRound (``stoppable``),
         PeerTimeout after ``timeout_s``, PeerLost, RunAborted or ProtocolError."""
+        return self.recv_any(dst, ((src, tag),), timeout_s=timeout_s, stoppable=stoppable, late_ok=late_ok)[0]
+
+    def recv_any(self, dst: str, wanted: tuple[tuple[str, str], ...], *, timeout_s: float | None = None,
+                 stoppable: bool = False, late_ok: bool = False) -> tuple[torch.Tensor, str]:
+        """The next tensor from any ``(src, tag)`` of ``wanted``, as :meth:`recv`; where
+        several have arrived, the earliest in ``wanted``. Returns ``(tensor, src)``."""
         t0 = time.perf_counter()
         deadline = None if timeout_s is None else t0 + timeout_s
+        tags = dict(wanted)
         while True:
             if dst in self._aborted:
                 raise RunAborted(self._aborted[dst])
-            env = self._next(dst, src, deadline, tag, timeout_s)
+            env = self._next(dst, tuple(tags), deadline, wanted[0][1], timeout_s)
             if env.tag == ABORT:
                 self._aborted[dst] = str(env.payload)
                 continue
             if env.tag == LOST:
-                self._aside[(dst, src)].appendleft(env)  # every later recv fails the same way
-                raise PeerLost(dst, src, env.payload)
-            if env.epoch < self._epoch[dst] or (env.tag in STEP_TAGS and late_ok and tag not in STEP_TAGS):
+                self._aside[(dst, env.src)].appendleft(env)  # every later recv fails the same way
+                raise PeerLost(dst, env.src, env.payload)
+            if env.epoch < self._epoch[dst] or (env.tag in STEP_TAGS and late_ok and tags[env.src] not in STEP_TAGS):
                 with self.log.lock:
                     self.log.discarded[dst] += 1
                 continue
@@ -288,27 +295,31 @@ class Transport:
                     if stoppable:
                         raise StopRound(env.src)
                 continue
-            if env.tag != tag:
-                raise ProtocolError(f"{dst} expected {tag!r} from {src}, got {env.tag!r} (round {env.epoch})")
-            self.log.record_recv(dst, tag, nbytes(env.payload), time.perf_counter() - t0)
-            return env.payload
+            if env.tag != tags[env.src]:
+                raise ProtocolError(f"{dst} expected {tags[env.src]!r} from {env.src}, got {env.tag!r} "
+                                    f"(round {env.epoch})")
+            self.log.record_recv(dst, env.tag, nbytes(env.payload), time.perf_counter() - t0)
+            return env.payload, env.src
 
-    def _next(self, dst: str, src: str, deadline: float | None, tag: str, timeout_s: float | None) -> Envelope:
-        """The next envelope from ``src``, or a ``stop`` / ``abort`` from anyone."""
-        aside = self._aside[(dst, src)]
-        if aside:
-            return aside.popleft()
+    def _next(self, dst: str, srcs: tuple[str, ...], deadline: float | None, tag: str,
+              timeout_s: float | None) -> Envelope:
+        """The next envelope from any of ``srcs`` (what was set aside first, in the order of
+        ``srcs``), or a ``stop`` / ``abort`` from anyone."""
+        for src in srcs:
+            aside = self._aside[(dst, src)]
+            if aside:
+                return aside.popleft()
         with self._lock:
             box = self._inbox[dst]
         while True:
             left = None if deadline is None else deadline - time.perf_counter()
             if left is not None and left <= 0:
-                raise PeerTimeout(dst, src, tag, timeout_s or 0.0)
+                raise PeerTimeout(dst, srcs[0], tag, timeout_s or 0.0)
             try:
                 env = box.get(timeout=left)
             except queue.Empty:
-                raise PeerTimeout(dst, src, tag, timeout_s or 0.0) from None
-            if env.src == src or env.tag in ("stop", ABORT):
+                raise PeerTimeout(dst, srcs[0], tag, timeout_s or 0.0) from None
+            if env.src in srcs or env.tag in ("stop", ABORT):
                 return env
             self._aside[(dst, env.src)].append(env)
 
