@@ -28,8 +28,9 @@ SPEC §2.1, what :class:`Options` allows:
   forward passes run again in the backward pass. ``memory_bytes`` is the peak of a
   stage that checkpoints its input, valid for every ``M`` the plan allows:
   ``params x 16 + transfer buffers + input + saved / m``, ``m`` the smallest allowed
-  ``M``. In a GPipe fill-drain without recomputation every micro-batch's saved tensors
-  are alive when the backward starts, one whole batch (``saved``, as in
+  ``M``. In a fill-drain without recomputation at most every micro-batch's saved tensors
+  are alive when the backward starts (the trainer's data device runs all its forwards
+  first), one whole batch (``saved``, as in
   ``memory_bytes``); with it, only the M stage inputs (one batch of ``input``) stay,
   and the backward of one micro-batch brings back its own saved tensors (``saved / M``)
   while it recomputes. With ``m = 1`` this is more than ``memory_bytes``: checkpointing

@@ -205,7 +205,7 @@ def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats
     return [(statistics.median(t), statistics.median(f)) for t, f in zip(times, forwards)]
 
 
-def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 15, warmup: int = 3,
+def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 11, warmup: int = 2,
             progress: Callable[[int, int], None] | None = None) -> ModelProfile:
     """Profile every layer of ``model`` at ``batch_size`` on one core of this machine
     (:data:`DEVICE_THREADS`)."""
@@ -300,8 +300,8 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
     pieces: measured at batch ``batch_size / micro_batches`` and multiplied back.
 
     SPEC §2.1 runs a stage's compute as ``M`` units of ``C / M``; on a CPU a small batch
-    costs more than its share (a 2-core VM: 16 micro-batches of 4 samples took 2.07x one
-    batch of 64 at 2 threads, ``benchmarks/pipeline.py``), so tables for ``M`` are
+    costs more than its share (a 2-core VM, one thread: 16 micro-batches of 4 samples took
+    2.0x one batch of 64, ``benchmarks/pipeline.py``), so tables for ``M`` are
     measured at ``B / M``: the layers' step times and the codecs, nothing else (FLOPs,
     memory and bytes stay the whole batch's, since a fill-drain holds every micro-batch,
     as do ``overhead_s``, the generator and the batch size the tables are for). Cached
@@ -330,10 +330,10 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
 def _measure_times(model: LayeredModel, batch_size: int, *,
                    progress: Callable[[int, int], None] | None) -> list[tuple[float, float, dict[str, float]]]:
     """Per layer, ``(time_s, forward_s, codec_s)`` at ``batch_size`` on one core (as :func:`measure`,
-    with fewer repeats: the medians of 9)."""
+    with fewer repeats: the medians of 7)."""
     with device_threads():
         args = layer_args(model, batch_size)
-        timings = time_layers(model, args, repeats=9, warmup=2, progress=progress)  # M tables of 4: keep fsl plan quick
+        timings = time_layers(model, args, repeats=7, warmup=1, progress=progress)  # 4 more tables: keep fsl plan quick
         codec_by_shape: dict[tuple[int, ...], dict[str, float]] = {}
         out = []
         for layer, (_, args1), (t, f) in zip(model.layers, args, timings):
