@@ -193,7 +193,7 @@ def cost_model(tmp: Path, repeats: int) -> tuple[str, list]:
                "the median error here. Both tables are taken at one moment and training runs at another; on "
                "this shared VM the moments differ by more than the devices do.")
     body = (f"`profiles/lab.json`, batch {BATCH}, `--emulate sleep`, local backend; {repeats} repeats, each with "
-            "a fresh host profile (`planner.profile.measure`, 15 passes) and a fresh `fsl calibrate` (5 passes per "
+            "a fresh host profile (`planner.profile.measure`, 11 passes, one thread) and a fresh `fsl calibrate` (5 passes per "
             "device); each plan trained 2 rounds of 3 steps and the second round's per-device compute per step "
             "compared with the plan's: error = (measured - predicted) / predicted, over every planned device of "
             "every repeat. Targets: median absolute error <= 10%, |signed bias| <= 5%.\n\n"

@@ -108,3 +108,32 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tmp_path):
     torch.testing.assert_close(fake4, fake1, atol=1e-7, rtol=0)
     torch.testing.assert_close(loss4, loss1, atol=1e-6, rtol=0)
     assert all(g.abs().sum() > 0 for g in grads1.values())
+
+
+def test_each_device_takes_its_work_as_it_comes(tmp_path):
+    """Which micro-batch work a device does next: the data device its forwards first,
+    the last device a backward after each forward, a device in between whatever its
+    neighbours hand it first, and a waiting gradient before a waiting activation."""
+    from tests.helpers import config
+    from trainer.build import RunSpec, build_device
+    from trainer.transport import InProcessTransport
+
+    plan = chain_plan("dcgan", CUTS, micro_batches=4)
+    spec = RunSpec(config(tmp_path, plan), plan)
+    first, middle, last = (build_device(spec, f"c0-d{k}").role for k in range(3))
+    b = 2 * plan.batch_size // 4  # phase d: a micro-batch is [real_i ; fake_i]
+    outs = [torch.zeros(b, 128, 7, 7)] * 4
+    t = InProcessTransport()
+
+    assert first._next_work(t, "d", 0, 0, outs)[0] == "F"
+    assert first._next_work(t, "d", 3, 0, outs)[0] == "F"  # its inputs are here: no waiting
+    assert last._next_work(t, "d", 1, 0, outs) == ("B", None)  # right after its forward
+    t.send("c0-d0", "c0-d1", torch.ones(b, 64, 14, 14), tag="act_d")
+    assert middle._next_work(t, "d", 0, 0, outs)[0] == "F"  # only an activation has come
+    t.send("c0-d0", "c0-d1", torch.ones(b, 64, 14, 14), tag="act_d")
+    t.send("c0-d2", "c0-d1", torch.full((b, 128, 7, 7), 2.0), tag="grad_d")
+    kind, grad = middle._next_work(t, "d", 1, 0, outs)  # both wait: the gradient first
+    assert kind == "B" and grad.shape == (b, 128, 7, 7) and grad[0, 0, 0, 0] == 2.0
+    assert middle._next_work(t, "d", 1, 1, outs)[0] == "F"  # then the activation
+    t.send("c0-d2", "c0-d1", torch.full((b, 128, 7, 7), 3.0), tag="grad_d")
+    assert middle._next_work(t, "d", 4, 1, outs)[0] == "B"  # all forwards done: only gradients

@@ -303,14 +303,22 @@ class Transport:
 
     def _next(self, dst: str, srcs: tuple[str, ...], deadline: float | None, tag: str,
               timeout_s: float | None) -> Envelope:
-        """The next envelope from any of ``srcs`` (what was set aside first, in the order of
-        ``srcs``), or a ``stop`` / ``abort`` from anyone."""
+        """The next envelope from any of ``srcs``, or a ``stop`` / ``abort`` from anyone.
+        Among what has already arrived, the first of ``srcs`` with a message wins."""
+        with self._lock:
+            box = self._inbox[dst]
+        while True:  # what has arrived goes aside per sender, so the order of srcs decides
+            try:
+                env = box.get_nowait()
+            except queue.Empty:
+                break
+            if env.tag in ("stop", ABORT):
+                return env
+            self._aside[(dst, env.src)].append(env)
         for src in srcs:
             aside = self._aside[(dst, src)]
             if aside:
                 return aside.popleft()
-        with self._lock:
-            box = self._inbox[dst]
         while True:
             left = None if deadline is None else deadline - time.perf_counter()
             if left is not None and left <= 0:

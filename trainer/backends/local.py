@@ -1,8 +1,9 @@
 """The local backend: every role a thread of this process, over an in-process transport.
 
-Roles share this machine's cores; a lock lets one compute at a time, on one core as the
-profile measured (``planner.profile.DEVICE_THREADS``), so the work each measures is what
-the profile measured (``trainer.clock``). The first role to fail aborts
+Roles share this machine's cores; a lock lets one compute at a time, under ``--emulate
+sleep`` on one core as the profile measured (``planner.profile.DEVICE_THREADS``; with
+``--emulate none`` on torch's threads, flat out), so the work each measures is what the
+profile measured (``trainer.clock``). The first role to fail aborts
 the others (their ``recv`` raises at once) and its error, classified like the dist
 backend's (``trainer.errors.root_cause``), is raised here.
 """
@@ -10,6 +11,7 @@ backend's (``trainer.errors.root_cause``), is raised here.
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 from planner.profile import device_threads
 from trainer.build import RunSpec
@@ -41,7 +43,8 @@ def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transpo
             t.abort(roles, f"{name} failed")
 
     threads = [threading.Thread(target=play, args=(n,), name=f"fsl-{n}", daemon=True) for n in roles]
-    with device_threads():
+    # emulated devices compute on one core each, as profiled; --emulate none runs flat out
+    with device_threads() if spec.cfg.emulate == "sleep" else nullcontext():
         for th in threads:
             th.start()
         for th in threads:
