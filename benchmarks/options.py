@@ -6,7 +6,7 @@
 (b) What a codec costs in quality: the same three-stage placement with every cut in
     none / fp16 / int8, trained for ``--gan-steps`` generator steps, 3 seeds: FID.
 (c) Memory against compute: one stage's discriminator phase (M micro-batches, forward
-    all then backward all, as the trainer runs it) with and without recomputation: what
+    all then backward all, as the trainer's data device runs it) with and without recomputation: what
     it holds between its forward and backward passes and its peak, from the profiler's
     memory events, and its time, against the planner's model.
 
