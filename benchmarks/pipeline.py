@@ -42,7 +42,7 @@ from planner.devices import parse_profile  # noqa: E402
 from planner.jsonio import read_json  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
-from planner.profile import profile_model  # noqa: E402
+from planner.profile import micro_batch_profile, profile_model  # noqa: E402
 from trainer import TrainConfig, train  # noqa: E402
 
 PROFILE = ROOT / "profiles" / "pipeline.json"
@@ -108,8 +108,8 @@ def main() -> None:
                      f"{thr['predicted'] / lat['predicted']:.2f}", f"**{thr['step'] / lat['step']:.2f}**"])
     ratio = max(thr_step / lat_step for thr_step, lat_step in
                 ((runs["throughput"][c]["step"], runs["latency"][c]["step"]) for c in runs["latency"]))
-    # What the profiler says a micro-batch costs: the model's step profiled at batch 64 / M, times M.
-    small = {m: profile_model(model, batch_size=mp.batch_size // m).step_time_s * m / mp.step_time_s for m in SWEEP}
+    # What a micro-batch costs in the tables each M was planned on (cached while planning, not measured again)
+    small = {m: micro_batch_profile(model, mp, m).step_time_s / mp.step_time_s for m in SWEEP}
     srows = [[m, f"{small[m]:.2f}"]
              + [f"{sweep[m][c]['predicted']:.3f} / {sweep[m][c]['step']:.3f} ({sweep[m][c]['compute']:.2f}x)"
                 for c in sweep[m]] for m in SWEEP]
@@ -137,10 +137,10 @@ def main() -> None:
               f"against predicted, both objectives: median |error| **{median(errors):.1%}** (target <= 15%).\n\n"
             + "Sweep over M (throughput plan with `--micro-batches M`): predicted / measured step s, and in "
               "brackets the devices' measured compute against the plan's (median over the client's devices). "
-              "'profiled M x batch/M': the profiler's step for the whole model at batch 64 / M, times M, against "
-              "its step at 64 (1.00: micro-batches cost their share). The planner solves each M on tables measured "
-              "at that micro-batch size (`planner.profile.micro_batch_profile`).\n\n"
-            + md_table(["M", "profiled M x batch/M"] + list(sweep[SWEEP[0]]), srows)
+              "'tables: M x batch/M': the model's step in the tables each M is planned on (its layers timed at "
+              "batch 64 / M, times M: `planner.profile.micro_batch_profile`) against its step at 64 (1.00: "
+              "micro-batches cost their share).\n\n"
+            + md_table(["M", "tables: M x batch/M"] + list(sweep[SWEEP[0]]), srows)
             + f"\n\nmedian |error| over the sweep {median(sweep_err):.1%}.\n\n"
               "![pipeline sweep](benchmarks/figures/pipeline-sweep.png)\n\n"
               f"The throughput plan's last step as measured for {first}, under its plan (`DIR/timeline.png`):\n\n"

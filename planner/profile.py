@@ -45,15 +45,15 @@ from fvcore.nn.jit_handles import elementwise_flop_counter
 
 from planner.jsonio import write_json
 from planner.models import LayeredModel
-from planner.profile_options import measure_codec_s, measure_generator_step, measure_overhead_s
+from planner.profile_options import Timed, measure_codec_s, measure_generator_step, measure_overhead_s, wall_s
 from planner.usermodel import generator_for
 
 PROFILE_VERSION = 5
 # A device is one core of this host: profiles, calibration and both backends compute with
 # this many torch threads. More threads per device would not be what one core of a
-# device does, and on a small host the emulated devices' thread pools wake cold after
-# each emulated sleep (2 threads: +20-35 % per compute block after a 50 ms sleep, 1 thread:
-# +6 %; ``benchmarks/pipeline.py``'s notes).
+# device does, and a thread pool wakes cold after each emulated sleep (a step's work
+# 1.04-1.09x slower with 50 ms asleep after each block at 2 threads, 1.00x at 1:
+# ``benchmarks/emulation.py``).
 DEVICE_THREADS = 1
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 _ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
@@ -175,6 +175,19 @@ def layer_args(model: LayeredModel, batch_size: int) -> list[tuple[tuple, tuple]
     return [(inputs_2b[i], tuple(a[:batch_size] for a in inputs_2b[i])) for i in range(len(model))]
 
 
+def layer_outputs(model: LayeredModel, args: list[tuple[tuple, tuple]]) -> list[torch.Tensor]:
+    """Each layer's output for its batch-sized input (:func:`layer_args`), without grad."""
+    with torch.no_grad():
+        return [layer(*args1) for layer, (_, args1) in zip(model.layers, args)]
+
+
+def layer_codecs(shapes: list[tuple[int, ...]], batch_size: int, *, timed: Timed = wall_s) -> list[dict[str, float]]:
+    """Per layer output shape, its codecs' seconds (measured once per distinct shape;
+    ``timed`` as :func:`planner.profile_options.measure_codec_s`)."""
+    by_shape = {shape: measure_codec_s(shape, batch_size, timed=timed) for shape in dict.fromkeys(shapes)}
+    return [by_shape[shape] for shape in shapes]
+
+
 def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats: int, warmup: int,
                 timed: Callable[[Callable[[], tuple[float, float]]], tuple[float, float]] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> list[tuple[float, float]]:
@@ -218,19 +231,16 @@ def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
     t_start = time.perf_counter()
     args = layer_args(model, batch_size)
     timings = time_layers(model, args, repeats=repeats, warmup=warmup, progress=progress)
-    codec_by_shape: dict[tuple[int, ...], dict[str, float]] = {}
+    outputs = layer_outputs(model, args)
+    codecs = layer_codecs([tuple(o.shape[1:]) for o in outputs], batch_size)
     layers = []
-    for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
+    for i, (node, layer, out1) in enumerate(zip(model.nodes, model.layers, outputs)):
         args2, args1 = args[i]
         flops, uncounted = count_flops(layer, args1)
-        with torch.no_grad():
-            out1 = layer(*args1)
         saved = saved_bytes(lambda: layer(*(a.detach().requires_grad_(i > 0) for a in args2)))
         params = sum(p.numel() for p in layer.parameters())
         out_bytes = out1.numel() * out1.element_size()
         shape = tuple(out1.shape[1:])
-        if shape not in codec_by_shape:
-            codec_by_shape[shape] = measure_codec_s(shape, batch_size)
         layers.append(LayerProfile(
             name=node.name, kind=type(layer).__name__, params=params, param_bytes=params * 4,
             flops=flops, output_shape=shape, output_bytes=out_bytes,
@@ -238,7 +248,7 @@ def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
             memory_bytes=params * BYTES_PER_PARAM_TRAINING + saved + 2 * 2 * out_bytes,
             time_s=timings[i][0], uncounted_ops=uncounted,
             forward_s=timings[i][1], input_bytes=sum(a.numel() * a.element_size() for a in args1),
-            codec_s=codec_by_shape[shape],
+            codec_s=codecs[i],
         ))
     # batch norm cannot train on one sample: a batch of 1 (a micro-batch) is timed at 2, halved
     pair = max(batch_size, 2)
@@ -334,12 +344,5 @@ def _measure_times(model: LayeredModel, batch_size: int, *,
     with device_threads():
         args = layer_args(model, batch_size)
         timings = time_layers(model, args, repeats=7, warmup=1, progress=progress)  # 4 more tables: keep fsl plan quick
-        codec_by_shape: dict[tuple[int, ...], dict[str, float]] = {}
-        out = []
-        for layer, (_, args1), (t, f) in zip(model.layers, args, timings):
-            with torch.no_grad():
-                shape = tuple(layer(*args1).shape[1:])
-            if shape not in codec_by_shape:
-                codec_by_shape[shape] = measure_codec_s(shape, batch_size)
-            out.append((t, f, codec_by_shape[shape]))
-    return out
+        codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], batch_size)
+    return [(t, f, c) for (t, f), c in zip(timings, codecs)]

@@ -16,7 +16,7 @@ import torch
 import trainer.clock as clock_module
 import trainer.transport as transport
 from trainer.clock import Clock
-from trainer.transport import paced_sleep
+from trainer.clock import paced_sleep
 
 
 class FakeTime:
@@ -52,7 +52,6 @@ class BusyHostLock:
 def fake(monkeypatch):
     t = FakeTime()
     monkeypatch.setattr(clock_module, "time", t)
-    monkeypatch.setattr(transport, "time", t)
     return t
 
 

@@ -36,9 +36,9 @@ def test_pipelined_steps_equal_the_sequential_step(tmp_path, backend):
 
     Over several steps Adam's update is ill-conditioned, whatever the trainer does:
     components whose gradient is float noise around zero move by +-lr whichever way the
-    noise falls (a 1e-7 relative change of the fake images' gradient at M = 1 moved the
-    generator by 3e-4 after two steps, measured), and summing a batch in M pieces changes
-    the last bits. So 3 steps are compared under SGD (below), where float noise stays
+    noise falls (once, with a throwaway script, a 1e-7 relative change of the fake
+    images' gradient at M = 1 moved the generator by 3e-4 after two steps), and summing a
+    batch in M pieces changes the last bits. So 3 steps are compared under SGD (below), where float noise stays
     float noise."""
     runs = {}
     for m in (1, 2, 4):

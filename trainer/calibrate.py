@@ -47,13 +47,14 @@ import torch.distributed as dist
 from planner.calibration import FORMAT
 from planner.devices import Profile, load_profile
 from planner.usermodel import build_model
-from planner.profile import DEVICE_THREADS, layer_args, time_layers
-from planner.profile_options import measure_codec_s, measure_overhead_s
+from planner.profile import DEVICE_THREADS, layer_args, layer_codecs, layer_outputs, time_layers
+from planner.profile_options import measure_overhead_s
 from trainer import linkprobe
 from trainer.backends.dist import in_torchrun, run_ranks, torchrun_role
 from trainer.errors import RankFailure, root_cause
 from trainer.state import pack, unpack
-from trainer.transport import SERVER, Transport, paced_sleep
+from trainer.clock import paced_sleep
+from trainer.transport import SERVER, Transport
 from trainer.wire import DistTransport
 
 TAG = "calib"
@@ -131,16 +132,10 @@ def measure_here(job: CalibrationJob, factor: float, *, turn: Callable[[str], No
     timings = time_layers(model, args, repeats=job.repeats, warmup=job.warmup, timed=count.layer,
                           progress=passed)
     turn("finish")
-    codecs: dict[tuple[int, ...], dict[str, float]] = {}
-    layers = []
-    for i, (node, layer) in enumerate(zip(model.nodes, model.layers)):
-        with torch.no_grad():
-            shape = tuple(layer(*args[i][1]).shape[1:])
-        if shape not in codecs:
-            codecs[shape] = measure_codec_s(shape, job.batch_size, timed=count)
-            count.pay()
-        step, forward = timings[i]
-        layers.append({"name": node.name, "time_s": step, "forward_s": min(forward, step), "codec_s": codecs[shape]})
+    codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], job.batch_size, timed=count)
+    count.pay()
+    layers = [{"name": node.name, "time_s": step, "forward_s": min(forward, step), "codec_s": codec}
+              for node, (step, forward), codec in zip(model.nodes, timings, codecs)]
     overhead = measure_overhead_s(timed=count, repeats=OVERHEAD_REPEATS, warmup=OVERHEAD_WARMUP)
     count.pay()
     return {

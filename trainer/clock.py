@@ -7,7 +7,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from trainer.transport import paced_sleep
+
+def paced_sleep(seconds: float, debt: float) -> float:
+    """Sleep ``seconds`` less what earlier sleeps overslept (``debt``); returns the new debt.
+
+    ``time.sleep`` wakes late (the scheduler, the GIL), by ~0.1-1 ms a call; over the
+    dozens of sleeps of one emulated step that drift would add up, so each sleep pays
+    back what the one before overslept.
+    """
+    want = max(seconds, 0.0) - debt
+    if want <= 0:
+        return -want
+    t0 = time.perf_counter()
+    time.sleep(want)
+    return max(time.perf_counter() - t0 - want, 0.0)
 
 
 @dataclass

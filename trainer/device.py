@@ -175,7 +175,7 @@ class DeviceRole:
             return "F", None
         if self.next is None:
             return ("B", None) if b < f else ("F", self._recv(t, *act, self.codec_in, (n, *self.input_shape)))
-        wanted = (((self.next, GRAD[phase]),) if b < f else ()) + ((act,) if f < M and self.prev is not None else ())
+        wanted = (((self.next, GRAD[phase]),) if b < f else ()) + ((act,) if f < M else ())
         payload, src = t.recv_any(self.name, wanted, timeout_s=self.timeout_s, stoppable=True)
         if src == self.next:
             return "B", self._decode(payload, self.codec_out, outs[b].shape)

@@ -169,21 +169,6 @@ class TransferLog:
                 d.pop(role, None)
 
 
-def paced_sleep(seconds: float, debt: float) -> float:
-    """Sleep ``seconds`` less what earlier sleeps overslept (``debt``); returns the new debt.
-
-    ``time.sleep`` wakes late (the scheduler, the GIL), by ~0.1-1 ms a call; over the
-    dozens of sleeps of one emulated step that drift would add up, so each sleep pays
-    back what the one before overslept.
-    """
-    want = max(seconds, 0.0) - debt
-    if want <= 0:
-        return -want
-    t0 = time.perf_counter()
-    time.sleep(want)
-    return max(time.perf_counter() - t0 - want, 0.0)
-
-
 def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -304,30 +289,25 @@ class Transport:
     def _next(self, dst: str, srcs: tuple[str, ...], deadline: float | None, tag: str,
               timeout_s: float | None) -> Envelope:
         """The next envelope from any of ``srcs``, or a ``stop`` / ``abort`` from anyone.
-        Among what has already arrived, the first of ``srcs`` with a message wins."""
+        What has arrived goes aside per sender first, so among it the first of ``srcs``
+        with a message wins."""
         with self._lock:
             box = self._inbox[dst]
-        while True:  # what has arrived goes aside per sender, so the order of srcs decides
+        while True:
             try:
                 env = box.get_nowait()
             except queue.Empty:
-                break
+                ready = next((src for src in srcs if self._aside[(dst, src)]), None)
+                if ready is not None:
+                    return self._aside[(dst, ready)].popleft()
+                left = None if deadline is None else deadline - time.perf_counter()
+                if left is not None and left <= 0:
+                    raise PeerTimeout(dst, srcs[0], tag, timeout_s or 0.0) from None
+                try:
+                    env = box.get(timeout=left)
+                except queue.Empty:
+                    raise PeerTimeout(dst, srcs[0], tag, timeout_s or 0.0) from None
             if env.tag in ("stop", ABORT):
-                return env
-            self._aside[(dst, env.src)].append(env)
-        for src in srcs:
-            aside = self._aside[(dst, src)]
-            if aside:
-                return aside.popleft()
-        while True:
-            left = None if deadline is None else deadline - time.perf_counter()
-            if left is not None and left <= 0:
-                raise PeerTimeout(dst, srcs[0], tag, timeout_s or 0.0)
-            try:
-                env = box.get(timeout=left)
-            except queue.Empty:
-                raise PeerTimeout(dst, srcs[0], tag, timeout_s or 0.0) from None
-            if env.src in srcs or env.tag in ("stop", ABORT):
                 return env
             self._aside[(dst, env.src)].append(env)
 
