@@ -67,6 +67,10 @@ CONTROL_TAGS = frozenset([
     "calib",  # fsl calibrate: the server's orders to a device, and what it measured
     "probe",  # fsl calibrate: a link probe's payload (trainer.linkprobe)
     "probe_ack",  # fsl calibrate: its acknowledgement
+    "dp_sigma",  # DP-SGD, once: the data device's noise multiplier to its client's other devices
+    "dp_norms",  # DP-SGD, each step: a device's per-sample squared gradient norms to its data device
+    "dp_scale",  # DP-SGD, each step: the data device's per-sample clip factors back
+    "ledger",  # DP-SGD, each round: the data device's privacy ledger summary to the server
 ])
 TAGS = tuple(sorted(STEP_TAGS)) + tuple(sorted(CONTROL_TAGS))
 
