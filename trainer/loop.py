@@ -7,13 +7,14 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
     server                                      device d (of client c, data device d0)
       |<-- hello (pid, host, samples held) ------|   once: processes.json
       |--- start [R] --------------------------->|   once: R = last round done (resume)
-      |<-- secagg: public key --- key table ---->|   once, with --secure-agg (trainer.secagg)
+      |<-- secagg: public keys, sealed shares -->|   once, with --secure-agg (trainer.secagg)
       |                                          |   resume: d0 reads c's checkpoint,
       |                                          |   sends each device of c its state
       |--- round [r] --------------------------->|   every round
       |    ServerRole.run <-- steps' messages --> |   DeviceRole.run
       |    (a late client's devices get stop)     |
-      |    server_combine <-- weights ----------> |   device_exchange (if aggregating)
+      |    server_combine <-- weights ----------> |   device_exchange (if aggregating; with
+      |                   <-- secagg shares ----> d0|   --secure-agg, d0 answers a share request)
       |<-- report [compute, bytes, waits] -------|
       |                                          |   d -> d0: state; d0 writes c's file
       |<-- saved [r] ------------------------ d0 |

@@ -1,16 +1,20 @@
 """Secure aggregation for ``--aggregate fedavg``: the server learns the weighted average of
-the clients' discriminators and nothing else about any one of them.
+the clients' discriminators and nothing else about any one of them, even when a client's
+weights do not arrive.
 
-Pairwise additive masking (Bonawitz et al., "Practical Secure Aggregation for
-Privacy-Preserving Machine Learning", CCS 2017, Sec. 3 "masking with one-time pads" and
-Sec. 4, without the secret-shared recovery of dropped users: here a round with a dropped
-client skips its aggregation, see ``trainer.aggregate``).
+Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+CCS 2017: Sec. 3's pairwise masks and Sec. 4's recovery of dropped users' masks from
+Shamir shares of their mask keys (``trainer.secagg_shares``), against an honest-but-curious
+server (no self-mask, no signatures: SECURITY.md says what that leaves open).
 
-- **Keys.** Every device of every client makes an X25519 key pair (RFC 7748) when the run
-  starts and sends its public key to the server, which hands the table of all of them to
-  every device. Two devices of different clients derive a shared 32-byte key with X25519
-  and HKDF-SHA256 (RFC 5869). Private keys never leave their device; nothing is shared
-  between the devices of one client.
+- **Keys.** Every device of every client makes two X25519 key pairs (RFC 7748) when the
+  run starts, one for masks and one for sealing shares, and sends both public keys to the
+  server, which hands the table of all of them to every device. Two devices of different
+  clients derive a shared 32-byte mask key with X25519 and HKDF-SHA256 (RFC 5869).
+- **Shares.** Each device splits its mask private key into Shamir shares, threshold
+  ``t = max(2, n // 2 + 1)`` of the ``n`` clients, one for the data device of every other
+  client, sealed so that only that device reads it; the server relays them. Nothing is
+  shared between the devices of one client; the sealing keys are never shared.
 - **Masks.** A client's discriminator is one flat vector of ``P`` parameters, and every
   client's has the same layout; a device holds the coordinates ``[a, b)`` of its segment.
   For each pair of devices of clients ``i < j`` whose ranges overlap, both expand their
@@ -21,11 +25,14 @@ client skips its aggregation, see ``trainer.aggregate``).
   the unmasked ones. A fresh nonce per round keeps two rounds' masks unrelated.
 - **Numbers.** Masks cancel exactly only in integers, so a device sends its weights as
   fixed point: ``round(n_c x 2^24 x w) mod 2^62``, ``n_c`` its client's training samples
-  (as plain fedavg weighs). The server sums mod ``2^62``, reads the sum as signed and
-  divides by ``2^24 x sum_c n_c``: plain fedavg's average up to ``2^-25`` per client.
-
-The server relays the public keys: an actively malicious server could hand out its own
-(the paper's Sec. 6 assumes authenticated keys); SECURITY.md states the assumption.
+  (as plain fedavg weighs). Before masking, each device checks that ``N x 2^24 x |w|``
+  with ``N = sum_c n_c`` stays below ``2^61``, so the sum over all clients fits the
+  signed range; the server sums mod ``2^62``, reads the sum as signed and divides by
+  ``2^24 x sum_c n_c``: plain fedavg's average up to ``2^-25`` per client.
+- **Rounds.** ``trainer.secagg_round``: a client dropped by ``--deadline-s`` sends its
+  masked weights after its steps and is averaged in; a device whose weights do not arrive
+  has its masks removed from the others' sum with its key rebuilt from the survivors'
+  shares, and the average is over the clients that delivered each coordinate.
 """
 
 from __future__ import annotations
@@ -41,14 +48,36 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from planner.errors import InputError
 from trainer.build import RunSpec, check_plan_model
+from trainer.secagg_shares import SEALED_BYTES, SHARE_BYTES, key_to_int, seal, split, threshold, unseal
 from trainer.transport import SERVER, Transport
 
 MOD_BITS = 62
 MOD = 1 << MOD_BITS  # the masked vectors live in Z_MOD
 FRACTION_BITS = 24  # fixed point: a weight is sent as round(n_c x w x 2^24)
+SUM_LIMIT = 2.0 ** (MOD_BITS - 1) - 2.0**20  # |sum over clients| below 2^61, less room for rounding
 KEY_BYTES = 32
 TAG = "secagg"
 _INFO = b"fsl-gan secure aggregation masks v1"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Who holds what: every device in plan order, its ``(client index, a, b)`` in the
+    flat discriminator vector, and each client's data device (the holder of its shares)."""
+
+    devices: tuple[str, ...]
+    ranges: dict[str, tuple[int, int, int]]
+    heads: tuple[str, ...]
+    size: int  # P
+
+    @classmethod
+    def of(cls, spec: RunSpec) -> Layout:
+        ranges = param_ranges(spec)
+        return cls(tuple(spec.roles()[1:]), ranges, tuple(c.stages[0].device for c in spec.plan.planned),
+                   max(b for _, _, b in ranges.values()))
+
+    def client(self, device: str) -> int:
+        return self.ranges[device][0]
 
 
 def param_ranges(spec: RunSpec) -> dict[str, tuple[int, int, int]]:
@@ -62,18 +91,22 @@ def param_ranges(spec: RunSpec) -> dict[str, tuple[int, int, int]]:
             for k, c in enumerate(spec.plan.planned) for st in c.stages}
 
 
-def encode(flat: torch.Tensor, weight: float) -> torch.Tensor:
-    """``round(weight x 2^24 x flat) mod 2^62`` as int64."""
-    scaled = flat.double() * (weight * 2.0**FRACTION_BITS)
-    limit = 2.0 ** (MOD_BITS - 2)
-    if scaled.numel() and scaled.abs().max().item() >= limit:
-        raise ValueError(f"a weight of {flat.abs().max().item():.3g} x {weight:g} samples does not fit the "
-                         f"fixed point of secure aggregation (|w x n| < 2^{MOD_BITS - 2 - FRACTION_BITS})")
-    return torch.remainder(torch.round(scaled).long(), MOD)
+def encode(flat: torch.Tensor, weight: float, total: float | None = None) -> torch.Tensor:
+    """``round(weight x 2^24 x flat) mod 2^62`` as int64, once ``total`` (the weights of
+    all clients, default ``weight``) times ``2^24 x max |flat|`` is known to fit 2^61."""
+    total = weight if total is None else total
+    top = flat.abs().max().item() if flat.numel() else 0.0
+    if top * total * 2.0**FRACTION_BITS >= SUM_LIMIT:
+        raise ValueError(f"secure aggregation's fixed point overflows: a weight of {top:.6g} x {total:g} samples "
+                         f"of all clients x 2^{FRACTION_BITS} = {top * total * 2.0**FRACTION_BITS:.4g} reaches the "
+                         f"sum's limit {SUM_LIMIT:.4g} (2^{MOD_BITS - 1}); every |w| must stay below "
+                         f"{SUM_LIMIT / (total * 2.0**FRACTION_BITS):.4g}")
+    return torch.remainder(torch.round(flat.double() * (weight * 2.0**FRACTION_BITS)).long(), MOD)
 
 
-def decode(total: torch.Tensor, weight_sum: float) -> torch.Tensor:
-    """The weighted average as float32 from the mod-2^62 sum of encoded vectors."""
+def decode(total: torch.Tensor, weight_sum: float | torch.Tensor) -> torch.Tensor:
+    """The weighted average as float32 from the mod-2^62 sum of encoded vectors
+    (``weight_sum``: one number, or one per coordinate)."""
     signed = torch.where(total >= MOD // 2, total - MOD, total)
     return (signed.double() / (weight_sum * 2.0**FRACTION_BITS)).float()
 
@@ -92,19 +125,27 @@ def shared_key(private: X25519PrivateKey, peer_public: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_INFO).derive(secret)
 
 
+def public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 @dataclass(frozen=True)
 class Masker:
-    """One device's masking: its coordinates, its client's weight, its pairwise keys."""
+    """One device's masking: its coordinates, its client's weight, its pairwise keys, and
+    (on a data device) the shares it holds of other clients' devices' mask keys."""
 
     client: int
     start: int
     end: int
     weight: float  # n_c: its client's training samples
     peers: tuple[tuple[int, int, int, bytes], ...]  # (sign, a, b, key) per overlapping device of another client
+    total: float | None = None  # sum of n_c over all clients (None: weight)
+    held: tuple[tuple[int, int], ...] = ()  # (device index, share) held for the server's recovery
+    holder: bool = False  # answers the server's requests for shares each round
 
     def mask(self, flat: torch.Tensor, round_no: int) -> torch.Tensor:
         """The segment as the server may see it: encoded, plus every pairwise mask."""
-        v = encode(flat, self.weight)
+        v = encode(flat, self.weight, self.total)
         for sign, a, b, key in self.peers:
             lo, hi = max(a, self.start), min(b, self.end)
             m = mask_stream(key, round_no, lo, hi)
@@ -112,45 +153,104 @@ class Masker:
             v[lo - self.start:hi - self.start] = torch.remainder(part + m if sign > 0 else part - m, MOD)
         return v
 
+    def shares_for(self, request: torch.Tensor) -> torch.Tensor:
+        """The shares held of the devices the server names (dropped before sending)."""
+        held = dict(self.held)
+        missing = [d for d in request.tolist() if d not in held]
+        if request.dtype != torch.int64 or request.dim() != 1 or missing:
+            raise ValueError(f"the server asked for shares of devices {request.tolist()}; held: {sorted(held)}")
+        rows = [torch.frombuffer(bytearray(held[d].to_bytes(SHARE_BYTES, "little")), dtype=torch.uint8)
+                for d in request.tolist()]
+        return torch.stack(rows) if rows else torch.zeros((0, SHARE_BYTES), dtype=torch.uint8)
+
+    def send(self, me: str, t: Transport, flat: torch.Tensor, *, round_no: int, timeout_s: float | None,
+             late_ok: bool) -> None:
+        """Send the masked segment; a data device then answers the server's request for
+        the shares of the devices whose weights did not arrive (usually none)."""
+        t.send(me, SERVER, self.mask(flat, round_no), tag="weights")
+        if self.holder:
+            request = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s, late_ok=late_ok)
+            t.send(me, SERVER, self.shares_for(request), tag=TAG)
+
+
+def _bytes(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
 
 def join(spec: RunSpec, me: str, t: Transport, *, timeout_s: float) -> Masker:
-    """Device ``me``: make a key pair, swap public keys through the server, derive the
-    pairwise keys with the overlapping devices of other clients."""
-    private = X25519PrivateKey.generate()
-    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    t.send(me, SERVER, torch.frombuffer(bytearray(public), dtype=torch.uint8), tag=TAG)
+    """Device ``me``: make its key pairs, swap public keys through the server, derive the
+    pairwise keys with the overlapping devices of other clients, and deal the shares of
+    its mask key to the other clients' data devices (receiving theirs if it is one)."""
+    mask_key, box_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    t.send(me, SERVER, _bytes(public_bytes(mask_key) + public_bytes(box_key)), tag=TAG)
     table = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s)
     weights = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s).tolist()
-    ranges = param_ranges(spec)
-    devices = spec.roles()[1:]
-    if tuple(table.shape) != (len(devices), KEY_BYTES) or len(weights) != len(spec.plan.planned):
+    lay = Layout.of(spec)
+    n = len(spec.plan.planned)
+    if tuple(table.shape) != (len(lay.devices), 2 * KEY_BYTES) or len(weights) != n:
         raise ValueError(f"{me}: a key table of shape {tuple(table.shape)} and {len(weights)} weights, "
-                         f"expected ({len(devices)}, {KEY_BYTES}) and {len(spec.plan.planned)}")
-    k, a, b = ranges[me]
+                         f"expected ({len(lay.devices)}, {2 * KEY_BYTES}) and {n}")
+    rows = [(row[:KEY_BYTES].numpy().tobytes(), row[KEY_BYTES:].numpy().tobytes()) for row in table]
+    me_i = lay.devices.index(me)
+    k, a, b = lay.ranges[me]
     peers = []
-    for d, row in zip(devices, table):
-        j, pa, pb = ranges[d]
+    for d, (mask_public, _) in zip(lay.devices, rows):
+        j, pa, pb = lay.ranges[d]
         if j != k and max(a, pa) < min(b, pb):
-            peers.append((1 if k < j else -1, pa, pb, shared_key(private, row.numpy().tobytes())))
-    return Masker(k, a, b, float(weights[k]), tuple(peers))
+            peers.append((1 if k < j else -1, pa, pb, shared_key(mask_key, mask_public)))
+    shares = split(key_to_int(mask_key), [j + 1 for j in range(n) if j != k], threshold(n))
+    sealed = torch.zeros((n, SEALED_BYTES), dtype=torch.uint8)
+    for j, head in enumerate(lay.heads):
+        if j != k:
+            h = lay.devices.index(head)
+            sealed[j] = _bytes(seal(shares[j + 1], box=box_key, holder_box=rows[h][1], owner=me_i, holder=h))
+    t.send(me, SERVER, sealed, tag=TAG)
+    held = ()
+    if me == lay.heads[k]:
+        inbox = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s)
+        held = tuple((d, unseal(inbox[d].numpy().tobytes(), box=box_key, owner_box=rows[d][1], owner=d, holder=me_i))
+                     for d, name in enumerate(lay.devices) if lay.client(name) != k)
+    return Masker(k, a, b, float(weights[k]), tuple(peers), float(sum(weights)), held, me == lay.heads[k])
 
 
-def serve_keys(spec: RunSpec, t: Transport, samples: dict[str, int], *, timeout_s: float) -> None:
-    """The server's part of :func:`join`: relay every device's public key to all, with
-    every client's weight (its training samples)."""
+@dataclass(frozen=True)
+class ServerKeys:
+    """What the server keeps from the key setup: the layout, every device's public mask
+    key (to check a rebuilt private key and derive its masks) and each client's weight."""
+
+    layout: Layout
+    mask_publics: tuple[bytes, ...]
+    weights: tuple[float, ...]
+
+    @property
+    def threshold(self) -> int:
+        return threshold(len(self.weights))
+
+
+def serve_keys(spec: RunSpec, t: Transport, samples: dict[str, int], *, timeout_s: float) -> ServerKeys:
+    """The server's part of :func:`join`: relay every device's public keys to all, with
+    every client's weight (its training samples), then the sealed shares to their holders."""
     if len(spec.plan.planned) < 2:
         raise InputError("--secure-agg", None, f"needs at least 2 planned clients to hide one among them; "
                          f"{spec.source} plans {len(spec.plan.planned)}")
-    devices = spec.roles()[1:]
-    keys = [t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s) for d in devices]
-    for d, key in zip(devices, keys):
-        if key.dtype != torch.uint8 or key.numel() != KEY_BYTES:
-            raise ValueError(f"{d} sent a public key of {key.numel()} {key.dtype} values, expected {KEY_BYTES} bytes")
+    lay = Layout.of(spec)
+    n = len(spec.plan.planned)
+    keys = [t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s) for d in lay.devices]
+    for d, key in zip(lay.devices, keys):
+        if key.dtype != torch.uint8 or key.numel() != 2 * KEY_BYTES:
+            raise ValueError(f"{d} sent public keys of {key.numel()} {key.dtype} values, expected {2 * KEY_BYTES} bytes")
     table = torch.stack(keys)
-    weights = torch.tensor([float(samples[c.name]) for c in spec.plan.planned], dtype=torch.float64)
-    for d in devices:
+    weights = [float(samples[c.name]) for c in spec.plan.planned]
+    for d in lay.devices:
         t.send(SERVER, d, table, tag=TAG)
-        t.send(SERVER, d, weights, tag=TAG)
+        t.send(SERVER, d, torch.tensor(weights, dtype=torch.float64), tag=TAG)
+    sealed = [t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s) for d in lay.devices]
+    for d, s in zip(lay.devices, sealed):
+        if s.dtype != torch.uint8 or tuple(s.shape) != (n, SEALED_BYTES):
+            raise ValueError(f"{d} sent sealed shares of shape {tuple(s.shape)} {s.dtype}, expected ({n}, {SEALED_BYTES})")
+    for j, head in enumerate(lay.heads):
+        t.send(SERVER, head, torch.stack([s[j] for s in sealed]), tag=TAG)
+    return ServerKeys(lay, tuple(k[:KEY_BYTES].numpy().tobytes() for k in keys), tuple(weights))
 
 
 def unmask_average(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

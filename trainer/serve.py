@@ -41,8 +41,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
                            steps=cfg.rounds * cfg.steps_per_round, history=history) if cfg.dp else None
     for d in devices:
         t.send(SERVER, d, torch.tensor([start]), tag="start")
-    if cfg.secure_agg:
-        serve_keys(spec, t, samples, timeout_s=long_s)
+    keys = serve_keys(spec, t, samples, timeout_s=long_s) if cfg.secure_agg else None
     report("start", {"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
                      "warnings": emulation_warnings(plan, cfg) + privacy_warnings(cfg), "processes": processes,
                      "epsilon": epsilon})
@@ -60,7 +59,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         skipped = None
         if cfg.aggregate != "none":
             skipped = server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late,
-                                     secure=cfg.secure_agg)
+                                     secure=keys)
         wall_s = time.perf_counter() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
                                                       late_ok=d in late)) for d in devices}
