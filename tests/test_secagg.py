@@ -29,6 +29,7 @@ from trainer.transport import InProcessTransport, LinkTable
 
 CUTS = [[2], [5], [2, 6]]  # three clients cut differently: segments overlap in every pattern
 WEIGHTS = [1.0, 2.0, 3.0]
+ROUND_TIMEOUT_S = 1.5  # --timeout-s of the protocol-level rounds: server and devices alike
 
 
 def _fixed_point(w: np.ndarray, n: float) -> np.ndarray:
@@ -130,7 +131,7 @@ def test_a_sealed_share_opens_for_its_holder_only():
 def _spied(tmp_path, plan, out: str, monkeypatch, **kw):
     """Run one round of fedavg with --secure-agg; returns (the plain segment each device
     masked, what each sent the server, what the server answered it, training samples)."""
-    cfg = config(tmp_path, plan, out, rounds=1, aggregate="fedavg", secure_agg=True, **kw)
+    cfg = config(tmp_path, plan, out, rounds=1, aggregate="fedavg", secure_agg=True, **({"steps_per_round": 1} | kw))
     t = InProcessTransport(LinkTable.from_plan(plan), emulate=cfg.emulate == "sleep")
     plain, sent, answered, send, masker_send = {}, {}, {}, t.send, Masker.send
 
@@ -204,7 +205,8 @@ def test_a_client_dropped_after_sending_is_averaged_in(tmp_path, monkeypatch):
 def _round_with_missing(tmp_path, cuts: list[list[int]], missing: set[str]):
     """Key setup and one aggregation over the in-process transport, without training: each
     device holds random plain weights; the ``missing`` devices take part in the key setup,
-    then fail before sending. Returns (plain, after, the server's skip reason, layout, n)."""
+    then fail before sending. Server and devices wait as long (``--timeout-s``), as in a
+    run: the server's wait for the missing ones must not outlast the survivors'. Returns (plain, after, the server's skip reason, layout, n)."""
     plan = chain_plan("dcgan", cuts, weights=[1.0 + k for k in range(len(cuts))])
     spec = RunSpec(config(tmp_path, plan), plan)
     lay = Layout.of(spec)
@@ -220,12 +222,12 @@ def _round_with_missing(tmp_path, cuts: list[list[int]], missing: set[str]):
 
     def server():
         keys = serve_keys(spec, t, n, timeout_s=10.0)
-        out["why"] = server_combine("fedavg", {}, {}, t, timeout_s=1.0, secure=keys)
+        out["why"] = server_combine("fedavg", {}, {}, t, timeout_s=ROUND_TIMEOUT_S, secure=keys)
 
     def device(d):
         masker = join(spec, d, t, timeout_s=10.0)
         if d not in missing:
-            device_exchange(d, stages[d], t, timeout_s=10.0, masker=masker, round_no=1)
+            device_exchange(d, stages[d], t, timeout_s=ROUND_TIMEOUT_S, masker=masker, round_no=1)
 
     threads = [threading.Thread(target=lambda f=f, a=a: _catch(errors, f, *a))
                for f, a in [(server, ())] + [(device, (d,)) for d in lay.devices]]

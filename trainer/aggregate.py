@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from trainer.secagg import Masker, ServerKeys
+from trainer.secagg import ANSWER_TIMEOUTS, Masker, ServerKeys
 from trainer.secagg_round import secure_combine
 from trainer.transport import SERVER, Transport
 
@@ -45,7 +45,8 @@ def device_exchange(name: str, stage: torch.nn.Module, t: Transport, *, timeout_
         t.send(name, SERVER, flat, tag="weights")
     else:
         masker.send(name, t, flat, round_no=round_no, timeout_s=timeout_s, late_ok=late_ok)
-    new = t.recv(name, SERVER, tag="weights", timeout_s=timeout_s, late_ok=late_ok)
+    wait_s = timeout_s if masker is None or timeout_s is None else ANSWER_TIMEOUTS * timeout_s
+    new = t.recv(name, SERVER, tag="weights", timeout_s=wait_s, late_ok=late_ok)
     if params and new.numel():  # an empty answer: the server skipped this round's secure aggregation
         with torch.no_grad():
             vector_to_parameters(new, params)

@@ -57,6 +57,7 @@ FRACTION_BITS = 24  # fixed point: a weight is sent as round(n_c x w x 2^24)
 SUM_LIMIT = 2.0 ** (MOD_BITS - 1) - 2.0**20  # |sum over clients| below 2^61, less room for rounding
 KEY_BYTES = 32
 TAG = "secagg"
+ANSWER_TIMEOUTS = 3  # the server's two waits of timeout_s (segments, shares), and a margin
 _INFO = b"fsl-gan secure aggregation masks v1"
 
 
@@ -166,10 +167,13 @@ class Masker:
     def send(self, me: str, t: Transport, flat: torch.Tensor, *, round_no: int, timeout_s: float | None,
              late_ok: bool) -> None:
         """Send the masked segment; a data device then answers the server's request for
-        the shares of the devices whose weights did not arrive (usually none)."""
+        the shares of the devices whose weights did not arrive (usually none), which
+        comes once the server has every segment or waited ``timeout_s`` for them (so it
+        waits twice that). The answer comes after the server's wait for the shares:
+        :data:`ANSWER_TIMEOUTS` x ``timeout_s`` after sending."""
         t.send(me, SERVER, self.mask(flat, round_no), tag="weights")
         if self.holder:
-            request = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s, late_ok=late_ok)
+            request = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s and 2 * timeout_s, late_ok=late_ok)
             t.send(me, SERVER, self.shares_for(request), tag=TAG)
 
 

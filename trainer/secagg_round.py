@@ -1,12 +1,13 @@
 """The server's side of one round of secure aggregation (``trainer.secagg``), dropped
 devices included.
 
-1. Every device's masked segment is awaited (``timeout_s`` each). A client dropped by
+1. Every device's masked segment is awaited (``timeout_s`` for all). A client dropped by
    ``--deadline-s`` sends it after its steps end: it arrives and is summed with the rest,
    so the round's average is fedavg over all clients, as without ``--secure-agg``. A
    device whose segment does not arrive (timeout, lost connection) is *missing*.
 2. Every data device whose segment arrived is asked for its shares of the missing
-   devices' mask keys (an empty request when none is missing) and answers.
+   devices' mask keys (an empty request when none is missing) and answers (``timeout_s``
+   for all; a device waits up to ``3 x timeout_s`` for its answer, ``trainer.secagg``).
 3. Each missing device's mask private key is rebuilt from ``t`` shares (Lagrange at 0)
    and checked against its public key; its pairwise masks with every delivered device
    are derived and taken off the sum, which then holds the delivered segments only. The
@@ -24,6 +25,8 @@ messages after it are the report's, so the run stops there as for any failed dev
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from trainer.errors import PeerLost, PeerTimeout
@@ -32,12 +35,16 @@ from trainer.secagg_shares import SHARE_BYTES, int_to_key, reconstruct
 from trainer.transport import SERVER, Transport
 
 
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 def _gather(keys: ServerKeys, t: Transport, late: set[str], timeout_s: float | None) -> dict[str, torch.Tensor]:
-    """The masked segments that arrive, checked against the layout."""
-    got = {}
+    """The masked segments that arrive within ``timeout_s``, checked against the layout."""
+    got, deadline = {}, None if timeout_s is None else time.monotonic() + timeout_s
     for d in keys.layout.devices:
         try:
-            v = t.recv(SERVER, d, tag="weights", timeout_s=timeout_s, late_ok=d in late)
+            v = t.recv(SERVER, d, tag="weights", timeout_s=_left(deadline), late_ok=d in late)
         except (PeerTimeout, PeerLost):
             continue
         _, a, b = keys.layout.ranges[d]
@@ -57,9 +64,10 @@ def _ask_shares(keys: ServerKeys, t: Transport, got: dict, missing: list[str], l
     for h, request in requests.items():
         t.send(SERVER, h, torch.tensor(request, dtype=torch.int64), tag=TAG)
     shares: dict[int, dict[int, int]] = {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     for h, request in requests.items():
         try:
-            answer = t.recv(SERVER, h, tag=TAG, timeout_s=timeout_s, late_ok=h in late)
+            answer = t.recv(SERVER, h, tag=TAG, timeout_s=_left(deadline), late_ok=h in late)
         except (PeerTimeout, PeerLost):
             continue  # a holder that fails now: its shares are missing too
         if answer.dtype != torch.uint8 or tuple(answer.shape) != (len(request), SHARE_BYTES):
