@@ -206,7 +206,8 @@ def _round_with_missing(tmp_path, cuts: list[list[int]], missing: set[str]):
     """Key setup and one aggregation over the in-process transport, without training: each
     device holds random plain weights; the ``missing`` devices take part in the key setup,
     then fail before sending. Server and devices wait as long (``--timeout-s``), as in a
-    run: the server's wait for the missing ones must not outlast the survivors'. Returns (plain, after, the server's skip reason, layout, n)."""
+    run: the server's wait for the missing ones must not outlast the survivors'.
+    Returns (plain, after, the server's skip reason, layout, n)."""
     plan = chain_plan("dcgan", cuts, weights=[1.0 + k for k in range(len(cuts))])
     spec = RunSpec(config(tmp_path, plan), plan)
     lay = Layout.of(spec)

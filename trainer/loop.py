@@ -13,8 +13,8 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
       |--- round [r] --------------------------->|   every round
       |    ServerRole.run <-- steps' messages --> |   DeviceRole.run
       |    (a late client's devices get stop)     |
-      |    server_combine <-- weights ----------> |   device_exchange (if aggregating; with
-      |                   <-- secagg shares ----> d0|   --secure-agg, d0 answers a share request)
+      |    server_combine <-- weights ----------> |   device_exchange (if aggregating)
+      |    (--secure-agg) <-- secagg: shares ---> |   d0 only: shares of keys whose weights are missing
       |<-- report [compute, bytes, waits] -------|
       |                                          |   d -> d0: state; d0 writes c's file
       |<-- saved [r] ------------------------ d0 |

@@ -242,7 +242,8 @@ def serve_keys(spec: RunSpec, t: Transport, samples: dict[str, int], *, timeout_
     keys = [t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s) for d in lay.devices]
     for d, key in zip(lay.devices, keys):
         if key.dtype != torch.uint8 or key.numel() != 2 * KEY_BYTES:
-            raise ValueError(f"{d} sent public keys of {key.numel()} {key.dtype} values, expected {2 * KEY_BYTES} bytes")
+            raise ValueError(f"{d} sent public keys of {key.numel()} {key.dtype} values, "
+                             f"expected {2 * KEY_BYTES} bytes")
     table = torch.stack(keys)
     weights = [float(samples[c.name]) for c in spec.plan.planned]
     for d in lay.devices:
@@ -251,7 +252,8 @@ def serve_keys(spec: RunSpec, t: Transport, samples: dict[str, int], *, timeout_
     sealed = [t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s) for d in lay.devices]
     for d, s in zip(lay.devices, sealed):
         if s.dtype != torch.uint8 or tuple(s.shape) != (n, SEALED_BYTES):
-            raise ValueError(f"{d} sent sealed shares of shape {tuple(s.shape)} {s.dtype}, expected ({n}, {SEALED_BYTES})")
+            raise ValueError(f"{d} sent sealed shares of shape {tuple(s.shape)} {s.dtype}, "
+                             f"expected ({n}, {SEALED_BYTES})")
     for j, head in enumerate(lay.heads):
         t.send(SERVER, head, torch.stack([s[j] for s in sealed]), tag=TAG)
     return ServerKeys(lay, tuple(k[:KEY_BYTES].numpy().tobytes() for k in keys), tuple(weights))
