@@ -22,8 +22,8 @@ from tests.helpers import chain_plan, config
 from trainer.aggregate import device_exchange, server_combine
 from trainer.backends.local import run_local
 from trainer.build import RunSpec
-from trainer.secagg import (MOD, Layout, Masker, encode, join, mask_stream, public_bytes, serve_keys,
-                            shared_key, unmask_average)
+from trainer.secagg import MOD, Layout, Masker, encode, join, mask_stream, public_bytes, shared_key, unmask_average
+from trainer.secagg_round import serve_keys
 from trainer.secagg_shares import PRIME, int_to_key, key_to_int, reconstruct, seal, split, threshold, unseal
 from trainer.transport import InProcessTransport, LinkTable
 
@@ -66,6 +66,13 @@ def test_pairwise_masks_cancel_over_the_clients():
         total = unmask_average(dict(enumerate(masked)), dict(enumerate(map(float, weights))))
         want = sum(w * v for w, v in zip(weights, x)) / sum(weights)
         torch.testing.assert_close(total, want, atol=1e-6, rtol=0)
+
+
+def test_a_coordinate_without_a_peer_is_never_sent():
+    """A device whose keyed peers cover only [0, 5) of its [0, 10) refuses to mask."""
+    with pytest.raises(ValueError, match=r"5 of the coordinates \[0, 10\) have no other client's device"):
+        Masker(0, 0, 10, 1.0, ((1, 0, 5, bytes(32)),)).mask(torch.ones(10), round_no=1)
+    assert Masker(0, 0, 10, 1.0, ((1, 0, 5, bytes(32)), (-1, 5, 10, bytes(32)))).mask(torch.ones(10), 1).numel() == 10
 
 
 def test_mask_streams_slice_and_differ_by_round():
@@ -222,13 +229,16 @@ def _round_with_missing(tmp_path, cuts: list[list[int]], missing: set[str]):
     out, errors = {}, []
 
     def server():
-        keys = serve_keys(spec, t, n, timeout_s=10.0)
-        out["why"] = server_combine("fedavg", {}, {}, t, timeout_s=ROUND_TIMEOUT_S, secure=keys)
+        ring = serve_keys(spec, t, n, timeout_s=10.0)
+        out["why"] = server_combine("fedavg", {}, {}, t, timeout_s=ROUND_TIMEOUT_S, secure=ring)
+        out["next round"] = ring.keys.present()
 
     def device(d):
-        masker = join(spec, d, t, timeout_s=10.0)
+        ring = join(spec, d, t, timeout_s=10.0)
+        first = {key for *_, key in ring.masker.peers}
         if d not in missing:
-            device_exchange(d, stages[d], t, timeout_s=ROUND_TIMEOUT_S, masker=masker, round_no=1)
+            device_exchange(d, stages[d], t, timeout_s=ROUND_TIMEOUT_S, masker=ring, round_no=1)
+            out[d] = (first, {key for *_, key in ring.masker.peers})
 
     threads = [threading.Thread(target=lambda f=f, a=a: _catch(errors, f, *a))
                for f, a in [(server, ())] + [(device, (d,)) for d in lay.devices]]
@@ -237,6 +247,10 @@ def _round_with_missing(tmp_path, cuts: list[list[int]], missing: set[str]):
     for th in threads:
         th.join(60)
     assert not errors, errors
+    assert out["next round"] == [d for d in lay.devices if d not in missing]  # re-keyed with who delivered
+    for d in out["next round"]:
+        first, second = out[d]
+        assert first and not first & second, f"{d}: the next round's pairwise keys are not fresh"
     after = {d: s[0].detach().clone() for d, s in stages.items()}
     return plain, after, out["why"], lay, {k: float(n[c.name]) for k, c in enumerate(plan.planned)}
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from trainer.secagg import ANSWER_TIMEOUTS, Masker, ServerKeys
-from trainer.secagg_round import secure_combine
+from trainer.secagg import ANSWER_TIMEOUTS, KeyRing
+from trainer.secagg_round import ServerRing, secure_combine
 from trainer.transport import SERVER, Transport
 
 
@@ -38,15 +38,17 @@ def combine(mode: str, whole: dict[str, torch.Tensor], weights: dict[str, float]
 
 
 def device_exchange(name: str, stage: torch.nn.Module, t: Transport, *, timeout_s: float | None,
-                    late_ok: bool = False, masker: Masker | None = None, round_no: int = 0) -> None:
+                    late_ok: bool = False, masker: KeyRing | None = None, round_no: int = 0) -> None:
     params = list(stage.parameters())
     flat = parameters_to_vector(params).detach() if params else torch.zeros(0)
     if masker is None:
         t.send(name, SERVER, flat, tag="weights")
     else:
-        masker.send(name, t, flat, round_no=round_no, timeout_s=timeout_s, late_ok=late_ok)
+        masker.masker.send(name, t, flat, round_no=round_no, timeout_s=timeout_s, late_ok=late_ok)
     wait_s = timeout_s if masker is None or timeout_s is None else ANSWER_TIMEOUTS * timeout_s
     new = t.recv(name, SERVER, tag="weights", timeout_s=wait_s, late_ok=late_ok)
+    if masker is not None:
+        masker.setup(t, late_ok=late_ok)  # the next round's keys
     if params and new.numel():  # an empty answer: the server skipped this round's secure aggregation
         with torch.no_grad():
             vector_to_parameters(new, params)
@@ -54,7 +56,7 @@ def device_exchange(name: str, stage: torch.nn.Module, t: Transport, *, timeout_
 
 def server_combine(mode: str, chains: dict[str, list[str]], weights: dict[str, float], t: Transport,
                    *, timeout_s: float | None, late: set[str] = frozenset(),
-                   secure: ServerKeys | None = None) -> str | None:
+                   secure: ServerRing | None = None) -> str | None:
     """Combine and answer every device; returns why the round's aggregation was skipped
     (only under secure aggregation, ``trainer.secagg_round``), else None."""
     if secure is not None:

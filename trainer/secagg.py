@@ -46,7 +46,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from planner.errors import InputError
 from trainer.build import RunSpec, check_plan_model
 from trainer.secagg_shares import SEALED_BYTES, SHARE_BYTES, key_to_int, seal, split, threshold, unseal
 from trainer.transport import SERVER, Transport
@@ -145,13 +144,20 @@ class Masker:
     holder: bool = False  # answers the server's requests for shares each round
 
     def mask(self, flat: torch.Tensor, round_no: int) -> torch.Tensor:
-        """The segment as the server may see it: encoded, plus every pairwise mask."""
+        """The segment as the server may see it: encoded, plus every pairwise mask; refused
+        when a coordinate would have none (no other client's device holding it is keyed)."""
         v = encode(flat, self.weight, self.total)
+        masked = torch.zeros(v.numel(), dtype=torch.bool)
         for sign, a, b, key in self.peers:
             lo, hi = max(a, self.start), min(b, self.end)
             m = mask_stream(key, round_no, lo, hi)
             part = v[lo - self.start:hi - self.start]
             v[lo - self.start:hi - self.start] = torch.remainder(part + m if sign > 0 else part - m, MOD)
+            masked[lo - self.start:hi - self.start] = True
+        if not bool(masked.all()):
+            bare = int((~masked).sum())
+            raise ValueError(f"{bare} of the coordinates [{self.start}, {self.end}) have no other client's device "
+                             "in this round's keys to mask them with; they are not sent in the clear")
         return v
 
     def shares_for(self, request: torch.Tensor) -> torch.Tensor:
@@ -181,82 +187,62 @@ def _bytes(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def join(spec: RunSpec, me: str, t: Transport, *, timeout_s: float) -> Masker:
-    """Device ``me``: make its key pairs, swap public keys through the server, derive the
-    pairwise keys with the overlapping devices of other clients, and deal the shares of
-    its mask key to the other clients' data devices (receiving theirs if it is one)."""
+def _setup(spec: RunSpec, me: str, t: Transport, *, timeout_s: float, late_ok: bool) -> Masker:
+    """One key setup: make key pairs, swap public keys through the server (a device left
+    out has a row of zeros), derive the pairwise keys with the overlapping devices of
+    other clients, and deal the shares of the mask key to the other clients' data devices
+    (receiving theirs if it is one)."""
     mask_key, box_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     t.send(me, SERVER, _bytes(public_bytes(mask_key) + public_bytes(box_key)), tag=TAG)
-    table = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s)
-    weights = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s).tolist()
+    table = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s, late_ok=late_ok)
+    weights = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s, late_ok=late_ok).tolist()
     lay = Layout.of(spec)
     n = len(spec.plan.planned)
     if tuple(table.shape) != (len(lay.devices), 2 * KEY_BYTES) or len(weights) != n:
         raise ValueError(f"{me}: a key table of shape {tuple(table.shape)} and {len(weights)} weights, "
                          f"expected ({len(lay.devices)}, {2 * KEY_BYTES}) and {n}")
     rows = [(row[:KEY_BYTES].numpy().tobytes(), row[KEY_BYTES:].numpy().tobytes()) for row in table]
+    present = [any(row[0]) for row in rows]
     me_i = lay.devices.index(me)
     k, a, b = lay.ranges[me]
     peers = []
-    for d, (mask_public, _) in zip(lay.devices, rows):
+    for d, (mask_public, _), there in zip(lay.devices, rows, present):
         j, pa, pb = lay.ranges[d]
-        if j != k and max(a, pa) < min(b, pb):
+        if there and j != k and max(a, pa) < min(b, pb):
             peers.append((1 if k < j else -1, pa, pb, shared_key(mask_key, mask_public)))
     shares = split(key_to_int(mask_key), [j + 1 for j in range(n) if j != k], threshold(n))
     sealed = torch.zeros((n, SEALED_BYTES), dtype=torch.uint8)
     for j, head in enumerate(lay.heads):
-        if j != k:
-            h = lay.devices.index(head)
+        h = lay.devices.index(head)
+        if j != k and present[h]:
             sealed[j] = _bytes(seal(shares[j + 1], box=box_key, holder_box=rows[h][1], owner=me_i, holder=h))
     t.send(me, SERVER, sealed, tag=TAG)
     held = ()
     if me == lay.heads[k]:
-        inbox = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s)
+        inbox = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s, late_ok=late_ok)
         held = tuple((d, unseal(inbox[d].numpy().tobytes(), box=box_key, owner_box=rows[d][1], owner=d, holder=me_i))
-                     for d, name in enumerate(lay.devices) if lay.client(name) != k)
+                     for d, name in enumerate(lay.devices) if lay.client(name) != k and present[d])
     return Masker(k, a, b, float(weights[k]), tuple(peers), float(sum(weights)), held, me == lay.heads[k])
 
 
-@dataclass(frozen=True)
-class ServerKeys:
-    """What the server keeps from the key setup: the layout, every device's public mask
-    key (to check a rebuilt private key and derive its masks) and each client's weight."""
+class KeyRing:
+    """A device's secure aggregation over a run: fresh keys for every round, set up when
+    the run starts and again right after each round's exchange (Bonawitz et al. key each
+    round too), so a mask key the server rebuilds for a missing device unmasks nothing of
+    another round. ``masker`` masks the coming round."""
 
-    layout: Layout
-    mask_publics: tuple[bytes, ...]
-    weights: tuple[float, ...]
+    def __init__(self, spec: RunSpec, me: str, *, timeout_s: float):
+        self.spec, self.me, self.timeout_s = spec, me, timeout_s
+        self.masker: Masker | None = None
 
-    @property
-    def threshold(self) -> int:
-        return threshold(len(self.weights))
+    def setup(self, t: Transport, *, late_ok: bool = False) -> KeyRing:
+        self.masker = _setup(self.spec, self.me, t, timeout_s=self.timeout_s, late_ok=late_ok)
+        return self
 
 
-def serve_keys(spec: RunSpec, t: Transport, samples: dict[str, int], *, timeout_s: float) -> ServerKeys:
-    """The server's part of :func:`join`: relay every device's public keys to all, with
-    every client's weight (its training samples), then the sealed shares to their holders."""
-    if len(spec.plan.planned) < 2:
-        raise InputError("--secure-agg", None, f"needs at least 2 planned clients to hide one among them; "
-                         f"{spec.source} plans {len(spec.plan.planned)}")
-    lay = Layout.of(spec)
-    n = len(spec.plan.planned)
-    keys = [t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s) for d in lay.devices]
-    for d, key in zip(lay.devices, keys):
-        if key.dtype != torch.uint8 or key.numel() != 2 * KEY_BYTES:
-            raise ValueError(f"{d} sent public keys of {key.numel()} {key.dtype} values, "
-                             f"expected {2 * KEY_BYTES} bytes")
-    table = torch.stack(keys)
-    weights = [float(samples[c.name]) for c in spec.plan.planned]
-    for d in lay.devices:
-        t.send(SERVER, d, table, tag=TAG)
-        t.send(SERVER, d, torch.tensor(weights, dtype=torch.float64), tag=TAG)
-    sealed = [t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s) for d in lay.devices]
-    for d, s in zip(lay.devices, sealed):
-        if s.dtype != torch.uint8 or tuple(s.shape) != (n, SEALED_BYTES):
-            raise ValueError(f"{d} sent sealed shares of shape {tuple(s.shape)} {s.dtype}, "
-                             f"expected ({n}, {SEALED_BYTES})")
-    for j, head in enumerate(lay.heads):
-        t.send(SERVER, head, torch.stack([s[j] for s in sealed]), tag=TAG)
-    return ServerKeys(lay, tuple(k[:KEY_BYTES].numpy().tobytes() for k in keys), tuple(weights))
+def join(spec: RunSpec, me: str, t: Transport, *, timeout_s: float) -> KeyRing:
+    """Device ``me``'s keys for the first round (the server's side: ``secagg_round.serve_keys``)."""
+    return KeyRing(spec, me, timeout_s=timeout_s).setup(t)
 
 
 def unmask_average(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

@@ -29,10 +29,82 @@ import time
 
 import torch
 
+from dataclasses import dataclass
+
+from planner.errors import InputError
+from trainer.build import RunSpec
 from trainer.errors import PeerLost, PeerTimeout
-from trainer.secagg import MOD, TAG, ServerKeys, decode, mask_stream, public_bytes, shared_key
-from trainer.secagg_shares import SHARE_BYTES, int_to_key, reconstruct
+from trainer.secagg import KEY_BYTES, MOD, TAG, Layout, decode, mask_stream, public_bytes, shared_key
+from trainer.secagg_shares import SEALED_BYTES, SHARE_BYTES, int_to_key, reconstruct, threshold
 from trainer.transport import SERVER, Transport
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    """What the server keeps from one key setup: the layout, every device's public mask
+    key (zeros: left out; to check a rebuilt private key and derive its masks) and each
+    client's weight."""
+
+    layout: Layout
+    mask_publics: tuple[bytes, ...]
+    weights: tuple[float, ...]
+
+    @property
+    def threshold(self) -> int:
+        return threshold(len(self.weights))
+
+    def present(self) -> list[str]:
+        return [d for d, key in zip(self.layout.devices, self.mask_publics) if any(key)]
+
+
+def _setup(spec: RunSpec, t: Transport, weights: tuple[float, ...], present: list[str], *, timeout_s: float,
+           late: set[str]) -> ServerKeys:
+    """The server's part of one key setup (``secagg.KeyRing``) with the ``present``
+    devices: relay every public key to all, with each client's weight, then the sealed
+    shares to their holders."""
+    lay = Layout.of(spec)
+    n = len(weights)
+    keys = {d: t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s, late_ok=d in late) for d in present}
+    for d, key in keys.items():
+        if key.dtype != torch.uint8 or key.numel() != 2 * KEY_BYTES:
+            raise ValueError(f"{d} sent public keys of {key.numel()} {key.dtype} values, "
+                             f"expected {2 * KEY_BYTES} bytes")
+    table = torch.stack([keys.get(d, torch.zeros(2 * KEY_BYTES, dtype=torch.uint8)) for d in lay.devices])
+    for d in present:
+        t.send(SERVER, d, table, tag=TAG)
+        t.send(SERVER, d, torch.tensor(weights, dtype=torch.float64), tag=TAG)
+    sealed = {d: t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s, late_ok=d in late) for d in present}
+    for d, s in sealed.items():
+        if s.dtype != torch.uint8 or tuple(s.shape) != (n, SEALED_BYTES):
+            raise ValueError(f"{d} sent sealed shares of shape {tuple(s.shape)} {s.dtype}, "
+                             f"expected ({n}, {SEALED_BYTES})")
+    none = torch.zeros(SEALED_BYTES, dtype=torch.uint8)
+    for j, head in enumerate(lay.heads):
+        if head in keys:
+            t.send(SERVER, head, torch.stack([sealed[d][j] if d in sealed else none for d in lay.devices]), tag=TAG)
+    return ServerKeys(lay, tuple(row[:KEY_BYTES].numpy().tobytes() for row in table), weights)
+
+
+class ServerRing:
+    """The server's keys over a run: set up with every device when the run starts, then
+    again after each round's answers with the devices that delivered (``secagg.KeyRing``)."""
+
+    def __init__(self, spec: RunSpec, weights: tuple[float, ...], *, timeout_s: float):
+        self.spec, self.weights, self.timeout_s = spec, weights, timeout_s
+        self.keys: ServerKeys | None = None
+
+    def setup(self, t: Transport, present: list[str], late: set[str]) -> None:
+        self.keys = _setup(self.spec, t, self.weights, present, timeout_s=self.timeout_s, late=late)
+
+
+def serve_keys(spec: RunSpec, t: Transport, samples: dict[str, int], *, timeout_s: float) -> ServerRing:
+    """The server's side of ``secagg.join``: the first round's keys, with every device."""
+    if len(spec.plan.planned) < 2:
+        raise InputError("--secure-agg", None, f"needs at least 2 planned clients to hide one among them; "
+                         f"{spec.source} plans {len(spec.plan.planned)}")
+    ring = ServerRing(spec, tuple(float(samples[c.name]) for c in spec.plan.planned), timeout_s=timeout_s)
+    ring.setup(t, list(Layout.of(spec).devices), set())
+    return ring
 
 
 def _left(deadline: float | None) -> float | None:
@@ -42,7 +114,7 @@ def _left(deadline: float | None) -> float | None:
 def _gather(keys: ServerKeys, t: Transport, late: set[str], timeout_s: float | None) -> dict[str, torch.Tensor]:
     """The masked segments that arrive within ``timeout_s``, checked against the layout."""
     got, deadline = {}, None if timeout_s is None else time.monotonic() + timeout_s
-    for d in keys.layout.devices:
+    for d in keys.present():
         try:
             v = t.recv(SERVER, d, tag="weights", timeout_s=_left(deadline), late_ok=d in late)
         except (PeerTimeout, PeerLost):
@@ -102,12 +174,14 @@ def _unmask_missing(keys: ServerKeys, u: str, points: dict[int, int], got: dict,
     return None
 
 
-def secure_combine(keys: ServerKeys, t: Transport, *, late: set[str], timeout_s: float | None) -> str | None:
+def secure_combine(ring: ServerRing, t: Transport, *, late: set[str], timeout_s: float | None) -> str | None:
     """One round's secure fedavg: answer every delivered device its part of the average
-    (or nothing, keeping its weights); returns why the aggregation was skipped, else None."""
-    lay, round_no = keys.layout, t.epoch(SERVER)
+    (or nothing, keeping its weights), then set up the next round's keys with them;
+    returns why the aggregation was skipped, else None."""
+    keys, round_no = ring.keys, t.epoch(SERVER)
+    lay = keys.layout
     got = _gather(keys, t, late, timeout_s)
-    missing = [d for d in lay.devices if d not in got]
+    missing = [d for d in keys.present() if d not in got]
     total = torch.zeros(lay.size, dtype=torch.int64)
     weight = torch.zeros(lay.size, dtype=torch.float64)
     clients = torch.zeros(lay.size, dtype=torch.int64)
@@ -118,8 +192,9 @@ def secure_combine(keys: ServerKeys, t: Transport, *, late: set[str], timeout_s:
         clients[a:b] += 1
     few = int(clients.min()) if lay.size else 2
     why = None
-    if missing and few < 2:
-        why = (f"{', '.join(missing)} sent no weights, so some coordinates came from {few} client(s) only: "
+    if few < 2:
+        gone = [d for d in lay.devices if d not in got]
+        why = (f"{', '.join(gone)} sent no weights, so some coordinates came from {few} client(s) only: "
                "their average would be that client's weights")
     shares = _ask_shares(keys, t, got, [] if why else missing, late, timeout_s)
     for u in [] if why else missing:
@@ -130,4 +205,5 @@ def secure_combine(keys: ServerKeys, t: Transport, *, late: set[str], timeout_s:
     for d in got:
         _, a, b = lay.ranges[d]
         t.send(SERVER, d, torch.zeros(0) if average is None else average[a:b], tag="weights")
+    ring.setup(t, list(got), late)
     return f"secure aggregation skipped: {why}; every client keeps its own discriminator" if why else None

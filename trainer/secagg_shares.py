@@ -9,8 +9,9 @@ threshold ``t``, each share encrypted for its holder with a key the server canno
 - **Sealing.** A share travels device -> server -> holder in ChaCha20-Poly1305 under
   HKDF-SHA256 of an X25519 exchange between a second key pair of each device (the "box"
   keys, never shared), so the server relays shares it cannot read; the nonce names the
-  sender, the associated data the owner and the holder, so no two seals reuse a nonce
-  under one key and a share cannot be replayed as another's.
+  sender and the round (0: the key setup), the associated data the owner, the holder and
+  the round, so no two seals reuse a nonce under one key and a share cannot be replayed
+  as another's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ PRIME = (1 << 521) - 1  # GF(p) of the shares: a Mersenne prime, p > 2^256
 SHARE_BYTES = 66  # ceil(521 / 8): one share, little-endian
 SEALED_BYTES = SHARE_BYTES + 16  # with Poly1305's tag
 _INFO = b"fsl-gan secure aggregation shares v1"
+
+
+def self_masked(clients: int) -> bool:
+    """Whether the other clients' data devices can return ``t`` shares of a device's self
+    mask every round (not with 2 clients: 1 holder, t = 2)."""
+    return threshold(clients) <= clients - 1
 
 
 def threshold(clients: int) -> int:
@@ -72,18 +79,20 @@ def _box(private: X25519PrivateKey, peer_public: bytes) -> ChaCha20Poly1305:
     return ChaCha20Poly1305(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(secret))
 
 
-def _nonce_and_aad(owner: int, holder: int) -> tuple[bytes, bytes]:
-    return owner.to_bytes(4, "little") + bytes(8), b"%d>%d" % (owner, holder)
+def _nonce_and_aad(owner: int, holder: int, round_no: int) -> tuple[bytes, bytes]:
+    return owner.to_bytes(4, "little") + round_no.to_bytes(8, "little"), b"%d>%d@%d" % (owner, holder, round_no)
 
 
-def seal(share: int, *, box: X25519PrivateKey, holder_box: bytes, owner: int, holder: int) -> bytes:
-    """Device ``owner``'s share for the device ``holder`` (indices in the key table)."""
-    nonce, aad = _nonce_and_aad(owner, holder)
+def seal(share: int, *, box: X25519PrivateKey, holder_box: bytes, owner: int, holder: int, round_no: int = 0) -> bytes:
+    """Device ``owner``'s share for the device ``holder`` (indices in the key table):
+    of its mask key at setup (round 0), of its self mask in round ``round_no``."""
+    nonce, aad = _nonce_and_aad(owner, holder, round_no)
     return _box(box, holder_box).encrypt(nonce, share.to_bytes(SHARE_BYTES, "little"), aad)
 
 
-def unseal(sealed: bytes, *, box: X25519PrivateKey, owner_box: bytes, owner: int, holder: int) -> int:
-    """The share device ``owner`` sealed for ``holder``; raises ``InvalidTag`` if it was
-    altered or meant for another."""
-    nonce, aad = _nonce_and_aad(owner, holder)
+def unseal(sealed: bytes, *, box: X25519PrivateKey, owner_box: bytes, owner: int, holder: int,
+           round_no: int = 0) -> int:
+    """The share device ``owner`` sealed for ``holder`` (in ``round_no``); raises
+    ``InvalidTag`` if it was altered or meant for another holder or round."""
+    nonce, aad = _nonce_and_aad(owner, holder, round_no)
     return int.from_bytes(_box(box, owner_box).decrypt(nonce, sealed, aad), "little")

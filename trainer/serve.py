@@ -18,7 +18,7 @@ from trainer.device import DeviceReport
 from trainer.evaluation import Evaluation
 from trainer.metrics import round_metrics
 from trainer.roles import BETWEEN_ROUNDS_S, Report, Where, hello
-from trainer.secagg import serve_keys
+from trainer.secagg_round import serve_keys
 from trainer.rundir import RunDir
 from trainer.transport import SERVER, Transport
 
