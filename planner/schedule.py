@@ -62,7 +62,7 @@ CONTROL_TAGS = frozenset([
     "state",  # checkpoint state: device -> its data device, or data device -> device on resume
     "saved",  # data device -> server: the client's checkpoint of this round is on disk
     "weights",  # aggregation: a segment's parameters to the server and back
-    "secagg",  # --secure-agg: once, public keys and sealed key shares via the server; each round, a data
+    "secagg",  # --secure-agg: each round's public keys and sealed key shares via the server; a data
     #            device's shares of the devices whose weights did not arrive (trainer.secagg_round)
     "bye",  # closing a connection
     "calib",  # fsl calibrate: the server's orders to a device, and what it measured

@@ -7,10 +7,13 @@ CCS 2017: Sec. 3's pairwise masks and Sec. 4's recovery of dropped users' masks 
 Shamir shares of their mask keys (``trainer.secagg_shares``), against an honest-but-curious
 server (no self-mask, no signatures: SECURITY.md says what that leaves open).
 
-- **Keys.** Every device of every client makes two X25519 key pairs (RFC 7748) when the
-  run starts, one for masks and one for sealing shares, and sends both public keys to the
+- **Keys, fresh every round.** Every device of every client makes two X25519 key pairs
+  (RFC 7748), one for masks and one for sealing shares, and sends both public keys to the
   server, which hands the table of all of them to every device. Two devices of different
-  clients derive a shared 32-byte mask key with X25519 and HKDF-SHA256 (RFC 5869).
+  clients derive a shared 32-byte mask key with X25519 and HKDF-SHA256 (RFC 5869). This
+  setup runs when the run starts and again right after each round's exchange
+  (:class:`KeyRing`), with the devices that delivered, so every round has its own keys
+  (as in the paper) and a key rebuilt for a missing device unmasks no other round.
 - **Shares.** Each device splits its mask private key into Shamir shares, threshold
   ``t = max(2, n // 2 + 1)`` of the ``n`` clients, one for the data device of every other
   client, sealed so that only that device reads it; the server relays them. Nothing is
@@ -32,7 +35,8 @@ server (no self-mask, no signatures: SECURITY.md says what that leaves open).
 - **Rounds.** ``trainer.secagg_round``: a client dropped by ``--deadline-s`` sends its
   masked weights after its steps and is averaged in; a device whose weights do not arrive
   has its masks removed from the others' sum with its key rebuilt from the survivors'
-  shares, and the average is over the clients that delivered each coordinate.
+  shares, and the average is over the clients that delivered each coordinate. A device
+  refuses to send a coordinate that no keyed device of another client masks.
 """
 
 from __future__ import annotations

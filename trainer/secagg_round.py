@@ -17,10 +17,12 @@ devices included.
    reason goes to ``metrics.jsonl`` as ``aggregation_skipped``) when a coordinate was
    delivered by fewer than 2 clients (the average would be one client's weights) or
    fewer than ``t`` shares of a missing key came back.
+5. The next round's keys are set up with the devices that delivered (``ServerRing``).
 
-The server never holds a delivered device's key; it holds a missing device's key from
-step 3 on, and a segment of that device arriving later is never read (the round's
-messages after it are the report's, so the run stops there as for any failed device).
+The server never holds a delivered device's key. It holds a missing device's key of this
+round only, whose segment never arrived; one arriving later is never read: the round's
+next message from that device is expected to be its report, so ``fsl train`` stops there
+as for any failed device.
 """
 
 from __future__ import annotations
