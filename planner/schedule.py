@@ -63,7 +63,7 @@ CONTROL_TAGS = frozenset([
     "saved",  # data device -> server: the client's checkpoint of this round is on disk
     "weights",  # aggregation: a segment's parameters to the server and back
     "secagg",  # --secure-agg: each round's public keys and sealed key shares via the server; a data
-    #            device's shares of the devices whose weights did not arrive (trainer.secagg_round)
+    #            device's shares of self masks and of the keys of devices whose weights did not arrive
     "bye",  # closing a connection
     "calib",  # fsl calibrate: the server's orders to a device, and what it measured
     "probe",  # fsl calibrate: a link probe's payload (trainer.linkprobe)

@@ -14,7 +14,7 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
       |    ServerRole.run <-- steps' messages --> |   DeviceRole.run
       |    (a late client's devices get stop)     |
       |    server_combine <-- weights ----------> |   device_exchange (if aggregating)
-      |    (--secure-agg) <-- secagg: shares ---> |   d0: shares of keys whose weights are missing;
+      |    (--secure-agg) <-- secagg: shares ---> |   d0: shares of self masks and missing keys;
       |                   <-- secagg: keys -----> |   all: the next round's keys (trainer.secagg)
       |<-- report [compute, bytes, waits] -------|
       |                                          |   d -> d0: state; d0 writes c's file

@@ -3,9 +3,10 @@ the clients' discriminators and nothing else about any one of them, even when a 
 weights do not arrive.
 
 Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
-CCS 2017: Sec. 3's pairwise masks and Sec. 4's recovery of dropped users' masks from
-Shamir shares of their mask keys (``trainer.secagg_shares``), against an honest-but-curious
-server (no self-mask, no signatures: SECURITY.md says what that leaves open).
+CCS 2017, Sec. 4 (the semi-honest protocol): pairwise masks, a self mask, and the
+recovery of dropped users' masks from Shamir shares (``trainer.secagg_shares``); without
+the paper's signatures (Sec. 6), so the server is trusted to relay the public keys as
+they are (SECURITY.md says what that leaves open).
 
 - **Keys, fresh every round.** Every device of every client makes two X25519 key pairs
   (RFC 7748), one for masks and one for sealing shares, and sends both public keys to the
@@ -14,10 +15,10 @@ server (no self-mask, no signatures: SECURITY.md says what that leaves open).
   setup runs when the run starts and again right after each round's exchange
   (:class:`KeyRing`), with the devices that delivered, so every round has its own keys
   (as in the paper) and a key rebuilt for a missing device unmasks no other round.
-- **Shares.** Each device splits its mask private key into Shamir shares, threshold
-  ``t = max(2, n // 2 + 1)`` of the ``n`` clients, one for the data device of every other
-  client, sealed so that only that device reads it; the server relays them. Nothing is
-  shared between the devices of one client; the sealing keys are never shared.
+- **Shares.** Each device splits its mask private key and the seed of its self mask into
+  Shamir shares, threshold ``t = max(2, n // 2 + 1)`` of the ``n`` clients, one of each
+  for the data device of every client, sealed so that only that device reads it; the
+  server relays them. The sealing keys are never shared.
 - **Masks.** A client's discriminator is one flat vector of ``P`` parameters, and every
   client's has the same layout; a device holds the coordinates ``[a, b)`` of its segment.
   For each pair of devices of clients ``i < j`` whose ranges overlap, both expand their
@@ -25,7 +26,11 @@ server (no self-mask, no signatures: SECURITY.md says what that leaves open).
   take the overlap; the device of client ``i`` adds it, the one of client ``j`` subtracts
   it. Every coordinate is held by exactly one device per client, so over the clients
   every mask appears once with each sign and the sum of the masked vectors is the sum of
-  the unmasked ones. A fresh nonce per round keeps two rounds' masks unrelated.
+  the unmasked ones. On top, each device adds its own self mask (ChaCha20 of its seed),
+  which the server removes from the sum with the seed rebuilt from ``t`` data devices'
+  shares; a data device gives, per device and round, a share of the self mask (the
+  device delivered) or of the mask key (it is missing), never both, so a server that
+  calls a delivered device missing still sees its segment self-masked.
 - **Numbers.** Masks cancel exactly only in integers, so a device sends its weights as
   fixed point: ``round(n_c x 2^24 x w) mod 2^62``, ``n_c`` its client's training samples
   (as plain fedavg weighs). Before masking, each device checks that ``N x 2^24 x |w|``
@@ -41,6 +46,7 @@ server (no self-mask, no signatures: SECURITY.md says what that leaves open).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +67,7 @@ SUM_LIMIT = 2.0 ** (MOD_BITS - 1) - 2.0**20  # |sum over clients| below 2^61, le
 KEY_BYTES = 32
 TAG = "secagg"
 ANSWER_TIMEOUTS = 3  # the server's two waits of timeout_s (segments, shares), and a margin
+DELIVERED, MISSING = 1, 2  # a share request names each device: its self mask's share, or its mask key's
 _INFO = b"fsl-gan secure aggregation masks v1"
 
 
@@ -144,8 +151,9 @@ class Masker:
     weight: float  # n_c: its client's training samples
     peers: tuple[tuple[int, int, int, bytes], ...]  # (sign, a, b, key) per overlapping device of another client
     total: float | None = None  # sum of n_c over all clients (None: weight)
-    held: tuple[tuple[int, int], ...] = ()  # (device index, share) held for the server's recovery
+    held: tuple[tuple[int, int, int], ...] = ()  # (device index, mask key share, self mask share)
     holder: bool = False  # answers the server's requests for shares each round
+    self_seed: bytes | None = None  # this round's self mask's ChaCha20 key (None: none, in unit tests)
 
     def mask(self, flat: torch.Tensor, round_no: int) -> torch.Tensor:
         """The segment as the server may see it: encoded, plus every pairwise mask; refused
@@ -162,17 +170,24 @@ class Masker:
             bare = int((~masked).sum())
             raise ValueError(f"{bare} of the coordinates [{self.start}, {self.end}) have no other client's device "
                              "in this round's keys to mask them with; they are not sent in the clear")
+        if self.self_seed is not None:
+            v = torch.remainder(v + mask_stream(self.self_seed, round_no, self.start, self.end), MOD)
         return v
 
-    def shares_for(self, request: torch.Tensor) -> torch.Tensor:
-        """The shares held of the devices the server names (dropped before sending)."""
-        held = dict(self.held)
-        missing = [d for d in request.tolist() if d not in held]
-        if request.dtype != torch.int64 or request.dim() != 1 or missing:
-            raise ValueError(f"the server asked for shares of devices {request.tolist()}; held: {sorted(held)}")
-        rows = [torch.frombuffer(bytearray(held[d].to_bytes(SHARE_BYTES, "little")), dtype=torch.uint8)
-                for d in request.tolist()]
-        return torch.stack(rows) if rows else torch.zeros((0, SHARE_BYTES), dtype=torch.uint8)
+    def shares_for(self, status: torch.Tensor) -> torch.Tensor:
+        """Row ``d``: the share held of device ``d``'s self mask if the server says it
+        :data:`DELIVERED`, of its mask key if :data:`MISSING`, nothing if 0. One status per
+        device and round, so the server never gets both of one device's masks."""
+        held = {d: (s, b) for d, s, b in self.held}
+        codes = status.tolist() if status.dtype == torch.int64 and status.dim() == 1 else [-1]
+        if any(c not in (0, DELIVERED, MISSING) or (c and d not in held) for d, c in enumerate(codes)):
+            raise ValueError(f"a share request {status.tolist()} names devices this one holds no shares of "
+                             f"(held: {sorted(held)})")
+        out = torch.zeros((len(codes), SHARE_BYTES), dtype=torch.uint8)
+        for d, c in enumerate(codes):
+            if c:
+                out[d] = _bytes(held[d][0 if c == MISSING else 1].to_bytes(SHARE_BYTES, "little"))
+        return out
 
     def send(self, me: str, t: Transport, flat: torch.Tensor, *, round_no: int, timeout_s: float | None,
              late_ok: bool) -> None:
@@ -214,19 +229,25 @@ def _setup(spec: RunSpec, me: str, t: Transport, *, timeout_s: float, late_ok: b
         j, pa, pb = lay.ranges[d]
         if there and j != k and max(a, pa) < min(b, pb):
             peers.append((1 if k < j else -1, pa, pb, shared_key(mask_key, mask_public)))
-    shares = split(key_to_int(mask_key), [j + 1 for j in range(n) if j != k], threshold(n))
-    sealed = torch.zeros((n, SEALED_BYTES), dtype=torch.uint8)
+    seed = secrets.token_bytes(KEY_BYTES)
+    shares = [split(secret, [j + 1 for j in range(n)], threshold(n))
+              for secret in (key_to_int(mask_key), int.from_bytes(seed, "little"))]
+    sealed = torch.zeros((n, 2 * SEALED_BYTES), dtype=torch.uint8)
     for j, head in enumerate(lay.heads):
         h = lay.devices.index(head)
-        if j != k and present[h]:
-            sealed[j] = _bytes(seal(shares[j + 1], box=box_key, holder_box=rows[h][1], owner=me_i, holder=h))
+        if present[h]:
+            sealed[j] = _bytes(b"".join(seal(kind[j + 1], box=box_key, holder_box=rows[h][1], owner=me_i, holder=h,
+                                             kind=i) for i, kind in enumerate(shares)))
     t.send(me, SERVER, sealed, tag=TAG)
-    held = ()
+    held = []
     if me == lay.heads[k]:
         inbox = t.recv(me, SERVER, tag=TAG, timeout_s=timeout_s, late_ok=late_ok)
-        held = tuple((d, unseal(inbox[d].numpy().tobytes(), box=box_key, owner_box=rows[d][1], owner=d, holder=me_i))
-                     for d, name in enumerate(lay.devices) if lay.client(name) != k and present[d])
-    return Masker(k, a, b, float(weights[k]), tuple(peers), float(sum(weights)), held, me == lay.heads[k])
+        for d in (d for d in range(len(lay.devices)) if present[d]):
+            row = inbox[d].numpy().tobytes()
+            held.append((d, *(unseal(row[i * SEALED_BYTES:(i + 1) * SEALED_BYTES], box=box_key,
+                                     owner_box=rows[d][1], owner=d, holder=me_i, kind=i) for i in range(2))))
+    return Masker(k, a, b, float(weights[k]), tuple(peers), float(sum(weights)), tuple(held), me == lay.heads[k],
+                  seed)
 
 
 class KeyRing:

@@ -5,18 +5,18 @@ devices included.
    ``--deadline-s`` sends it after its steps end: it arrives and is summed with the rest,
    so the round's average is fedavg over all clients, as without ``--secure-agg``. A
    device whose segment does not arrive (timeout, lost connection) is *missing*.
-2. Every data device whose segment arrived is asked for its shares of the missing
-   devices' mask keys (an empty request when none is missing) and answers (``timeout_s``
-   for all; a device waits up to ``3 x timeout_s`` for its answer, ``trainer.secagg``).
+2. Every data device whose segment arrived is asked for its shares: of each delivered
+   device's self mask, of each missing device's mask key (``timeout_s`` for all; a
+   device waits up to ``3 x timeout_s`` for its answer, ``trainer.secagg``).
 3. Each missing device's mask private key is rebuilt from ``t`` shares (Lagrange at 0)
    and checked against its public key; its pairwise masks with every delivered device
-   are derived and taken off the sum, which then holds the delivered segments only. The
-   average of a coordinate is over the clients that delivered it: a whole missing client
-   gives fedavg over the others.
+   are derived and taken off the sum, as is every delivered device's self mask, so the
+   sum holds the delivered segments only. The average of a coordinate is over the
+   clients that delivered it: a whole missing client gives fedavg over the others.
 4. The round's aggregation is skipped instead (every device keeps its weights; the
    reason goes to ``metrics.jsonl`` as ``aggregation_skipped``) when a coordinate was
    delivered by fewer than 2 clients (the average would be one client's weights) or
-   fewer than ``t`` shares of a missing key came back.
+   fewer than ``t`` shares of a missing key or a self mask came back.
 5. The next round's keys are set up with the devices that delivered (``ServerRing``).
 
 The server never holds a delivered device's key. It holds a missing device's key of this
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from planner.errors import InputError
 from trainer.build import RunSpec
 from trainer.errors import PeerLost, PeerTimeout
-from trainer.secagg import KEY_BYTES, MOD, TAG, Layout, decode, mask_stream, public_bytes, shared_key
+from trainer.secagg import (DELIVERED, KEY_BYTES, MISSING, MOD, TAG, Layout, decode, mask_stream, public_bytes,
+                            shared_key)
 from trainer.secagg_shares import SEALED_BYTES, SHARE_BYTES, int_to_key, reconstruct, threshold
 from trainer.transport import SERVER, Transport
 
@@ -77,10 +78,10 @@ def _setup(spec: RunSpec, t: Transport, weights: tuple[float, ...], present: lis
         t.send(SERVER, d, torch.tensor(weights, dtype=torch.float64), tag=TAG)
     sealed = {d: t.recv(SERVER, d, tag=TAG, timeout_s=timeout_s, late_ok=d in late) for d in present}
     for d, s in sealed.items():
-        if s.dtype != torch.uint8 or tuple(s.shape) != (n, SEALED_BYTES):
+        if s.dtype != torch.uint8 or tuple(s.shape) != (n, 2 * SEALED_BYTES):
             raise ValueError(f"{d} sent sealed shares of shape {tuple(s.shape)} {s.dtype}, "
-                             f"expected ({n}, {SEALED_BYTES})")
-    none = torch.zeros(SEALED_BYTES, dtype=torch.uint8)
+                             f"expected ({n}, {2 * SEALED_BYTES})")
+    none = torch.zeros(2 * SEALED_BYTES, dtype=torch.uint8)
     for j, head in enumerate(lay.heads):
         if head in keys:
             t.send(SERVER, head, torch.stack([sealed[d][j] if d in sealed else none for d in lay.devices]), tag=TAG)
@@ -129,27 +130,45 @@ def _gather(keys: ServerKeys, t: Transport, late: set[str], timeout_s: float | N
 
 
 def _ask_shares(keys: ServerKeys, t: Transport, got: dict, missing: list[str], late: set[str],
-                timeout_s: float | None) -> dict[int, dict[int, int]]:
-    """Per missing device (its index): the shares ``{x: share}`` the delivered data
-    devices return; ``missing`` empty: every holder is still asked, for nothing."""
+                timeout_s: float | None, *, self_masks: bool) -> dict[int, dict[int, int]]:
+    """Per device index: the shares ``{x: share}`` the delivered data devices return, of
+    the self mask of every delivered device (``self_masks``) and of the mask key of each
+    of ``missing``. Every holder is asked, one status per device (``secagg.DELIVERED``,
+    ``MISSING`` or 0), even when that is for nothing."""
     lay = keys.layout
-    requests = {h: [lay.devices.index(u) for u in missing if lay.client(u) != lay.client(h)]
-                for h in lay.heads if h in got}
-    for h, request in requests.items():
-        t.send(SERVER, h, torch.tensor(request, dtype=torch.int64), tag=TAG)
+    requests = {}
+    for h in (h for h in lay.heads if h in got):
+        status = torch.zeros(len(lay.devices), dtype=torch.int64)
+        for i, d in enumerate(lay.devices):
+            status[i] = MISSING if d in missing else DELIVERED if d in got and self_masks else 0
+        requests[h] = status
+        t.send(SERVER, h, status, tag=TAG)
     shares: dict[int, dict[int, int]] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    for h, request in requests.items():
+    for h, status in requests.items():
         try:
             answer = t.recv(SERVER, h, tag=TAG, timeout_s=_left(deadline), late_ok=h in late)
         except (PeerTimeout, PeerLost):
             continue  # a holder that fails now: its shares are missing too
-        if answer.dtype != torch.uint8 or tuple(answer.shape) != (len(request), SHARE_BYTES):
-            raise ValueError(f"{h} answered {tuple(answer.shape)} {answer.dtype} for {len(request)} shares, "
-                             f"expected ({len(request)}, {SHARE_BYTES}) uint8")
-        for u, row in zip(request, answer):
-            shares.setdefault(u, {})[lay.client(h) + 1] = int.from_bytes(row.numpy().tobytes(), "little")
+        if answer.dtype != torch.uint8 or tuple(answer.shape) != (len(lay.devices), SHARE_BYTES):
+            raise ValueError(f"{h} answered {tuple(answer.shape)} {answer.dtype} shares, "
+                             f"expected ({len(lay.devices)}, {SHARE_BYTES}) uint8")
+        for i in status.nonzero().flatten().tolist():
+            shares.setdefault(i, {})[lay.client(h) + 1] = int.from_bytes(answer[i].numpy().tobytes(), "little")
     return shares
+
+
+def _unmask_self(keys: ServerKeys, d: str, points: dict[int, int], total: torch.Tensor, round_no: int) -> str | None:
+    """Take delivered device ``d``'s self mask off ``total`` (in place); else say why not."""
+    if len(points) < keys.threshold:
+        return f"{len(points)} of the {keys.threshold} shares of {d}'s self mask needed to remove it came back"
+    try:
+        seed = reconstruct(points).to_bytes(KEY_BYTES, "little")
+    except OverflowError:
+        return f"the shares returned for {d}'s self mask do not rebuild a {KEY_BYTES}-byte key"
+    _, a, b = keys.layout.ranges[d]
+    total[a:b] = torch.remainder(total[a:b] - mask_stream(seed, round_no, a, b), MOD)
+    return None
 
 
 def _unmask_missing(keys: ServerKeys, u: str, points: dict[int, int], got: dict, total: torch.Tensor,
@@ -187,9 +206,8 @@ def secure_combine(ring: ServerRing, t: Transport, *, late: set[str], timeout_s:
     total = torch.zeros(lay.size, dtype=torch.int64)
     weight = torch.zeros(lay.size, dtype=torch.float64)
     clients = torch.zeros(lay.size, dtype=torch.int64)
-    for d, v in got.items():
+    for d in got:
         k, a, b = lay.ranges[d]
-        total[a:b] = torch.remainder(total[a:b] + v, MOD)
         weight[a:b] += keys.weights[k]
         clients[a:b] += 1
     few = int(clients.min()) if lay.size else 2
@@ -198,9 +216,17 @@ def secure_combine(ring: ServerRing, t: Transport, *, late: set[str], timeout_s:
         gone = [d for d in lay.devices if d not in got]
         why = (f"{', '.join(gone)} sent no weights, so some coordinates came from {few} client(s) only: "
                "their average would be that client's weights")
-    shares = _ask_shares(keys, t, got, [] if why else missing, late, timeout_s)
+    shares = _ask_shares(keys, t, got, [] if why else missing, late, timeout_s,
+                         self_masks=not why)
+    for d, v in got.items():
+        _, a, b = lay.ranges[d]
+        total[a:b] = torch.remainder(total[a:b] + v, MOD)
     for u in [] if why else missing:
         why = _unmask_missing(keys, u, shares.get(lay.devices.index(u), {}), got, total, round_no)
+        if why:
+            break
+    for d in [] if why else got:
+        why = _unmask_self(keys, d, shares.get(lay.devices.index(d), {}), total, round_no)
         if why:
             break
     average = None if why else decode(total, weight)

@@ -9,9 +9,9 @@ threshold ``t``, each share encrypted for its holder with a key the server canno
 - **Sealing.** A share travels device -> server -> holder in ChaCha20-Poly1305 under
   HKDF-SHA256 of an X25519 exchange between a second key pair of each device (the "box"
   keys, never shared), so the server relays shares it cannot read; the nonce names the
-  sender and the round (0: the key setup), the associated data the owner, the holder and
-  the round, so no two seals reuse a nonce under one key and a share cannot be replayed
-  as another's.
+  sender and the kind (0: mask key, 1: self mask), the associated data the owner, the
+  holder and the kind, so no two seals of one setup reuse a nonce under one key (the box
+  keys are fresh every setup) and a share cannot be replayed as another's.
 """
 
 from __future__ import annotations
@@ -30,15 +30,10 @@ SEALED_BYTES = SHARE_BYTES + 16  # with Poly1305's tag
 _INFO = b"fsl-gan secure aggregation shares v1"
 
 
-def self_masked(clients: int) -> bool:
-    """Whether the other clients' data devices can return ``t`` shares of a device's self
-    mask every round (not with 2 clients: 1 holder, t = 2)."""
-    return threshold(clients) <= clients - 1
-
-
 def threshold(clients: int) -> int:
-    """Shares needed to recover a key: a majority of the clients, and never fewer than
-    2, so the server with one client learns nothing from the shares."""
+    """Shares needed to rebuild a key or self mask: a majority of the ``clients`` (each
+    client's data device holds one share of every device's), and never fewer than 2, so
+    the server with one client learns nothing from the shares."""
     return max(2, clients // 2 + 1)
 
 
@@ -79,20 +74,19 @@ def _box(private: X25519PrivateKey, peer_public: bytes) -> ChaCha20Poly1305:
     return ChaCha20Poly1305(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(secret))
 
 
-def _nonce_and_aad(owner: int, holder: int, round_no: int) -> tuple[bytes, bytes]:
-    return owner.to_bytes(4, "little") + round_no.to_bytes(8, "little"), b"%d>%d@%d" % (owner, holder, round_no)
+def _nonce_and_aad(owner: int, holder: int, kind: int) -> tuple[bytes, bytes]:
+    return owner.to_bytes(4, "little") + kind.to_bytes(8, "little"), b"%d>%d:%d" % (owner, holder, kind)
 
 
-def seal(share: int, *, box: X25519PrivateKey, holder_box: bytes, owner: int, holder: int, round_no: int = 0) -> bytes:
-    """Device ``owner``'s share for the device ``holder`` (indices in the key table):
-    of its mask key at setup (round 0), of its self mask in round ``round_no``."""
-    nonce, aad = _nonce_and_aad(owner, holder, round_no)
+def seal(share: int, *, box: X25519PrivateKey, holder_box: bytes, owner: int, holder: int, kind: int = 0) -> bytes:
+    """Device ``owner``'s share for the device ``holder`` (indices in the key table), of
+    its mask key (``kind`` 0) or of its self mask (1)."""
+    nonce, aad = _nonce_and_aad(owner, holder, kind)
     return _box(box, holder_box).encrypt(nonce, share.to_bytes(SHARE_BYTES, "little"), aad)
 
 
-def unseal(sealed: bytes, *, box: X25519PrivateKey, owner_box: bytes, owner: int, holder: int,
-           round_no: int = 0) -> int:
-    """The share device ``owner`` sealed for ``holder`` (in ``round_no``); raises
-    ``InvalidTag`` if it was altered or meant for another holder or round."""
-    nonce, aad = _nonce_and_aad(owner, holder, round_no)
+def unseal(sealed: bytes, *, box: X25519PrivateKey, owner_box: bytes, owner: int, holder: int, kind: int = 0) -> int:
+    """The share of ``kind`` device ``owner`` sealed for ``holder``; raises ``InvalidTag``
+    if it was altered or meant for another holder or kind."""
+    nonce, aad = _nonce_and_aad(owner, holder, kind)
     return int.from_bytes(_box(box, owner_box).decrypt(nonce, sealed, aad), "little")
