@@ -120,7 +120,7 @@ def test_shamir_against_hand_worked_polynomials():
 
 def test_a_mask_key_comes_back_from_threshold_shares_only():
     key = X25519PrivateKey.generate()
-    shares = split(key_to_int(key), [1, 2, 4, 5], threshold(5))  # the 4 other clients of 5; t = 3
+    shares = split(key_to_int(key), [1, 2, 4, 5], threshold(5))  # 4 holders of 5 clients; t = 3
     assert threshold(5) == 3 and threshold(2) == threshold(3) == 2
     for held in ({1: shares[1], 2: shares[2], 5: shares[5]}, shares):
         assert public_bytes(int_to_key(reconstruct(held))) == public_bytes(key)
