@@ -62,7 +62,8 @@ CONTROL_TAGS = frozenset([
     "state",  # checkpoint state: device -> its data device, or data device -> device on resume
     "saved",  # data device -> server: the client's checkpoint of this round is on disk
     "weights",  # aggregation: a segment's parameters to the server and back
-    "secagg",  # --secure-agg, once: a device's public key to the server; the key table back
+    "secagg",  # --secure-agg: each round's public keys and sealed key shares via the server; a data
+    #            device's shares of self masks and of the keys of devices whose weights did not arrive
     "bye",  # closing a connection
     "calib",  # fsl calibrate: the server's orders to a device, and what it measured
     "probe",  # fsl calibrate: a link probe's payload (trainer.linkprobe)

@@ -7,13 +7,15 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
     server                                      device d (of client c, data device d0)
       |<-- hello (pid, host, samples held) ------|   once: processes.json
       |--- start [R] --------------------------->|   once: R = last round done (resume)
-      |<-- secagg: public key --- key table ---->|   once, with --secure-agg (trainer.secagg)
+      |<-- secagg: public keys, sealed shares -->|   with --secure-agg: the first round's keys
       |                                          |   resume: d0 reads c's checkpoint,
       |                                          |   sends each device of c its state
       |--- round [r] --------------------------->|   every round
       |    ServerRole.run <-- steps' messages --> |   DeviceRole.run
       |    (a late client's devices get stop)     |
       |    server_combine <-- weights ----------> |   device_exchange (if aggregating)
+      |    (--secure-agg) <-- secagg: shares ---> |   d0: shares of self masks and missing keys;
+      |                   <-- secagg: keys -----> |   all: the next round's keys (trainer.secagg)
       |<-- report [compute, bytes, waits] -------|
       |                                          |   d -> d0: state; d0 writes c's file
       |<-- saved [r] ------------------------ d0 |

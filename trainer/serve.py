@@ -17,7 +17,7 @@ from trainer.report import DeviceReport
 from trainer.evaluation import Evaluation
 from trainer.metrics import round_metrics
 from trainer.roles import BETWEEN_ROUNDS_S, Report, Where, hello
-from trainer.secagg import serve_keys
+from trainer.secagg_round import serve_keys
 from trainer.rundir import RunDir
 from trainer.transport import SERVER, Transport
 
@@ -41,8 +41,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         dprun.refuse_exhausted(cfg, processes)
     for d in devices:
         t.send(SERVER, d, torch.tensor([start]), tag="start")
-    if cfg.secure_agg:
-        serve_keys(spec, t, samples, timeout_s=long_s)
+    keys = serve_keys(spec, t, samples, timeout_s=long_s) if cfg.secure_agg else None
     report("start", {"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
                      "warnings": emulation_warnings(plan, cfg) + privacy_warnings(cfg), "processes": processes,
                      "dp": cfg.dp})
@@ -60,7 +59,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         skipped = None
         if cfg.aggregate != "none":
             skipped = server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late,
-                                     secure=cfg.secure_agg)
+                                     secure=keys)
         wall_s = time.perf_counter() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
                                                       late_ok=d in late)) for d in devices}
