@@ -118,7 +118,7 @@ def _idx(path: Path, magic: int, shape: tuple[int, ...], body: bytes) -> None:
 
 
 def _mnist(folder: Path, prefix: str, n: int, *, gz: bool, seed: int) -> None:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     end = ".gz" if gz else ""
     pixels = rng.integers(0, 256, n * 784, np.uint8).tobytes()
@@ -159,4 +159,24 @@ def test_per_client_folders_are_opened_only_by_their_own_data_device(tmp_path, b
     assert_opened_exactly(rows["c0-d1"], [])
     assert rows["c0-d1"]["opened"]["data_folders_listed"] == []
     assert [rows[d]["training_samples"] for d in ("c0-d0", "c1-d0")] == [10, 9]  # as written above
+    assert rows["server"]["eval_samples"] == 12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_mnist_folder_is_opened_by_the_data_devices_and_the_server_only(tmp_path, backend):
+    """One MNIST folder for every client: each data device opens the training files and
+    keeps its shard, the server the ``t10k`` files; other devices open no data file."""
+    _mnist(tmp_path / "mnist", "train", 20, gz=False, seed=0)
+    _mnist(tmp_path / "mnist", "t10k", 12, gz=True, seed=1)
+    plan = chain_plan("dcgan", [[2], []])  # weights 1 and 2 (chain_plan's default)
+    run(tmp_path, plan, rounds=1, steps_per_round=1, backend=backend, eval_every=1, eval_samples=16,
+        data="mnist", data_root=tmp_path / "mnist")
+    rows = _processes(tmp_path / "run")
+    train, test = (sorted((tmp_path / "mnist").glob(f"{p}-*")) for p in ("train", "t10k"))
+    for d in ("c0-d0", "c1-d0"):
+        assert_opened_exactly(rows[d], train)
+    assert_opened_exactly(rows["server"], test)
+    assert_opened_exactly(rows["c0-d1"], [])
+    # 20 * (1, 2) / 3 = 6.67, 13.33: floors 6 + 13 = 19, the one left to the larger remainder
+    assert [rows[d]["training_samples"] for d in ("c0-d0", "c1-d0")] == [7, 13]
     assert rows["server"]["eval_samples"] == 12
