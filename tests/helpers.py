@@ -136,6 +136,13 @@ def files_digest(paths) -> str:
     return "sha256:" + hashlib.sha256("\n".join(sorted(os.path.realpath(p) for p in paths)).encode()).hexdigest()
 
 
+def digits_file() -> str:
+    """scikit-learn's file of all 1,797 digits (real path), found beside its package."""
+    import sklearn.datasets
+
+    return os.path.realpath(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
+
+
 def assert_opened_exactly(row: dict, paths) -> None:
     """``row`` (a ``processes.json`` row) opened exactly the data files ``paths``, no other."""
     got = row["opened"]

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sklearn.datasets
 from PIL import Image
 
-from tests.helpers import assert_opened_exactly, chain_plan, run
+from tests.helpers import assert_opened_exactly, chain_plan, digits_file, run
 from trainer import opened
 from trainer.data import SPLIT_SEED, DataSource
 
 BACKENDS = ["local", pytest.param("dist", marks=pytest.mark.slow)]
-DIGITS_FILE = os.path.realpath(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
+DIGITS_FILE = digits_file()
 
 
 def _processes(out: Path) -> dict[str, dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from planner.planfile import write_plan
-from tests.helpers import chain_plan
+from tests.helpers import assert_opened_exactly, chain_plan, digits_file
 from trainer.backends.dist import free_port
 
 pytestmark = pytest.mark.slow
@@ -55,4 +55,7 @@ def test_two_torchrun_nodes_train_a_round(tmp_path):
     assert not list((a / "checkpoint").glob("client-*"))
     rows = {r["role"]: r for r in json.loads((a / "processes.json").read_text())["processes"]}
     assert rows["c0-d0"]["training_samples"] > 0 and rows["server"]["training_samples"] == 0
+    assert_opened_exactly(rows["c0-d0"], [digits_file()])  # from each rank's own file records
+    for role in ("server", "c0-d1", "c0-d2"):  # no evaluation: the server opens no data file either
+        assert_opened_exactly(rows[role], [])
     assert len({r["pid"] for r in rows.values()}) == 4

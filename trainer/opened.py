@@ -88,10 +88,15 @@ _process: list[Recorder] = []  # dist backend: the one recorder of this role's p
 _inside = threading.local()  # the hook's own work opens nothing, but never recurse
 
 
+def _recorder() -> Recorder | None:
+    """The calling thread's recorder (local backend), else this process's (dist backend)."""
+    return _threads.get(threading.get_ident()) or (_process[0] if _process else None)
+
+
 def _hook(event: str, args: tuple) -> None:
     if event not in EVENTS:
         return
-    recorder = _threads.get(threading.get_ident()) or (_process[0] if _process else None)
+    recorder = _recorder()
     if recorder is None or getattr(_inside, "busy", False):
         return
     _inside.busy = True
@@ -152,7 +157,7 @@ def stop_thread() -> None:
 
 def current() -> dict | None:
     """The calling role's record so far (None where nothing records)."""
-    recorder = _threads.get(threading.get_ident()) or (_process[0] if _process else None)
+    recorder = _recorder()
     if recorder is None:
         return None
     with _lock:
