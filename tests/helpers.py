@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections import Counter
@@ -143,11 +144,14 @@ def digits_file() -> str:
     return os.path.realpath(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
 
 
-def assert_opened_exactly(row: dict, paths) -> None:
-    """``row`` (a ``processes.json`` row) opened exactly the data files ``paths``, no other."""
-    got = row["opened"]
-    assert got["data_files"] == dict(Counter(os.path.dirname(os.path.realpath(p)) for p in paths)), row["role"]
-    assert got["data_files_sha256"] == files_digest(paths), row["role"]
+def assert_opened_exactly(row: dict, paths, *, out: Path | None = None) -> None:
+    """``row`` (a ``processes.json`` row) opened exactly the data files ``paths`` before its
+    hello; with the run folder ``out``, its whole run's record (``opened/<role>.json``) too."""
+    got, want = row["opened"], sorted(os.path.realpath(p) for p in paths)
+    assert got["data_files"] == dict(Counter(os.path.dirname(p) for p in want)), row["role"]
+    assert got["data_files_sha256"] == files_digest(want), row["role"]
+    if out is not None:
+        assert json.loads((out / "opened" / f"{row['role']}.json").read_text())["data_file_paths"] == want, row["role"]
 
 
 def opened_by(read: Callable, src: DataSource) -> dict:

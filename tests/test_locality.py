@@ -84,7 +84,8 @@ def test_digits_every_data_device_reads_the_one_embedded_file_and_keeps_its_shar
     data file. A data device keeps its shard: sizes by hand, rows recomputed here."""
     plan = chain_plan("dcgan", [[2], [4, 7], [5]], weights=[1.0, 2.0, 1.5])
     run(tmp_path, plan, rounds=1, steps_per_round=1, backend=backend, eval_every=1, eval_samples=64)
-    rows = _processes(tmp_path / "run")
+    out = tmp_path / "run"
+    rows = _processes(out)
     assert set(rows) == {"server"} | {s.device for c in plan.planned for s in c.stages}
     held = round(1797 * 0.2)  # 359.4 -> 359 held out; the pool: 1438
     # 1438 * (1, 2, 1.5) / 4.5 = 319.56, 639.11, 479.33: floors 319 + 639 + 479 = 1437, the
@@ -93,16 +94,16 @@ def test_digits_every_data_device_reads_the_one_embedded_file_and_keeps_its_shar
     pool = np.setdiff1d(np.arange(1797), np.random.default_rng(SPLIT_SEED).permutation(1797)[:held])
     parts = np.split(np.random.default_rng(0).permutation(len(pool)), np.cumsum(sizes)[:-1])  # --seed 0
     assert rows["server"]["training_samples"] == 0 and rows["server"]["eval_samples"] == held
-    assert_opened_exactly(rows["server"], [DIGITS_FILE])
+    assert_opened_exactly(rows["server"], [DIGITS_FILE], out=out)
     for k, c in enumerate(plan.planned):
         head, *rest = [s.device for s in c.stages]
-        assert_opened_exactly(rows[head], [DIGITS_FILE])
+        assert_opened_exactly(rows[head], [DIGITS_FILE], out=out)
         assert rows[head]["opened"]["data_folders_listed"] == []
         assert rows[head]["training_samples"] == sizes[k]
         mine = np.sort(pool[parts[k]]).astype(np.int64)
         assert rows[head]["indices_sha256"] == "sha256:" + hashlib.sha256(b"digits" + mine.tobytes()).hexdigest()
         for d in rest:
-            assert_opened_exactly(rows[d], [])
+            assert_opened_exactly(rows[d], [], out=out)
             assert rows[d]["training_samples"] == 0 and rows[d]["opened"]["data_folders_listed"] == []
     assert len({r["pid"] for r in rows.values()}) == (len(rows) if backend == "dist" else 1)
 
@@ -149,13 +150,14 @@ def test_per_client_folders_are_opened_only_by_their_own_data_device(tmp_path, b
     data = dict(data=f"images:{root}/{{client}}") if kind == "images" else \
         dict(data="mnist", data_root=f"{root}/{{client}}")
     run(tmp_path, plan, rounds=1, steps_per_round=1, backend=backend, eval_every=1, eval_samples=16, **data)
-    rows = _processes(tmp_path / "run")
+    out = tmp_path / "run"
+    rows = _processes(out)
     assert set(rows) == {"server", "c0-d0", "c0-d1", "c1-d0"}
     for row, folder in ((rows["c0-d0"], "client0"), (rows["c1-d0"], "client1"), (rows["server"], "server")):
-        assert_opened_exactly(row, _files(root / folder))
+        assert_opened_exactly(row, _files(root / folder), out=out)
         listed = row["opened"]["data_folders_listed"]
         assert listed == ([os.path.realpath(root / folder)] if kind == "images" else []), row["role"]
-    assert_opened_exactly(rows["c0-d1"], [])
+    assert_opened_exactly(rows["c0-d1"], [], out=out)
     assert rows["c0-d1"]["opened"]["data_folders_listed"] == []
     assert [rows[d]["training_samples"] for d in ("c0-d0", "c1-d0")] == [10, 9]  # as written above
     assert rows["server"]["eval_samples"] == 12
@@ -170,12 +172,13 @@ def test_one_mnist_folder_is_opened_by_the_data_devices_and_the_server_only(tmp_
     plan = chain_plan("dcgan", [[2], []])  # weights 1 and 2 (chain_plan's default)
     run(tmp_path, plan, rounds=1, steps_per_round=1, backend=backend, eval_every=1, eval_samples=16,
         data="mnist", data_root=tmp_path / "mnist")
-    rows = _processes(tmp_path / "run")
+    out = tmp_path / "run"
+    rows = _processes(out)
     train, test = (sorted((tmp_path / "mnist").glob(f"{p}-*")) for p in ("train", "t10k"))
     for d in ("c0-d0", "c1-d0"):
-        assert_opened_exactly(rows[d], train)
-    assert_opened_exactly(rows["server"], test)
-    assert_opened_exactly(rows["c0-d1"], [])
+        assert_opened_exactly(rows[d], train, out=out)
+    assert_opened_exactly(rows["server"], test, out=out)
+    assert_opened_exactly(rows["c0-d1"], [], out=out)
     # 20 * (1, 2) / 3 = 6.67, 13.33: floors 6 + 13 = 19, the one left to the larger remainder
     assert [rows[d]["training_samples"] for d in ("c0-d0", "c1-d0")] == [7, 13]
     assert rows["server"]["eval_samples"] == 12

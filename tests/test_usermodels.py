@@ -148,15 +148,15 @@ def test_trained_one_round_on_an_image_folder_and_only_data_devices_hold_images(
     assert len(shards[0] | shards[1] | held) == 36
     assert rows["server"]["training_samples"] == 0 and rows["server"]["eval_samples"] == len(held)
     files = sorted(images.rglob("*.png"))  # in the folder's order: class folders, then names
-    assert_opened_exactly(rows["server"], [files[r] for r in held])
+    assert_opened_exactly(rows["server"], [files[r] for r in held], out=out)
     for k, c in enumerate(plan.planned):  # from the files each process opened (trainer.opened)
         head, *rest = [s.device for s in c.stages]
         assert rows[head]["training_samples"] == len(shards[k])
-        assert_opened_exactly(rows[head], [files[r] for r in shards[k]])
+        assert_opened_exactly(rows[head], [files[r] for r in shards[k]], out=out)
         folders = [images] + [images / name for name in CLASSES]  # names are listed: shards come from them
         assert rows[head]["opened"]["data_folders_listed"] == sorted(os.path.realpath(f) for f in folders)
         for d in rest:
-            assert_opened_exactly(rows[d], [])
+            assert_opened_exactly(rows[d], [], out=out)
             assert rows[d]["training_samples"] == 0 and rows[d]["opened"]["data_folders_listed"] == []
     assert len({r["pid"] for r in rows.values()}) == (len(rows) if backend == "dist" else 1)
 

@@ -10,7 +10,9 @@ role's process), the calling thread's under the local backend (all roles are thr
 one process). A role's ``hello`` carries :meth:`Recorder.summary` to the server, which
 writes it to ``processes.json``: the data files as a count per folder and a sha256 of
 their sorted real paths (:func:`paths_digest`), the folders listed under the data roots,
-and every other file by name.
+and every other file by name. At its end a role writes its whole run's record, data files
+by name, to ``opened/<role>.json`` in its own run folder (:func:`save`): the hello covers
+what it opened before training, this file everything up to the end.
 
 What it does not see: a file opened by C code without Python's ``open`` (none of the data
 readers here does that), and data that reaches a process without a file (a message).
@@ -30,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from planner.jsonio import write_json
 from trainer.data import CLIENT, DataSource
 
 EVENTS = ("open", "os.listdir", "os.scandir")
@@ -153,6 +156,18 @@ def record_thread(source: DataSource) -> Recorder:
 def stop_thread() -> None:
     with _lock:
         _threads.pop(threading.get_ident(), None)
+
+
+def save(out_dir: str | Path, role: str) -> None:
+    """At the end of the role: its whole run's record, data files by name, in
+    ``out_dir/opened/<role>.json`` on the role's own machine (nothing is sent)."""
+    recorder = _recorder()
+    if recorder is None:
+        return
+    with _lock:
+        record = {"role": role, "pid": os.getpid()} | recorder.summary() | \
+            {"data_file_paths": sorted(recorder.data_files)}
+    write_json(Path(out_dir) / "opened" / f"{role}.json", record)
 
 
 def current() -> dict | None:

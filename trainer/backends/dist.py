@@ -70,6 +70,7 @@ def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, re
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
                       emulate=spec.cfg.emulate == "sleep")
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
+    opened.save(spec.cfg.out_dir, me)
     t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
     dist.destroy_process_group()
     return history

@@ -39,6 +39,7 @@ def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transpo
         opened.record_thread(spec.data)  # every file this role's thread opens (trainer.opened)
         try:
             result[name] = run_role(spec, name, t, lock=lock, report=report if name == SERVER else None)
+            opened.save(spec.cfg.out_dir, name)
         except BaseException as e:  # noqa: BLE001 - whatever a role raises ends the run
             errors[name] = e.cause if isinstance(e, RoleError) else e
             failures.append(RankFailure.of(name, 0, e))
