@@ -156,3 +156,26 @@ def test_failed_and_resumed_rounds_are_charged_and_the_budget_ends_the_run(tmp_p
     assert epsilon([(q, sigma, 8)], delta=1e-5) <= 4.0 < epsilon([(q, sigma, 11)], delta=1e-5)
     assert last["clients"]["client0"]["epsilon"] == pytest.approx(epsilon([(q, sigma, 8)], delta=1e-5))
     assert "client0" not in last["d_loss"] and "client0" in last["d_loss_fake"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", "dist"])
+def test_dp_trains_a_pipelined_recomputing_compressed_plan_on_both_backends(tmp_path, backend):
+    """Three stages, M = 2, a recomputing stage and an int8 cut, two clients with fedavg
+    (DP weights may leave): epsilon in metrics.jsonl is what Google's dp_accounting gives
+    for the logged q, SIGMA, steps and delta, and within --dp-epsilon."""
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from trainer.accountant import ORDERS
+
+    plan = chain_plan("dcgan", [2, 6], n_clients=2, micro_batches=2, recompute=(1,), codecs={0: "int8"})
+    history = run(tmp_path, plan, rounds=2, steps_per_round=2, backend=backend, dp_epsilon=10.0, aggregate="fedavg")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "NaN" not in lines[-1]
+    for name, c in history[-1]["clients"].items():
+        assert c["dp_steps"] == 4 and len(c["dp_batch_sizes"]) == 2 and name in history[-1]["d_loss_fake"]
+        acc = rdp_privacy_accountant.RdpAccountant(orders=list(ORDERS))
+        acc.compose(dp_accounting.PoissonSampledDpEvent(c["dp_q"], dp_accounting.GaussianDpEvent(c["dp_noise"])), 4)
+        assert c["epsilon"] == pytest.approx(acc.get_epsilon(c["delta"]), rel=1e-3)
+        assert c["epsilon"] <= 10.0 and c["delta"] == 1e-5
