@@ -34,6 +34,7 @@ from planner.profile import DEVICE_THREADS
 from trainer.build import RunSpec
 from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
 from trainer.loop import run_role
+from trainer.protocol import WireLimits
 from trainer.roles import BETWEEN_ROUNDS_S
 from trainer.transport import SERVER, LinkTable
 from trainer.wire import DistTransport
@@ -66,7 +67,7 @@ def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, re
     dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
                             timeout=timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S))
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
-                      emulate=spec.cfg.emulate == "sleep")
+                      emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan))
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
     t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
     dist.destroy_process_group()
