@@ -171,17 +171,81 @@ def in_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def _env_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(name, None, f"expected an integer (torchrun sets it), found {value!r}") from None
+
+
+def read_ranks() -> dict[str, int] | None:
+    """``FSL_RANKS``'s role -> rank map (None when unset); InputError naming the variable
+    and its file if that is missing, unreadable, not JSON or not role -> integer."""
+    source = os.environ.get("FSL_RANKS")
+    if source is None:
+        return None
+    where = f"FSL_RANKS={source}"
+    try:
+        text = Path(source).read_text()
+    except OSError as e:
+        raise InputError(where, None, f"cannot read the ranks file ({e.strerror or type(e).__name__})") from None
+    except ValueError as e:  # an empty or NUL-containing path
+        raise InputError(where, None, f"not a file name ({e})") from None
+    try:
+        ranks = json.loads(text)
+    except ValueError as e:
+        raise InputError(where, None, f"not JSON ({e})") from None
+    if not isinstance(ranks, dict):
+        raise InputError(where, None, f"expected an object of role -> rank, found a {type(ranks).__name__}")
+    for role, rank in ranks.items():
+        if type(rank) is not int:
+            raise InputError(where, role, f"expected an integer rank, found {rank!r}")
+    return ranks
+
+
 def torchrun_role(roles: list[str]) -> tuple[str, dict[str, int]]:
     """Under torchrun: this process's role and every role's rank, from ``FSL_RANKS`` (a
     JSON file of role -> rank) or ``roles`` in order; InputError if they disagree."""
-    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    source = os.environ.get("FSL_RANKS")
-    ranks = {str(k): int(v) for k, v in json.loads(Path(source).read_text()).items()} if source else \
-        {n: i for i, n in enumerate(roles)}
+    world, rank = _env_int("WORLD_SIZE"), _env_int("RANK")
+    given = read_ranks()
+    ranks = given if given is not None else {n: i for i, n in enumerate(roles)}
+    source = f"FSL_RANKS={os.environ['FSL_RANKS']}" if given is not None else "WORLD_SIZE"
     if set(ranks) != set(roles) or sorted(ranks.values()) != list(range(world)):
-        raise InputError(source or "WORLD_SIZE", None, f"expected ranks 0..{world - 1} for {sorted(roles)}, "
-                         f"found {ranks}")
+        raise InputError(source, None, f"expected ranks 0..{world - 1} for {sorted(roles)}, found {ranks}")
+    if not 0 <= rank < world:
+        raise InputError("RANK", None, f"{rank} is outside 0..{world - 1}")
     return next(n for n, k in ranks.items() if k == rank), ranks
+
+
+def reports_here() -> bool:
+    """Whether this process reports the run (progress, summary): outside torchrun always;
+    under it, only the server's rank, whatever its number in ``FSL_RANKS``."""
+    if not in_torchrun():
+        return True
+    ranks = read_ranks()
+    return _env_int("RANK") == (0 if ranks is None else ranks.get(SERVER, 0))
+
+
+def check_launch(spec: RunSpec) -> None:
+    """How this process was started agrees with the options, before anything starts:
+    under torchrun the ranks (``torchrun_role``) and the backend; ``FSL_RANKS`` only there."""
+    cfg = spec.cfg
+    if not in_torchrun():
+        if "FSL_RANKS" in os.environ:
+            raise InputError("FSL_RANKS", None, "is set, but this process is no torchrun rank (RANK and WORLD_SIZE "
+                             "unset): run under torchrun, or unset it")
+        return
+    if cfg.backend != "dist":
+        raise InputError("--backend", None, f"{cfg.backend} under torchrun would train the whole run once per rank; "
+                         "use --backend dist")
+    if cfg.replan_on_failure:
+        raise InputError("--replan-on-failure", None, "not under torchrun: its agent stops every process of a "
+                         "machine when one fails, so none is left to follow the new plan; rerun with --resume")
+    if cfg.adapt:
+        raise InputError("--adapt", None, "not under torchrun yet: a switch of plans needs every machine to get "
+                         "the new plan and restart its ranks together; run with --backend dist on one machine")
+    torchrun_role(spec.roles())
 
 
 def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:
