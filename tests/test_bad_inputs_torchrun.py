@@ -59,7 +59,6 @@ CASES = [
      "FSL_RANKS"),
     ("local_backend_under_torchrun", lambda p: {}, ["--backend", "local"], "--backend"),
     ("replan_under_torchrun", lambda p: {}, ["--replan-on-failure"], "--replan-on-failure"),
-    ("adapt_under_torchrun", lambda p: {}, ["--adapt"], "--adapt"),
 ]
 
 

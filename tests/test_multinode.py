@@ -13,11 +13,12 @@ import shlex
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from planner.planfile import write_plan
+from planner.planfile import load_plan, write_plan
 from tests.helpers import chain_plan
 from trainer.backends.dist import free_port
 
@@ -54,13 +55,13 @@ def test_readme_block_is_what_this_test_needs():
         assert argv.count(README_ADDR) == 1 and argv.count(README_PORT) == 1
 
 
-def test_readme_two_machine_command_trains(tmp_path):
-    ranks, commands = readme_block()
-    plan = chain_plan("dcgan", [2, 6])  # c0-d0 (data) -> c0-d1 -> c0-d2, plus the server
+def _run_agents(tmp_path: Path, plan, ranks: dict, commands: list[list[str]]) -> tuple[list[Path], list[str]]:
+    """One torchrun agent per command, each in its own folder (a machine) holding the plan
+    and the ranks file; returns the folders and each agent's output, after both ended."""
     port = free_port()
     agents, nodes = [], []
     for i, argv in enumerate(commands):
-        node = tmp_path / f"machine-{'ab'[i]}"  # each machine has the plan, the ranks and its own --out
+        node = tmp_path / f"machine-{'ab'[i]}"
         node.mkdir()
         write_plan(plan, node / "plan.json")
         (node / "ranks.json").write_text(json.dumps(ranks))
@@ -77,6 +78,13 @@ def test_readme_two_machine_command_trains(tmp_path):
                 os.killpg(a.pid, signal.SIGKILL)
                 a.wait()
     assert [a.returncode for a in agents] == [0, 0], "\n\n".join(logs)[-4000:]
+    return nodes, logs
+
+
+def test_readme_two_machine_command_trains(tmp_path):
+    ranks, commands = readme_block()
+    plan = chain_plan("dcgan", [2, 6])  # c0-d0 (data) -> c0-d1 -> c0-d2, plus the server
+    nodes, logs = _run_agents(tmp_path, plan, ranks, commands)
     a, b = (n / "run" for n in nodes)  # machine A: c0-d1 and the data device; B: the server and c0-d2
     rounds = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in rounds] == [1, 2]
@@ -90,3 +98,34 @@ def test_readme_two_machine_command_trains(tmp_path):
     assert len({r["pid"] for r in rows.values()}) == 4
     # the server's process (rank 2, machine B) printed the summary; machine A none
     assert "measured against the plan" in logs[1] and "measured against the plan" not in logs[0], logs[1][-2000:]
+
+
+def test_adapt_under_torchrun_switches_plans_on_every_machine(tmp_path):
+    """README's two machines with ``--adapt`` and c0-d1 (machine A) slowed 20x from round
+    2: the server (machine B) switches plans, machine A's processes receive the new plan,
+    and all four resume on it and finish the run. Capacities of five layers a device
+    (eleven layers) keep every plan on all three devices, as torchrun's fixed world needs."""
+    ranks, commands = readme_block()
+    base = chain_plan("dcgan", [2, 6])
+    c = base.clients[0]
+    plan = replace(base, clients=(replace(c, costs=replace(c.costs, capacity_bytes=(5, 5, 5))),))
+    extra = ["--adapt", "--slowdown", "c0-d1=20@2", "--rounds", "4", "--steps-per-round", "3", "--eval-every", "0",
+             "--timeout-s", "30"]
+    for argv in commands:
+        i = argv.index("--rounds")
+        del argv[i:i + 2]
+        argv[argv.index("--emulate") + 1] = "sleep"  # --slowdown is emulated
+        argv += extra
+    nodes, logs = _run_agents(tmp_path, plan, ranks, commands)
+    a, b = (n / "run" for n in nodes)
+    rows = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in rows] == [1, 2, 3, 4]
+    switches = [m["plan_switch"] for m in rows if m.get("plan_switch")]
+    assert switches, [m.get("plan_switch") for m in rows]
+    for s in switches:  # every machine holds each plan it switched to, byte for byte
+        assert (a / s["plan"]).read_bytes() == (b / s["plan"]).read_bytes()
+    new = load_plan(b / switches[-1]["plan"]).clients[0].stages
+    assert [(s.start, s.end) for s in new] != [(s.start, s.end) for s in c.stages]
+    assert {s.device for s in new} == {"c0-d0", "c0-d1", "c0-d2"}
+    assert (a / "checkpoint" / "client-client0-r0004.pt").is_file()
+    assert "Traceback" not in logs[0] + logs[1]

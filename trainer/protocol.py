@@ -15,6 +15,7 @@ counts them)::
     act_g, grad_g           batch_size x the same
     losses                  two values
     start, round, saved     one int64;  stop, bye: empty
+    plan                    a plan's JSON file: BOOKKEEPING_BYTES
     report                  REPORT_VALUES float64
     weights                 every discriminator parameter, as int64 (secure aggregation's encoding)
     state                   the model's parameters x 3 (weights and Adam's two moments) + BOOKKEEPING_BYTES
@@ -105,6 +106,7 @@ RULES: dict[str, Rule] = {
     "stop": _fixed("server", ANY_DTYPE, 0),
     "start": _fixed("server", INTS, 8),
     "round": _fixed("server", INTS, 8),  # round [0]: the server switches plans
+    "plan": _fixed("server", BLOB, BOOKKEEPING_BYTES),  # the new plan's JSON (trainer.switch)
     "hello": _fixed("device", BLOB, SMALL_BLOB_BYTES),
     "report": _fixed("device", FLOATS, REPORT_VALUES * 8),
     "trace": _fixed("device", BLOB, BOOKKEEPING_BYTES),

@@ -20,6 +20,7 @@ from trainer.metrics import round_metrics
 from trainer.roles import BETWEEN_ROUNDS_S, Report, Where, hello
 from trainer.secagg import serve_keys
 from trainer.rundir import RunDir
+from trainer.switch import announce, in_torchrun
 from trainer.transport import SERVER, Transport
 
 
@@ -47,7 +48,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
                      "warnings": emulation_warnings(plan, cfg) + privacy_warnings(cfg), "processes": processes,
                      "epsilon": epsilon})
     chains = {c.name: [s.device for s in c.stages] for c in plan.planned}
-    adapter = Adapter(plan) if cfg.adapt else None
+    adapter = Adapter(plan, same_devices=in_torchrun()) if cfg.adapt else None
     for r in range(start + 1, cfg.rounds + 1):
         where.round = r
         t.begin_round(SERVER, r)
@@ -91,8 +92,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         history.append(m)
         run.finish_round(spec, server, history, r)
         report("round", m)
-        if switch is not None:  # this run ends; train() resumes from this round's checkpoint on the new plan
-            for d in devices:
-                t.send(SERVER, d, torch.tensor([0]), tag="round")
+        if switch is not None:  # this run ends; every rank resumes from this round's checkpoint on the new plan
+            announce(t, devices, run.out / m["plan_switch"]["plan"])
             break
     return history

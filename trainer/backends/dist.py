@@ -9,12 +9,16 @@ it.
 
 Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) this process is one rank; a JSON
 file named by ``FSL_RANKS`` maps role names to ranks (default: server 0, then the plan's
-devices in order). README's "Several machines" shows a two-machine command, which
-``tests/test_multinode.py`` runs on one machine with two torchrun agents.
+devices in order), and the server's rank, whatever its number, reports the run.
+:func:`check_launch` checks all of it before any process group forms (exit 2, one line).
+A switch of plans (``--adapt``) re-forms the group under a fresh prefix of torchrun's
+store, every rank on the new plan (``trainer.switch``). README's several-machines block
+is what ``tests/test_multinode.py`` runs, on one machine with two torchrun agents.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -36,10 +40,12 @@ from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
 from trainer.loop import run_role
 from trainer.protocol import WireLimits
 from trainer.roles import BETWEEN_ROUNDS_S
+from trainer.switch import in_torchrun
 from trainer.transport import SERVER, LinkTable
 from trainer.wire import DistTransport
 
 GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' reports
+_GROUPS = itertools.count()  # process groups this torchrun rank has formed (one per plan it followed)
 
 
 def default_ranks(spec: RunSpec) -> dict[str, int]:
@@ -64,8 +70,14 @@ def free_port() -> int:
 def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
     """This process's role, from joining the group to leaving it."""
     torch.set_num_threads(DEVICE_THREADS)  # a device is one core (planner.profile)
-    dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
-                            timeout=timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S))
+    timeout = timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)
+    if init_method == "env://":  # torchrun: each plan this process follows meets under a fresh key prefix
+        store, _, _ = next(dist.rendezvous(init_method, timeout=timeout))
+        dist.init_process_group("gloo", store=dist.PrefixStore(f"fsl-plan-{next(_GROUPS)}", store), rank=ranks[me],
+                                world_size=len(ranks), timeout=timeout)
+    else:
+        dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
+                                timeout=timeout)
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
                       emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan))
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
@@ -158,17 +170,13 @@ def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on
 
 def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
     """Train as ``spec`` says with a process per role; returns every round's metrics (on a
-    torchrun rank other than 0: ``[]``)."""
+    torchrun rank other than the server's: ``[]``, or after a switch of plans the record
+    to resume from, ``trainer.switch``)."""
     if in_torchrun():
         return _torchrun(spec, on_start=on_start, on_round=on_round)
     quiet = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
     return run_ranks(default_ranks(spec), partial(_play, spec), quiet_limit_s=quiet, on_start=on_start,
                      on_round=on_round)
-
-
-def in_torchrun() -> bool:
-    """Whether this process is one rank of a group started outside (``torchrun``)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def _env_int(name: str) -> int:
@@ -242,9 +250,6 @@ def check_launch(spec: RunSpec) -> None:
     if cfg.replan_on_failure:
         raise InputError("--replan-on-failure", None, "not under torchrun: its agent stops every process of a "
                          "machine when one fails, so none is left to follow the new plan; rerun with --resume")
-    if cfg.adapt:
-        raise InputError("--adapt", None, "not under torchrun yet: a switch of plans needs every machine to get "
-                         "the new plan and restart its ranks together; run with --backend dist on one machine")
     torchrun_role(spec.roles())
 
 
