@@ -137,7 +137,7 @@ def check(limits: WireLimits | None, dst: str, src: str, tag: str, dtype: torch.
         raise ProtocolViolation(dst, src, f"{tag!r} as {dtype}, allowed: {sorted(map(str, rule.dtypes))}")
     if any(n < 0 for n in shape):
         raise ProtocolViolation(dst, src, f"{tag!r} of shape {list(shape)}")
-    size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    size = math.prod(shape) * dtype.itemsize
     bound = rule.max_bytes(limits)
     if size > bound:
         raise ProtocolViolation(dst, src, f"{tag!r} of shape {list(shape)} ({size} bytes) exceeds the plan's bound "
