@@ -153,28 +153,34 @@ def test_a_message_within_its_bound_arrives(monkeypatch):
         fake.forever.set()
 
 
-def test_cut_bounds_are_the_largest_activation_of_the_model():
-    """The bound for ``act_d`` is 2 x batch x the largest unit output per sample, computed
-    here by running the model; one more value is refused."""
+def test_cut_bounds_are_the_units_activation():
+    """The bound for ``act_d`` between two neighbours is 2 x batch x the output per sample
+    of the unit before their cut, computed here by running the model; one more value is
+    refused, and so is any activation between devices that share no cut."""
     model = build_model("dcgan")
-    x, largest = torch.zeros(1, *model.input_shape), 0
+    x, per_sample = torch.zeros(1, *model.input_shape), []
     with torch.no_grad():
         for i in range(len(model)):
             x = model.run(x, i, i + 1)
-            largest = max(largest, x[0].numel())
+            per_sample.append(x[0].numel())
     limits = WireLimits.from_plan(PLAN)
     assert limits.param_bytes == 4 * sum(p.numel() for p in model.parameters())
-    n = 2 * PLAN.batch_size * largest
-    protocol.check(limits, "c0-d1", "c0-d0", "act_d", torch.float32, (n,))
-    protocol.check(limits, "c0-d1", "c0-d0", "act_d", torch.uint8, (4 * n + INT8_SIDE_BYTES,))
-    with pytest.raises(ProtocolViolation):
-        protocol.check(limits, "c0-d1", "c0-d0", "act_d", torch.float32, (n + INT8_SIDE_BYTES // 4 + 1,))
+    for (a, b), unit in ((("c0-d0", "c0-d1"), 2), (("c0-d1", "c0-d2"), 6)):  # PLAN cuts after units 2 and 6
+        n = 2 * PLAN.batch_size * per_sample[unit]
+        for src, dst in ((a, b), (b, a)):
+            protocol.check(limits, dst, src, "act_d", torch.float32, (n,))
+            protocol.check(limits, dst, src, "grad_d", torch.uint8, (n + INT8_SIDE_BYTES,))  # int8 codec
+            with pytest.raises(ProtocolViolation):
+                protocol.check(limits, dst, src, "act_d", torch.float32, (n + INT8_SIDE_BYTES // 4 + 1,))
+    with pytest.raises(ProtocolViolation) as e:
+        protocol.check(limits, "c0-d2", "c0-d0", "act_g", torch.float32, (1,))
+    assert e.value.src == "c0-d0"
 
 
 @pytest.mark.slow
 def test_real_traffic_stays_within_the_bounds(tmp_path):
     """Every message of a real round (aggregation and checkpoint state included), as the
-    transport logged it, is within its tag's bound; the cut messages reach it exactly."""
+    transport logged it, is within its tag's bound; each cut's messages reach it exactly."""
     from trainer.backends.local import run_local
     from trainer.build import RunSpec
 
@@ -186,9 +192,13 @@ def test_real_traffic_stays_within_the_bounds(tmp_path):
     limits = WireLimits.from_plan(plan)
     sizes: dict[str, int] = {}
     for src, dst, tag, n in t.log.messages:
-        assert n <= RULES[tag].max_bytes(limits), (src, dst, tag, n)
+        bound = RULES[tag].max_bytes(limits, src, dst)
+        assert n <= bound, (src, dst, tag, n)
+        if tag in ("act_d", "grad_d", "act_g", "grad_g"):  # no codec: the bound less int8's side bytes, exactly
+            assert n == bound - INT8_SIDE_BYTES, (src, dst, tag, n)
         sizes[tag] = max(sizes.get(tag, 0), n)
     assert {"fake", "act_d", "grad_d", "act_g", "grad_g", "weights", "state", "hello", "report"} <= set(sizes)
     model = build_model("dcgan")
-    assert sizes["fake"] == RULES["fake"].max_bytes(limits) == plan.batch_size * 4 * math.prod(model.input_shape)
+    assert sizes["fake"] == plan.batch_size * 4 * math.prod(model.input_shape) == RULES["fake"].max_bytes(
+        limits, SERVER, "c0-d0")
     assert sizes["weights"] <= limits.param_bytes

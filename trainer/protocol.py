@@ -11,7 +11,8 @@ The bounds (bytes; :class:`WireLimits` holds the plan's numbers, all float32 as 
 counts them)::
 
     fake, fake_grad         batch_size x one input sample
-    act_d, grad_d           2 x batch_size x the largest unit output per sample (+ int8's side bytes)
+    act_d, grad_d           2 x batch_size x the output per sample of the unit before their cut
+                            (+ int8's side bytes); nothing between devices that share no cut
     act_g, grad_g           batch_size x the same
     losses                  two values
     start, round, saved     one int64;  stop, bye: empty
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -62,10 +63,14 @@ class WireLimits:
 
     batch_size: int = 0
     sample_bytes: int = 0  # one input sample (an image)
-    unit_sample_bytes: int = 0  # the largest output of a planning unit, per sample
+    cuts: dict[tuple[str, str], int] = field(default_factory=dict)  # (a, b) neighbours: their cut's bytes per sample
     param_bytes: int = 0  # every parameter of the discriminator (float32)
     roles: int = 1  # the server and every planned device
     clients: int = 0
+
+    def cut_bytes(self, src: str, dst: str) -> int:
+        """Per sample, what crosses the cut between ``src`` and ``dst`` (0: no cut of theirs)."""
+        return self.cuts.get((src, dst), 0)
 
     @classmethod
     def from_plan(cls, plan, *, param_bytes: int | None = None) -> "WireLimits":
@@ -75,8 +80,12 @@ class WireLimits:
         if param_bytes is None:
             model = build_model(plan.model["name"], source="plan", field="model.name")
             param_bytes = 4 * sum(p.numel() for p in model.parameters())
-        return cls(batch_size=plan.batch_size, sample_bytes=4 * math.prod(plan.model["input_shape"]),
-                   unit_sample_bytes=max(-(-int(u["output_bytes"]) // plan.batch_size) for u in plan.model["layers"]),
+        cuts = {}
+        for c in plan.planned:
+            for s, nxt in zip(c.stages, c.stages[1:]):
+                per_sample = -(-int(plan.model["layers"][s.end - 1]["output_bytes"]) // plan.batch_size)
+                cuts[(s.device, nxt.device)] = cuts[(nxt.device, s.device)] = per_sample
+        return cls(batch_size=plan.batch_size, sample_bytes=4 * math.prod(plan.model["input_shape"]), cuts=cuts,
                    param_bytes=param_bytes, roles=1 + sum(len(c.stages) for c in plan.planned),
                    clients=len(plan.planned))
 
@@ -85,21 +94,25 @@ class WireLimits:
 class Rule:
     sender: str  # "server": only the server may send it; "device": only a device; "any"
     dtypes: frozenset
-    max_bytes: Callable[[WireLimits], int]
+    max_bytes: Callable[[WireLimits, str, str], int]  # (limits, src, dst) -> bytes
 
 
 def _cut(samples: int) -> Rule:
-    return Rule("device", CUT_DTYPES, lambda w: samples * w.batch_size * w.unit_sample_bytes + INT8_SIDE_BYTES)
+    def bound(w: WireLimits, src: str, dst: str) -> int:
+        per_sample = w.cut_bytes(src, dst)
+        return samples * w.batch_size * per_sample + INT8_SIDE_BYTES if per_sample else 0
+
+    return Rule("device", CUT_DTYPES, bound)
 
 
 def _fixed(sender: str, dtypes: frozenset, n: int) -> Rule:
-    return Rule(sender, dtypes, lambda w: n)
+    return Rule(sender, dtypes, lambda w, src, dst: n)
 
 
 RULES: dict[str, Rule] = {
     # a step (planner.schedule's diagram)
-    "fake": Rule("server", FLOATS, lambda w: w.batch_size * w.sample_bytes),
-    "fake_grad": Rule("device", FLOATS, lambda w: w.batch_size * w.sample_bytes),
+    "fake": Rule("server", FLOATS, lambda w, src, dst: w.batch_size * w.sample_bytes),
+    "fake_grad": Rule("device", FLOATS, lambda w, src, dst: w.batch_size * w.sample_bytes),
     "act_d": _cut(2), "grad_d": _cut(2), "act_g": _cut(1), "grad_g": _cut(1),
     "losses": _fixed("device", FLOATS, LOSS_VALUES * 8),
     # control
@@ -110,10 +123,10 @@ RULES: dict[str, Rule] = {
     "hello": _fixed("device", BLOB, SMALL_BLOB_BYTES),
     "report": _fixed("device", FLOATS, REPORT_VALUES * 8),
     "trace": _fixed("device", BLOB, BOOKKEEPING_BYTES),
-    "state": Rule("device", BLOB, lambda w: 3 * w.param_bytes + BOOKKEEPING_BYTES),
+    "state": Rule("device", BLOB, lambda w, src, dst: 3 * w.param_bytes + BOOKKEEPING_BYTES),
     "saved": _fixed("device", INTS, 8),
-    "weights": Rule("any", FLOATS | INTS, lambda w: 2 * w.param_bytes),
-    "secagg": Rule("any", BLOB | FLOATS, lambda w: max(w.roles * KEY_BYTES, w.clients * 8)),
+    "weights": Rule("any", FLOATS | INTS, lambda w, src, dst: 2 * w.param_bytes),
+    "secagg": Rule("any", BLOB | FLOATS, lambda w, src, dst: max(w.roles * KEY_BYTES, w.clients * 8)),
     "bye": _fixed("any", ANY_DTYPE, 0),
     "calib": _fixed("any", BLOB, BOOKKEEPING_BYTES),
     "probe": _fixed("any", BLOB, PROBE_BYTES),
@@ -138,7 +151,7 @@ def check(limits: WireLimits | None, dst: str, src: str, tag: str, dtype: torch.
     if any(n < 0 for n in shape):
         raise ProtocolViolation(dst, src, f"{tag!r} of shape {list(shape)}")
     size = math.prod(shape) * dtype.itemsize
-    bound = rule.max_bytes(limits)
+    bound = rule.max_bytes(limits, src, dst)
     if size > bound:
         raise ProtocolViolation(dst, src, f"{tag!r} of shape {list(shape)} ({size} bytes) exceeds the plan's bound "
                                 f"of {bound} bytes")

@@ -38,7 +38,7 @@ from planner.schedule import STEP_TAGS, TAGS
 from trainer import protocol
 from trainer.errors import PeerLost, PeerTimeout, ProtocolError, ProtocolViolation, RunAborted, StopRound
 from trainer.links import EmulatedLink, LinkTable
-from trainer.protocol import SERVER, WireLimits
+from trainer.protocol import SERVER, WireLimits  # noqa: F401 - SERVER: every role imports it from here
 
 LOST = "__lost__"  # a broken connection; the payload is the error
 ABORT = "__abort__"  # the run is being torn down; every recv raises RunAborted
