@@ -18,6 +18,8 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
       |                                          |   d -> d0: state; d0 writes c's file
       |<-- saved [r] ------------------------ d0 |
       | metrics.jsonl, evaluation, samples, checkpoint/server.pt (trainer.serve)
+      |--- round [0], plan --------------------->|   --adapt switched plans: every role
+      |                                          |   resumes on it (trainer.switch)
 """
 
 from __future__ import annotations
