@@ -290,6 +290,7 @@ def train_cmd(
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer import DeviceFailure, TrainConfig, train
+    from trainer.backends.dist import reports_here
     from trainer.config import parse_slowdown
 
     def run():
@@ -301,7 +302,7 @@ def train_cmd(
             timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
             slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,
             dp_epsilon=dp_epsilon, dp_delta=dp_delta, secure_agg=secure_agg, cut_noise=cut_noise)
-        follower = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 (the server) reports
+        follower = not reports_here()  # under torchrun only the server's rank reports, whatever its number
         with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
             history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)
         if not follower:

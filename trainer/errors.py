@@ -4,7 +4,7 @@ A role (the server or a device) fails with an exception; both backends turn it i
 :class:`RankFailure` record (in the dist backend it travels to the supervisor as one), and
 :func:`root_cause` turns the records of a failed round into the one error a person sees:
 bad input first, then a process that died, then a role's own error, then a peer's
-silence or lost connection (which names that peer). Roles that were only woken up
+silence, lost connection or protocol violation (which names that peer). Roles that were only woken up
 because another failed (:class:`RunAborted`) explain nothing.
 """
 
@@ -45,6 +45,14 @@ class PeerLost(PeerFailure):
 
     def __init__(self, dst: str, src: str, cause: BaseException):
         super().__init__(dst, src, f"{dst} lost its connection to {src} ({type(cause).__name__}: {str(cause)[:160]})")
+
+
+class ProtocolViolation(PeerFailure):
+    """A peer sent what the protocol does not allow it (``trainer.protocol``): a tag it may
+    not send, or a header whose dtype or size is past the bound the plan sets."""
+
+    def __init__(self, dst: str, src: str, problem: str):
+        super().__init__(dst, src, f"{dst} refused a message from {src}: {problem}")
 
 
 class ProtocolError(RuntimeError):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from planner.errors import InputError
 from planner.planfile import load_plan, write_plan
-from trainer.backends.dist import run_dist
+from trainer.backends.dist import check_launch, run_dist
 from trainer.backends.local import run_local
 from trainer.build import RunSpec, check_plan_model
 from trainer.config import TrainConfig
@@ -30,6 +30,7 @@ Hook = Callable[[dict], None] | None
 def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None) -> list[dict]:
     """Train as ``cfg.plan_path`` says; returns every round's metrics (SPEC §4)."""
     plan = load_plan(cfg.plan_path)
+    check_launch(RunSpec(cfg, plan))  # torchrun's ranks and FSL_RANKS, before anything else
     model, _ = check_plan_model(plan, str(cfg.plan_path))  # a wrong plan fails here, before any role starts
     if cfg.dp:  # so does a layer DP-SGD cannot clip per sample
         check_layers(model, option="--dp-epsilon" if cfg.dp_epsilon else "--dp-noise")

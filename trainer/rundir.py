@@ -21,6 +21,7 @@ from trainer.evaluation import sample_images
 from trainer.images import save_grid
 from trainer.plots import plot_run
 from trainer.server import ServerRole
+from trainer.switch import next_plan_name
 
 SAMPLE_GRID = 64
 
@@ -79,7 +80,7 @@ class RunDir:
 
     def write_next_plan(self, plan, round_done: int) -> str:
         """Where ``--adapt`` keeps a plan it switches to after ``round_done``."""
-        name = f"plan-r{round_done:04d}.json"
+        name = next_plan_name(round_done)
         write_plan(plan, self.out / name)
         return name
 
