@@ -20,7 +20,7 @@ from trainer.accountant import epsilon
 from trainer.backends.local import run_local
 from trainer.build import RunSpec, client_discriminator
 from trainer.device import DeviceRole
-from trainer.dpsgd import DeviceDP, check_layers
+from trainer.dpsgd import SAMPLERS, DeviceDP, check_layers, layer_sq_norms
 from trainer.errors import DeviceFailure
 from trainer.privacy import SecureRandom
 from trainer.shards import PoissonSampler
@@ -89,6 +89,25 @@ def test_split_per_sample_clipping_equals_the_unsplit_reference(tmp_path, monkey
     with torch.no_grad():
         fake_half = F.binary_cross_entropy_with_logits(model(seen["fake"]).squeeze(1), torch.zeros(B), reduction="sum") / B
     assert seen["losses"][0].item() == pytest.approx(fake_half.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (torch.nn.Conv2d(3, 8, 5, 2, 2), (6, 3, 28, 28)),  # 196 positions: the per-sample gradient is cheaper
+    (torch.nn.Conv2d(16, 32, 5, 2, 2), (6, 16, 8, 8)),  # 16 positions: the ghost norm is cheaper
+    (torch.nn.Conv2d(4, 4, 3, 1, 1, bias=False), (6, 4, 5, 5)),
+    (torch.nn.Linear(20, 3), (6, 20)),
+    (torch.nn.GroupNorm(2, 4), (6, 4, 3, 3)),  # Opacus's grad sampler
+])
+def test_per_sample_norms_equal_the_per_sample_gradients_norms(layer, shape):
+    """Against each sample's gradient computed alone by autograd (a batch of one)."""
+    a = torch.randn(shape)
+    g = torch.randn(layer(a).shape)
+    want = []
+    for r in range(shape[0]):
+        grads = torch.autograd.grad(layer(a[r:r + 1]), list(layer.parameters()), g[r:r + 1])
+        want.append(sum(x.double().pow(2).sum() for x in grads))
+    torch.testing.assert_close(layer_sq_norms(layer, a, g), torch.stack(want), rtol=1e-5, atol=0)
+    assert type(layer) in SAMPLERS
 
 
 def test_poisson_sampling_draws_each_record_with_probability_q():
