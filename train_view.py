@@ -40,6 +40,9 @@ class TrainProgress:
         if info.get("dp"):
             self.con.print("DP-SGD: every discriminator trains on Poisson batches with per-sample clipping and noise; "
                            "each client's epsilon is charged in DIR/privacy/ and shown per round", highlight=False)
+        if info.get("privacy_stop"):
+            self.con.print(f"[yellow]stopped before round {info['start_round'] + 1}:[/] {info['privacy_stop']}",
+                           highlight=False)
         self.bar.update(self.task, completed=info["start_round"],
                         info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
 

@@ -39,13 +39,17 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
     records = {c.name: samples[c.name] for c in plan.planned}
     if cfg.dp:
         dprun.check_start(cfg, records, plan.batch_size)
-        dprun.refuse_exhausted(cfg, processes)
     for d in devices:
         t.send(SERVER, d, torch.tensor([start]), tag="start")
     keys = serve_keys(spec, t, samples, timeout_s=long_s) if cfg.secure_agg else None
+    spent = dprun.exhausted(cfg, processes) if cfg.dp and start < cfg.rounds else None
     report("start", {"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
                      "warnings": emulation_warnings(plan, cfg) + privacy_warnings(cfg), "processes": processes,
-                     "dp": cfg.dp})
+                     "dp": cfg.dp, "privacy_stop": spent})
+    if spent:  # resumed with no budget left for a round: every device stops before it starts
+        for d in devices:
+            t.send(SERVER, d, torch.tensor([-1]), tag="round")
+        return history
     chains = {c.name: [s.device for s in c.stages] for c in plan.planned}
     adapter = Adapter(plan, same_devices=in_torchrun()) if cfg.adapt else None
     for r in range(start + 1, cfg.rounds + 1):
