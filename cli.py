@@ -103,6 +103,7 @@ def plan_cmd(
     from planner import plan
     from planner.devices import load_profile
     from planner.ga import GASettings
+    from planner.jsonio import check_output_file
     from planner.planfile import write_plan
 
     def run():
@@ -110,6 +111,10 @@ def plan_cmd(
         if time_limit is not None and not time_limit > 0:
             raise InputError("--time-limit", None, f"must be > 0 seconds, found {time_limit}")
         _check_batch(batch_size)
+        check_output_file(out_path, "--out")
+        check_output_file(out_path.with_suffix(".txt"), "--out")
+        if figure is not None:
+            check_output_file(figure, "--figure")
         try:
             ga = GASettings(population=ga_population, generations=ga_generations, seed=ga_seed)
         except ValueError as e:
@@ -189,15 +194,17 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
 @app.command("calibrate")
 def calibrate_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
-    model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
+    model: str = typer.Option("dcgan", help=MODEL_HELP),
     batch_size: int = typer.Option(64, "--batch-size"),
     out_path: Optional[Path] = typer.Option(None, "--out", help="where to write the calibrated profile "
-                                            "(default: back into --devices)"),
+                                            "(default: PROFILE.calibrated.json beside --devices; --devices "
+                                            "itself only when named here)"),
     emulate: str = typer.Option("sleep", help="sleep: each device emulated at its factor, as fsl train; "
                                 "none: measured flat out (real devices)"),
     repeats: int = typer.Option(5, help="timed passes over the layers per device"),
-    links: bool = typer.Option(True, "--links/--no-links", help="also measure each client's links and each "
-                               "device's link to the server (overwrites them in the profile)"),
+    links: Optional[bool] = typer.Option(None, "--links/--no-links", help="also measure each client's links and "
+                                         "each device's link to the server, replacing the declared ones (default: "
+                                         "with --emulate none only; emulated links are the declared ones)"),
     timeout_s: float = typer.Option(600.0, "--timeout-s", help="a process silent this long is a failure"),
     measurements: Optional[Path] = typer.Option(None, "--measurements", help="also write every measurement "
                                                 "(each link's probe sizes and times) as JSON"),
@@ -205,9 +212,9 @@ def calibrate_cmd(
     """Measure the model's layers on each device itself (a process per device, as --backend
     dist) and the links between them; write the profile back with each device's calibration."""
     from calibration_view import render_calibration
-    from planner.calibration import calibrated_profile
+    from planner.calibration import calibrated_path, calibrated_profile
     from planner.devices import load_profile, parse_profile
-    from planner.jsonio import read_json, write_json
+    from planner.jsonio import check_output_file, read_json, write_json
     from planner.profile import profile_model
     from trainer import DeviceFailure
     from trainer.calibrate import CalibrationJob, calibrate
@@ -218,10 +225,20 @@ def calibrate_cmd(
             raise InputError("--emulate", None, f"expected sleep or none, found {emulate!r}")
         if not 1 <= repeats <= 1000:
             raise InputError("--repeats", None, f"must be within 1..1000, found {repeats}")
+        if links and emulate == "sleep":
+            raise InputError("--links", None, "measures real links, with --emulate none; under --emulate sleep "
+                             "fsl train emulates the declared links, so the profile keeps them (--no-links)")
+        target = out_path or calibrated_path(devices)
+        check_output_file(target, "--out")
+        if measurements is not None:
+            check_output_file(measurements, "--measurements")
+            if measurements.resolve() == target.resolve():
+                raise InputError("--measurements", None, f"{measurements} is also --out")
         m = _model(model)
         profile = load_profile(devices)
         job = CalibrationJob(profile=str(devices), model=model, batch_size=batch_size, emulate=emulate,
-                             repeats=repeats, links=links, timeout_s=timeout_s)
+                             repeats=repeats, links=emulate == "none" if links is None else links,
+                             timeout_s=timeout_s)
         def progress(body: dict) -> None:  # only the server's process reports
             err.print(f"{body['step']} {body['device']} ({body['round']}/{body['total']} devices measured)",
                       highlight=False)
@@ -229,14 +246,13 @@ def calibrate_cmd(
         result = calibrate(job, on_progress=progress)
         if result is None:  # a torchrun rank other than the server's
             return
-        target = out_path or devices
         written = calibrated_profile(read_json(devices, what="device profile"), result)
         parse_profile(written, source=str(target))
         write_json(target, written)
         if measurements is not None:
             write_json(measurements, result)
         render_calibration(result, profile, profile_model(m, batch_size=batch_size), out)
-        out.print(f"wrote {target}")
+        out.print(f"wrote {target} (links {'measured' if job.links else 'declared, kept from ' + str(devices)})")
 
     try:
         _guard(run)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import InputError
+from planner.jsonio import check_output_dir
 
 BACKENDS = ("local", "dist")
 EMULATE = ("sleep", "none")
@@ -14,6 +15,7 @@ AGGREGATE = ("none", "fedavg", "swap")
 FEEDBACK = ("mean", "sum")
 DATASETS = ("digits", "mnist", "images:DIR")
 IMAGES = "images:"  # --data images:DIR (trainer.folders)
+SEED_LIMIT = 2**32  # --seed's range: torch takes < 2**64, and the trainer adds offsets to it
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,9 @@ class TrainConfig:
         if self.slowdown and self.emulate != "sleep":
             raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
         self._validate_privacy(bad)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise bad("--out", f"{self.out_dir} exists and is not a directory")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise bad("--seed", f"must be within 0..{SEED_LIMIT - 1}, found {self.seed}")
+        check_output_dir(self.out_dir, "--out")
 
     def _validate_privacy(self, bad) -> None:
         """The options of trainer.privacy and trainer.secagg, and which go together. Whether
