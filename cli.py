@@ -61,11 +61,17 @@ def _guard(fn):
         _fail(3, "\n".join(lines))
 
 
-def _model(reference: str):
-    """The discriminator ``--model`` names: a built-in, or a user factory (planner.usermodel)."""
+def _model(reference: str, timeout_s: float):
+    """The discriminator ``--model`` names: a built-in, or a user factory (planner.usermodel),
+    run first in a child process (planner.factorycheck)."""
+    from planner.factorycheck import vet
     from planner.usermodel import build_model
 
+    vet(reference, source="--model", timeout_s=timeout_s)
     return build_model(reference, source="--model")
+
+
+MODEL_TIMEOUT_HELP = "seconds a --model factory may take (it runs first in a child process)"
 
 
 def _check_batch(batch_size: int) -> None:
@@ -79,6 +85,7 @@ def _check_batch(batch_size: int) -> None:
 def plan_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
     model: str = typer.Option("dcgan", help=MODEL_HELP),
+    model_timeout_s: float = typer.Option(60.0, "--model-timeout-s", help=MODEL_TIMEOUT_HELP),
     batch_size: int = typer.Option(64, "--batch-size", help="samples per batch per client"),
     solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params, "
                                "ga (HuSCF-GAN's genetic algorithm)"),
@@ -121,7 +128,7 @@ def plan_cmd(
             flag = next(f for f in ("population", "generations", "seed") if str(e).startswith(f))
             raise InputError(f"--ga-{flag}", None, str(e)) from None
         profile = load_profile(devices)
-        m = _model(model)
+        m = _model(model, model_timeout_s)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err, transient=True, disable=fmt == Fmt.json) as bar:
             tasks = {}
@@ -172,6 +179,7 @@ def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.
 
 @app.command("profile")
 def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
+                model_timeout_s: float = typer.Option(60.0, "--model-timeout-s", help=MODEL_TIMEOUT_HELP),
                 batch_size: int = typer.Option(64, "--batch-size"),
                 no_cache: bool = typer.Option(False, "--no-cache", help="measure again"),
                 fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
@@ -181,7 +189,7 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
 
     def run():
         _check_batch(batch_size)
-        m = _model(model)
+        m = _model(model, model_timeout_s)
         prof = profile_model(m, batch_size=batch_size, use_cache=not no_cache)
         if fmt == Fmt.json:
             out.print_json(json.dumps(prof.to_json()))
@@ -195,6 +203,7 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
 def calibrate_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
     model: str = typer.Option("dcgan", help=MODEL_HELP),
+    model_timeout_s: float = typer.Option(60.0, "--model-timeout-s", help=MODEL_TIMEOUT_HELP),
     batch_size: int = typer.Option(64, "--batch-size"),
     out_path: Optional[Path] = typer.Option(None, "--out", help="where to write the calibrated profile "
                                             "(default: PROFILE.calibrated.json beside --devices; --devices "
@@ -234,7 +243,7 @@ def calibrate_cmd(
             check_output_file(measurements, "--measurements")
             if measurements.resolve() == target.resolve():
                 raise InputError("--measurements", None, f"{measurements} is also --out")
-        m = _model(model)
+        m = _model(model, model_timeout_s)
         profile = load_profile(devices)
         job = CalibrationJob(profile=str(devices), model=model, batch_size=batch_size, emulate=emulate,
                              repeats=repeats, links=emulate == "none" if links is None else links,

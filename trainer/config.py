@@ -15,6 +15,13 @@ AGGREGATE = ("none", "fedavg", "swap")
 FEEDBACK = ("mean", "sum")
 DATASETS = ("digits", "mnist", "images:DIR")
 IMAGES = "images:"  # --data images:DIR (trainer.folders)
+# What --resume must find as the run saved it: every option that changes what is trained
+# (which records, which updates, what privacy). The others (rounds, eval cadence, timeouts,
+# backend) only change how the run is carried out or watched, and --lr may change so that
+# a diverged run (trainer.errors.Diverged) resumes from its last finite checkpoint with a
+# smaller one. A new option: one line here.
+SAME_ON_RESUME = ("seed", "data", "data_root", "alpha", "aggregate", "feedback", "steps_per_round",
+                  "deadline_s", "dp_clip", "dp_noise", "dp_epsilon", "dp_delta", "secure_agg", "cut_noise")
 SEED_LIMIT = 2**32  # --seed's range: torch takes < 2**64, and the trainer adds offsets to it
 
 

@@ -8,11 +8,13 @@ from its last checkpoint, so no completed round is lost.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from planner.errors import InputError
+from planner.factorycheck import vet
 from planner.planfile import load_plan, write_plan
 from trainer.backends.dist import run_dist
 from trainer.backends.local import run_local
@@ -20,6 +22,7 @@ from trainer.build import RunSpec, check_plan_model
 from trainer.config import TrainConfig
 from trainer.errors import DeviceFailure
 from trainer.replan import without_device
+from trainer.rundir import check_resume
 from trainer.state import plan_digest, server_file
 
 BACKENDS = {"local": run_local, "dist": run_dist}
@@ -27,9 +30,33 @@ Hook = Callable[[dict], None] | None
 
 
 def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None) -> list[dict]:
-    """Train as ``cfg.plan_path`` says; returns every round's metrics (SPEC §4)."""
+    """Train as ``cfg.plan_path`` says; returns every round's metrics (SPEC §4). A new run
+    refused before its first round leaves ``cfg.out_dir`` as it found it."""
+    out = Path(cfg.out_dir)
+    before = set(out.iterdir()) if out.is_dir() else None  # None: the folder is new
+    try:
+        return _train(cfg, on_round=on_round, on_start=on_start)
+    except InputError:
+        if not cfg.resume and not server_file(out).exists() and out.is_dir():
+            _remove_new(out, before)
+        raise
+
+
+def _remove_new(out: Path, before: set[Path] | None) -> None:
+    """Remove what a refused start created in ``out`` (the folder itself if it was new)."""
+    for p in [out] if before is None else set(out.iterdir()) - before:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook) -> list[dict]:
     plan = load_plan(cfg.plan_path)
+    vet(plan.model["name"], source=str(cfg.plan_path), field="model.name")  # a user factory, in a child first
     check_plan_model(plan, str(cfg.plan_path))  # a wrong plan fails here, before any role starts
+    if cfg.resume:
+        check_resume(cfg, plan)  # so does a resume of another run, before its folder is touched
     RunSpec(cfg, plan).data.check([c.data_weight for c in plan.planned])  # so does an image folder
     known = {d for c in plan.planned for d in c.costs.devices}
     for name, _, _ in cfg.slowdown:
