@@ -74,6 +74,13 @@ def _model(reference: str, timeout_s: float):
 MODEL_TIMEOUT_HELP = "seconds a --model factory may take (it runs first in a child process)"
 
 
+def _warn_ranks() -> None:
+    """FSL_RANKS means something only to torchrun's ranks; set elsewhere it is said, not ignored."""
+    if "FSL_RANKS" in os.environ and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        err.print("warning: FSL_RANKS is set but this is not a torchrun rank (no RANK/WORLD_SIZE): it is ignored, "
+                  "and this command starts every process itself", markup=False, highlight=False)
+
+
 def _check_batch(batch_size: int) -> None:
     from planner.planschema import MAX_BATCH
 
@@ -229,6 +236,7 @@ def calibrate_cmd(
     from trainer.calibrate import CalibrationJob, calibrate
 
     def run():
+        _warn_ranks()
         _check_batch(batch_size)
         if emulate not in ("sleep", "none"):
             raise InputError("--emulate", None, f"expected sleep or none, found {emulate!r}")
@@ -294,7 +302,7 @@ def train_cmd(
     replan_on_failure: bool = typer.Option(False, "--replan-on-failure",
                                            help="plan around a lost device and go on"),
     adapt: bool = typer.Option(False, "--adapt", help="correct the plan's tables by measured compute after "
-                               "each round; switch plans when re-solving promises a round 10%% shorter"),
+                               "each round; switch plans when re-solving promises a round 10% shorter"),
     slowdown: list[str] = typer.Option([], "--slowdown", metavar="DEVICE=FACTOR@ROUND",
                                        help="emulated drift: that device runs FACTOR times slower from ROUND on"),
     dp_clip: Optional[float] = typer.Option(None, "--dp-clip", metavar="C",
@@ -312,6 +320,7 @@ def train_cmd(
     from trainer.config import parse_slowdown
 
     def run():
+        _warn_ranks()
         cfg = TrainConfig.from_cli(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, feedback=feedback,

@@ -59,9 +59,16 @@ def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook) -> list[dict]:
         check_resume(cfg, plan)  # so does a resume of another run, before its folder is touched
     RunSpec(cfg, plan).data.check([c.data_weight for c in plan.planned])  # so does an image folder
     known = {d for c in plan.planned for d in c.costs.devices}
-    for name, _, _ in cfg.slowdown:
+    for name, _, at in cfg.slowdown:
         if name not in known:
             raise InputError("--slowdown", None, f"{name!r} is no device of a planned client in {cfg.plan_path}")
+        if at > cfg.rounds:
+            raise InputError("--slowdown", None, f"{name} slows from round {at}, after the run's last ({cfg.rounds})")
+    whole = [c.name for c in plan.planned if len(c.stages) == 1]
+    if cfg.cut_noise and whole:  # refused, not ignored: the noise would protect nothing for them
+        raise InputError("--cut-noise", None, f"noises the activations a data device sends on, but "
+                         f"{', '.join(whole)} keep{'s' * (len(whole) == 1)} the whole model on the data device "
+                         "(no cut): plan a cut for every client or drop --cut-noise")
     while True:
         try:
             history = BACKENDS[cfg.backend](RunSpec(cfg, plan), on_start=on_start, on_round=on_round)
