@@ -172,7 +172,7 @@ def test_no_finite_epsilon_is_refused_with_exit_2(tmp_path):
     assert len(lines) == 1 and "--dp-noise" in lines[0] and "finite epsilon" in lines[0], r.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
     run(tmp_path, plan, "resumed", rounds=1)
-    with pytest.raises(InputError, match="trained without --dp-noise"):
+    with pytest.raises(InputError, match="--dp-clip: the run in .* was trained with None, this command says 1.0"):
         run(tmp_path, plan, "resumed", rounds=2, resume=True, dp_clip=1.0, dp_noise=1.0)
     with pytest.raises(InputError, match="fewer than a batch"):
         check_budget({"a": 500, "b": 31}, batch_size=32, noise_multiplier=1.0, steps=10)
