@@ -298,9 +298,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def plans(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("plans")
+def make_plans(folder: Path) -> dict[str, Path]:
+    """The plans and the finished run the rows name (module docstring), in ``folder``."""
     out = {}
     (folder / "nan.py").write_text(FACTORIES["nan_out"])
     for key, model, cuts in (("plan", "dcgan", [2]), ("plan1", "dcgan", []), ("plannan", f"{folder}/nan.py:build", [1])):
@@ -313,58 +312,88 @@ def plans(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory) -> dict[str, Path]:
+    return make_plans(tmp_path_factory.mktemp("plans"))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*"))}
 
 
-def _assert_kept_until_divergence(line: str, out: Path) -> None:
+def row(case) -> tuple:
+    """(id, argv, files, exit code, text) of a CASES entry."""
+    return tuple(case.values) if hasattr(case, "values") else case
+
+
+def prepare(case, plans: dict[str, Path], tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """Lay out ``case``'s files in ``tmp``; returns its argv and the folder's snapshot."""
+    _, argv, files, _, _ = row(case)
+    _setup(tmp, files)
+    if any("{run}" in a for a in argv):
+        shutil.copytree(plans["run"], tmp / "run")
+    values = {"tmp": str(tmp), "lab": str(LAB), "run": str(tmp / "run"),
+              **{k: str(plans[k]) for k in ("plan", "plan1", "plannan")}}
+    return [a.replace("{client}", "\0").format(**values).replace("\0", "{client}") for a in argv], snapshot(tmp)
+
+
+def problems(case, args: list[str], tmp: Path, before: dict[str, str], *, exit_code, stderr: str, stdout: str,
+             took_s: float) -> list[str]:
+    """What is wrong with how a command ended on ``case`` (empty: nothing)."""
+    _, _, _, code, text = row(case)
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    out = []
+    if exit_code != code:
+        out.append(f"exit {exit_code}, expected {code}")
+    if not (len(lines) == 1 and text in lines[0]):
+        out.append(f"{len(lines)} lines on stderr, expected one with {text!r}: {stderr[-300:]!r}")
+    if "Traceback" in stderr + stdout:
+        out.append("a traceback")
+    if took_s >= TIME_LIMIT_S:
+        out.append(f"took {took_s:.0f} s")
+    if code == 2 and snapshot(tmp) != before:
+        changed = sorted(set(snapshot(tmp).items()) ^ set(before.items()))
+        out.append(f"the folder changed: {[k for k, _ in changed][:4]}")
+    if code == 1 and lines and "diverged in round" in lines[0]:
+        out += _kept_until_divergence(lines[0], Path(args[args.index("--out") + 1]))
+    return out
+
+
+def _kept_until_divergence(line: str, out: Path) -> list[str]:
     """The round that diverged left nothing: metrics (standard JSON), samples and the
     server's checkpoint end at the round before it."""
     diverged = int(re.search(r"diverged in round (\d+)", line).group(1))
-    rows = [json.loads(x, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
-            for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == list(range(1, diverged))
-    assert not (out / "samples" / f"round_{diverged:04d}.png").exists()
-    if diverged > 1:
-        assert torch.load(out / "checkpoint" / "server.pt", weights_only=True)["round"] == diverged - 1
-        assert f"the checkpoint of round {diverged - 1} is kept" in line
-    else:
-        assert not (out / "checkpoint" / "server.pt").exists()
+    try:
+        rows = [json.loads(x, parse_constant=lambda c: 1 / 0) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    except ZeroDivisionError:
+        return ["NaN or Infinity in metrics.jsonl"]
+    bad = []
+    if [r["round"] for r in rows] != list(range(1, diverged)):
+        bad.append(f"metrics rows {[r['round'] for r in rows]} after divergence in round {diverged}")
+    if (out / "samples" / f"round_{diverged:04d}.png").exists():
+        bad.append("samples of the diverged round")
+    server = out / "checkpoint" / "server.pt"
+    kept = torch.load(server, weights_only=True)["round"] if server.exists() else 0
+    if kept != diverged - 1:
+        bad.append(f"checkpoint of round {kept}, expected {diverged - 1}")
+    return bad
 
 
-def _ids(case) -> str:
-    return case.values[0] if hasattr(case, "values") else case[0]
-
-
-@pytest.mark.parametrize("name, argv, files, code, text", CASES, ids=[_ids(c) for c in CASES])
-def test_a_bad_input_ends_in_one_line_and_leaves_nothing(name, argv, files, code, text, plans, tmp_path, monkeypatch):
+@pytest.mark.parametrize("case", [pytest.param(row(c), id=row(c)[0], marks=getattr(c, "marks", ())) for c in CASES])
+def test_a_bad_input_ends_in_one_line_and_leaves_nothing(case, plans, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _setup(tmp_path, files)
-    if any("{run}" in a for a in argv):
-        shutil.copytree(plans["run"], tmp_path / "run")
-    before = _snapshot(tmp_path)
-    values = {"tmp": str(tmp_path), "lab": str(LAB), "run": str(tmp_path / "run"),
-              **{k: str(plans[k]) for k in ("plan", "plan1", "plannan")}}
-    args = [a.replace("{client}", "\0").format(**values).replace("\0", "{client}") for a in argv]
+    args, before = prepare(case, plans, tmp_path)
     t0 = time.perf_counter()
     r = CliRunner().invoke(app, args)
-    took = time.perf_counter() - t0
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.exit_code == code, (r.exit_code, r.stderr[-2000:], r.exception)
-    assert len(lines) == 1 and text in lines[0], r.stderr[-2000:]
-    assert "Traceback" not in r.stderr + r.stdout
-    assert took < TIME_LIMIT_S
-    after = _snapshot(tmp_path)
-    if code == 1:  # a fault: the run keeps its last complete round, and its metrics stay standard JSON
-        _assert_kept_until_divergence(lines[0], Path(args[args.index("--out") + 1]))
-    else:
-        assert after == before, sorted(set(after.items()) ^ set(before.items()))[:6]
+    found = problems(case, args, tmp_path, before, exit_code=r.exit_code, stderr=r.stderr, stdout=r.stdout,
+                     took_s=time.perf_counter() - t0)
+    assert not found, (found, r.exception)
 
 
 def test_the_corpus_covers_every_surface():
     """At least 60 rows, and rows for each surface the issue names."""
-    ids = [_ids(c) for c in CASES]
+    ids = [row(c)[0] for c in CASES]
     assert len(ids) >= 60 and len(set(ids)) == len(ids)
     for prefix in ("plan-", "factory-", "calibrate-", "train-", "images-", "resume-", "diverge-"):
         assert any(i.startswith(prefix) for i in ids), prefix
