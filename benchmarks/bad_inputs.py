@@ -22,12 +22,13 @@ import sys
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, machine, md_table  # noqa: E402
-from tests import test_bad_inputs as corpus  # noqa: E402
+from benchmarks import bad_input_corpus as corpus  # noqa: E402
 
 BEGIN, END = "<!-- bad-inputs -->", "<!-- /bad-inputs -->"
 SURFACES = {"plan": "fsl plan: flags and output paths", "profile": "fsl profile", "factory": "user model factories",
@@ -35,11 +36,12 @@ SURFACES = {"plan": "fsl plan: flags and output paths", "profile": "fsl profile"
             "images": "image folders", "resume": "--resume of another run", "diverge": "divergence (exit 1)"}
 
 
-def run_rows(code_dir: Path, plans: dict[str, Path], work: Path, timeout_s: float) -> dict[str, list[str]]:
-    """Each row's problems, ``fsl`` running from ``code_dir``."""
+def run_rows(code_dir: Path, plans: dict[str, Path], work: Path, timeout_s: float, *,
+             workers: int) -> dict[str, list[str]]:
+    """Each row's problems, ``fsl`` running from ``code_dir``, ``workers`` rows at a time."""
     env = {**os.environ, "PYTHONPATH": str(code_dir)}
-    found = {}
-    for case in corpus.CASES:
+
+    def one(case) -> tuple[str, list[str]]:
         name = corpus.row(case)[0]
         tmp = work / name
         tmp.mkdir()
@@ -51,10 +53,13 @@ def run_rows(code_dir: Path, plans: dict[str, Path], work: Path, timeout_s: floa
             code, err, out = r.returncode, r.stderr, r.stdout
         except subprocess.TimeoutExpired:
             code, err, out = "timeout", "", ""
-        found[name] = corpus.problems(case, args, tmp, before, exit_code=code, stderr=err, stdout=out,
-                                      took_s=time.perf_counter() - t0)
-        print(name, "ok" if not found[name] else found[name], flush=True)
-    return found
+        found = corpus.problems(case, args, tmp, before, exit_code=code, stderr=err, stdout=out,
+                                took_s=time.perf_counter() - t0)
+        print(name, "ok" if not found else found, flush=True)
+        return name, found
+
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(one, corpus.CASES))
 
 
 def checkout(commit: str, into: Path) -> Path:
@@ -92,19 +97,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", help="also run every row on this commit's code")
     ap.add_argument("--timeout-s", type=float, default=40.0)
+    ap.add_argument("--workers", type=int, default=1, help="rows run at a time (their time limits share the CPU)")
     opts = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         os.environ.setdefault("FSL_CACHE_DIR", str(tmp / "cache"))
         plans = corpus.make_plans((tmp / "plans").mkdir() or tmp / "plans")
-        now = run_rows(ROOT, plans, (tmp / "now").mkdir() or tmp / "now", opts.timeout_s)
+        now = run_rows(ROOT, plans, (tmp / "now").mkdir() or tmp / "now", opts.timeout_s, workers=opts.workers)
         before = None
         if opts.before:
             old = checkout(opts.before, (tmp / "old").mkdir() or tmp / "old")
             # its `fsl plan` profiles before it looks at --out: measured once here, not in each row's time limit
             subprocess.run([sys.executable, "-c", "from cli import main; main()", "profile"], cwd=tmp,
                            env={**os.environ, "PYTHONPATH": str(old)}, capture_output=True, timeout=900)
-            before = run_rows(old, plans, (tmp / "then").mkdir() or tmp / "then", opts.timeout_s)
+            before = run_rows(old, plans, (tmp / "then").mkdir() or tmp / "then", opts.timeout_s, workers=opts.workers)
     text = section(now, before, opts.before)
     path = ROOT / "RELIABILITY.md"
     doc = path.read_text()
