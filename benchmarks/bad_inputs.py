@@ -2,10 +2,10 @@
 
     python benchmarks/bad_inputs.py [--before COMMIT]
 
-Every row runs as ``fsl`` runs, a subprocess (so a factory that ends or hangs its
-process cannot end this one), on this checkout and, with ``--before``, on that commit's
-code (``git archive`` into a temporary folder): each row is judged by the test's own
-``problems`` (exit code, one line naming the flag or file, no traceback, time, the
+Every row runs on this checkout in this process (typer's CliRunner, as the test does)
+and, with ``--before``, on that commit's code (``git archive`` into a temporary folder)
+as a subprocess (a factory there may end or hang its process): each row is judged by
+the corpus's ``problems`` (exit code, one line naming the flag or file, no traceback, time, the
 folder unchanged). Rows that run longer than ``--timeout-s`` count as failed. The
 section between the ``bad-inputs`` markers of RELIABILITY.md is replaced;
 ``benchmarks/reliability.py`` keeps it.
@@ -62,6 +62,28 @@ def run_rows(code_dir: Path, plans: dict[str, Path], work: Path, timeout_s: floa
         return dict(pool.map(one, corpus.CASES))
 
 
+def run_in_process(plans: dict[str, Path], work: Path) -> dict[str, list[str]]:
+    """Each row's problems on this checkout, in this process (as the test runs them)."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    found, here = {}, Path.cwd()
+    for case in corpus.CASES:
+        name = corpus.row(case)[0]
+        tmp = work / name
+        tmp.mkdir()
+        args, before = corpus.prepare(case, plans, tmp)
+        os.chdir(tmp)
+        t0 = time.perf_counter()
+        r = CliRunner().invoke(app, args)
+        found[name] = corpus.problems(case, args, tmp, before, exit_code=r.exit_code, stderr=r.stderr,
+                                      stdout=r.stdout, took_s=time.perf_counter() - t0)
+        os.chdir(here)
+        print(name, "ok" if not found[name] else found[name], flush=True)
+    return found
+
+
 def checkout(commit: str, into: Path) -> Path:
     data = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -85,7 +107,7 @@ def section(now: dict[str, list[str]], before: dict[str, list[str]] | None, comm
     return "\n".join([
         BEGIN, f"## Bad-input corpus ({len(now)} rows, `tests/test_bad_inputs.py`)", "",
         f"Made by `python benchmarks/bad_inputs.py{' --before ' + commit if commit else ''}` on {machine()}. "
-        "Each row runs `fsl` as a subprocess and is handled when it ends with its exit code (2 a wrong input, "
+        "Each row is handled when it ends with its exit code (2 a wrong input, "
         "1 a run that diverged), one line on stderr naming the flag or file, no traceback, within the time "
         "limit, and (exit 2) the folder byte-identical afterwards; a diverged run keeps its metrics (standard "
         "JSON), samples and checkpoint up to the round before." + (
@@ -103,7 +125,7 @@ def main() -> None:
         tmp = Path(d)
         os.environ.setdefault("FSL_CACHE_DIR", str(tmp / "cache"))
         plans = corpus.make_plans((tmp / "plans").mkdir() or tmp / "plans")
-        now = run_rows(ROOT, plans, (tmp / "now").mkdir() or tmp / "now", opts.timeout_s, workers=opts.workers)
+        now = run_in_process(plans, (tmp / "now").mkdir() or tmp / "now")
         before = None
         if opts.before:
             old = checkout(opts.before, (tmp / "old").mkdir() or tmp / "old")
