@@ -17,6 +17,7 @@ import argparse
 import collections
 import io
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -47,12 +48,19 @@ def run_rows(code_dir: Path, plans: dict[str, Path], work: Path, timeout_s: floa
         tmp.mkdir()
         args, before = corpus.prepare(case, plans, tmp)
         t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args], cwd=tmp, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            r = subprocess.run([sys.executable, "-c", "from cli import main; main()", *args], cwd=tmp, env=env,
-                               capture_output=True, text=True, timeout=timeout_s)
-            code, err, out = r.returncode, r.stderr, r.stdout
+            out, err = p.communicate(timeout=timeout_s)
+            code = p.returncode
         except subprocess.TimeoutExpired:
             code, err, out = "timeout", "", ""
+        finally:  # the command's own processes too (an old fsl calibrate spawns one per device)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.communicate()
         found = corpus.problems(case, args, tmp, before, exit_code=code, stderr=err, stdout=out,
                                 took_s=time.perf_counter() - t0)
         print(name, "ok" if not found else found, flush=True)
