@@ -23,14 +23,17 @@ class TrainProgress:
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=con, disable=disable)
 
     def __enter__(self) -> "TrainProgress":
-        self.bar.__enter__()
-        self.task = self.bar.add_task("round", total=self.rounds, info="starting")
+        self.task = None  # the bar appears once the roles have started: an input error prints only itself
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
+        if self.task is not None:
+            self.bar.__exit__(*exc)
 
     def on_start(self, info: dict) -> None:
+        if self.task is None:
+            self.bar.__enter__()
+            self.task = self.bar.add_task("round", total=self.rounds, info="starting")
         if "replanned" in info:
             r = info["replanned"]
             self.con.print(f"[yellow]lost {r['lost']} in round {r['round']}[/]: re-planned without it, "

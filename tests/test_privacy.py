@@ -169,3 +169,10 @@ def test_a_run_says_when_weights_without_dp_leave_the_client(tmp_path):
     (w,) = privacy_warnings(TrainConfig(**base, aggregate="fedavg", secure_agg=True))
     assert "only the average" in w
     assert privacy_warnings(TrainConfig(**base, aggregate="fedavg", secure_agg=True, dp_epsilon=3.0)) == []
+
+
+def test_a_resume_that_adds_dp_is_refused_naming_the_option(tmp_path):
+    plan = chain_plan("dcgan", [2])
+    run(tmp_path, plan, "resumed", rounds=1)
+    with pytest.raises(InputError, match="--dp-noise: the run in .* was trained with None, this command says 1.0"):
+        run(tmp_path, plan, "resumed", rounds=2, resume=True, dp_noise=1.0)
