@@ -15,7 +15,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from scipy import stats
 
 from planner.errors import InputError
-from tests.helpers import B, chain_plan, config, first_real_batch
+from tests.helpers import B, chain_plan, config, first_real_batch, run
 from trainer.accountant import ORDERS, Ledger, check_delta, epsilon, noise_for
 from trainer.backends.local import run_local
 from trainer.build import RunSpec, client_discriminator
