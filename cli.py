@@ -326,8 +326,7 @@ def train_cmd(
     from trainer.backends.dist import reports_here
     from trainer.config import parse_slowdown
 
-    def run():
-        _warn_ranks()
+    def run():  # FSL_RANKS outside torchrun: refused by train()'s launch check, one line
         cfg = TrainConfig.from_cli(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, feedback=feedback,

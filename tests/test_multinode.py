@@ -95,10 +95,11 @@ def test_readme_two_machine_command_trains(tmp_path):
     assert not list((b / "checkpoint").glob("client-*"))
     rows = {r["role"]: r for r in json.loads((b / "processes.json").read_text())["processes"]}
     assert rows["c0-d0"]["training_samples"] > 0 and rows["server"]["training_samples"] == 0
-    # from each rank's file records, the whole run's on the rank's own node; no evaluation:
-    # the server opens no data file either
-    assert_opened_exactly(rows["c0-d0"], [digits_file()], out=b)
-    for role, node in (("server", a), ("c0-d1", a), ("c0-d2", b)):
+    # from each rank's file records, the whole run's on the rank's own node: the data device
+    # and the server (its held-out split, README's command evaluates) read the digits file
+    assert_opened_exactly(rows["c0-d0"], [digits_file()], out=a)
+    assert_opened_exactly(rows["server"], [digits_file()], out=b)
+    for role, node in (("c0-d1", a), ("c0-d2", b)):
         assert_opened_exactly(rows[role], [], out=node)
     assert len({r["pid"] for r in rows.values()}) == 4
     # the server's process (rank 2, machine B) printed the summary; machine A none
