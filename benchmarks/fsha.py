@@ -45,7 +45,8 @@ from benchmarks.common import commit, machine, md_table, write_section  # noqa: 
 from planner.models import build_discriminator, dcgan_init  # noqa: E402
 from trainer.privacy import Privacy  # noqa: E402
 
-BATCH = 64
+BATCH = 32
+WARMUP = 200  # autoencoder steps on the auxiliary images before the victim's first step
 VICTIM_LR, BETAS = 2e-4, (0.5, 0.999)  # trainer.config / trainer.build
 ATTACK_LR, CRITIC_LR, GP = 1e-3, 1e-4, 500.0
 
@@ -104,6 +105,15 @@ def hijack(victim: nn.Module, private: torch.Tensor, aux: torch.Tensor, *, iters
         _, s, p = reconstruction_scores(targets, recon)
         curve.append((i, s, p))
 
+    def autoencoder_step(x_aux: torch.Tensor) -> None:  # through the same noise, straight through it
+        feats = pilot(x_aux)
+        loss = (decoder(privacy.activation(feats) + (feats - feats.detach())) - x_aux).pow(2).mean()
+        opt_ae.zero_grad()
+        loss.backward()
+        opt_ae.step()
+
+    for _ in range(WARMUP):  # offline, on the attacker's own images
+        autoencoder_step(aux[torch.randint(len(aux), (BATCH,), generator=g)])
     measure(0)
     for i in range(1, iters + 1):
         x_priv = private[torch.randint(len(private), (BATCH,), generator=g)]
@@ -111,12 +121,7 @@ def hijack(victim: nn.Module, private: torch.Tensor, aux: torch.Tensor, *, iters
         # the data device's forward: what crosses the cut
         act = victim(x_priv)
         sent = privacy.activation(act).detach().requires_grad_(True)
-        # the attacker: autoencoder on the auxiliary images, through the same noise
-        feats = pilot(x_aux)
-        ae_loss = (decoder(privacy.activation(feats) + (feats - feats.detach())) - x_aux).pow(2).mean()
-        opt_ae.zero_grad()
-        ae_loss.backward()
-        opt_ae.step()
+        autoencoder_step(x_aux)
         # the critic: pilot features are "real", the victim's are "fake"
         real = privacy.activation(pilot(x_aux)).detach()
         d_loss = d(sent.detach()).mean() - d(real).mean() + GP * gradient_penalty(d, real, sent.detach())
@@ -207,7 +212,7 @@ def write(args, curves, label: str, private: torch.Tensor, aux: torch.Tensor, mi
             f"lr {VICTIM_LR:g}) training on client 0's shard ({len(private)} digits); the cut noise is the data "
             "device's `Privacy.activation`. The attacker's autoencoder and critic train on the "
             f"{len(aux)} held-out digits (disjoint from the shard) through the same noise; critic WGAN-GP "
-            f"(penalty {GP:g}), batch {BATCH}. SSIM of `f~^-1(what crosses the cut)` against the private images "
+            f"(penalty {GP:g}), batch {BATCH}, the autoencoder first trained alone for {WARMUP} steps. SSIM of `f~^-1(what crosses the cut)` against the private images "
             f"(first 256 of the shard), mean over {seeds} seed(s), by victim iteration; guessing the mean "
             f"held-out image scores SSIM {baseline[1]:.3f}.\n\n"
             + md_table(["--cut-noise"] + [f"SSIM @ {m}" for m in shown] + ["SSIM @ end per seed", "PSNR dB @ end"],

@@ -172,6 +172,23 @@ def eps_text(res: list[dict]) -> str:
     return f"{min(eps):.3g}–{max(eps):.3g}" if max(eps) - min(eps) > 5e-3 else f"{eps[0]:.3g}"
 
 
+def opacus_epsilon(res: list[dict]) -> str:
+    """Epsilon recomputed from each client's (q, SIGMA, steps, delta) in ``metrics.jsonl``
+    by Opacus's RDP analysis of the Poisson-subsampled Gaussian mechanism, independently
+    of the trainer's accountant: the largest over clients and seeds."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    eps = []
+    for r in res:
+        for c in r["clients"].values():
+            if c.get("dp_q") is None or not c.get("dp_noise"):
+                return "—"
+            orders = RDPAccountant.DEFAULT_ALPHAS
+            rdp = compute_rdp(q=c["dp_q"], noise_multiplier=c["dp_noise"], steps=int(c["dp_steps"]), orders=orders)
+            eps.append(get_privacy_spent(orders=orders, rdp=rdp, delta=c["delta"])[0])
+    return f"{max(eps):.3g}"
+
+
 def dp_params(res: list[dict]) -> str:
     c = next(iter(res[0]["clients"].values()))
     keys = [("dp_noise", "SIGMA"), ("dp_clip", "C"), ("dp_q", "q"), ("delta", "delta")]
@@ -185,7 +202,7 @@ def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, qui
     for s, rs in done.items():
         steps = rs[0]["round"] * ROUND_STEPS
         flags = SETTINGS[s] or "(no DP)"
-        quality.append([f"`{flags}`", steps, len(rs), eps_text(rs), dp_params(rs),
+        quality.append([f"`{flags}`", steps, len(rs), eps_text(rs), opacus_epsilon(rs), dp_params(rs),
                         mean_sd([r["fid"] for r in rs], ".1f"), " / ".join(f"{r['fid']:.1f}" for r in rs),
                         mean_sd([r["kid"] for r in rs]), mean_sd([r["confidence"] for r in rs])])
         mia.append([f"`{flags}`", eps_text(rs), " / ".join(f"{r['white_box_auc']:.3f}" for r in rs),
@@ -196,7 +213,7 @@ def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, qui
             inv.append([f"`{flags}`", cut, len(v), mean_sd([x["ssim"] for x in v]),
                         mean_sd([x["psnr"] for x in v], ".1f"), mean_sd([x["mse"] for x in v])])
             print(f"{s} cut {sc}: SSIM {inv[-1][3]}", flush=True)
-        print(f"{s}: FID {quality[-1][5]}, white-box AUC {mia[-1][3]}, black-box AUC {mia[-1][4]}", flush=True)
+        print(f"{s}: FID {quality[-1][6]}, white-box AUC {mia[-1][3]}, black-box AUC {mia[-1][4]}", flush=True)
     if not write:
         return
     grids = []
@@ -217,8 +234,11 @@ def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, qui
             "only `a_conv`, so what crosses its cut is a 64x14x14 convolution of the image).\n\n"
             "### Quality with and without DP\n\nFID and KID on the digits classifier's features (500 samples "
             f"against the {held} held-out digits), classifier confidence (mean top softmax), at the end of the "
-            "run; epsilon per client from `metrics.jsonl`.\n\n"
-            + md_table(["options", "generator steps", "seeds", "epsilon", "DP parameters", "FID (mean ± sd)",
+            "run. Epsilon: the range over clients and seeds of the last row of `metrics.jsonl`, and the largest "
+            "recomputed from that row's q, SIGMA, steps and delta by Opacus's `compute_rdp` / `get_privacy_spent` "
+            "(the Poisson-subsampled Gaussian mechanism), independently of the trainer's accountant.\n\n"
+            + md_table(["options", "generator steps", "seeds", "epsilon (metrics.jsonl)",
+                        "epsilon (Opacus RDP from q, SIGMA, steps, delta)", "DP parameters", "FID (mean ± sd)",
                         "FID per seed", "KID (mean ± sd)", "confidence (mean ± sd)"], quality)
             + "\n\n" + " ".join(grids)
             + "\n\n### Membership inference on the server's generator (GAN-Leaks)\n\n"
