@@ -136,6 +136,25 @@ class Decoder(nn.Module):
         return self.net(a)
 
 
+class SmallDecoder(nn.Module):
+    """A [C, 14, 14] feature map (the DCGAN first cut, 28 -> 14) back to 1x28x28 in [-1, 1]:
+    one transposed convolution and one convolution, 3.3x fewer multiplications than
+    :class:`Decoder`, enough to invert a cut after a single convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.ConvTranspose2d(channels, 32, 4, 2, 1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(32, 1, 3, padding=1), nn.Tanh())
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.net(a)
+
+
+def decoder_for(shape: tuple[int, ...]) -> nn.Module:
+    """:class:`SmallDecoder` for a [C, 14, 14] cut, :class:`Decoder` for any other."""
+    return SmallDecoder(shape[0]) if len(shape) == 3 and shape[1:] == (14, 14) else Decoder(shape)
+
+
 def invert(send, aux: torch.Tensor, targets: torch.Tensor, *, iters: int, seed: int = 0,
            batch: int = 128) -> torch.Tensor:
     """Train a decoder on ``(send(aux), aux)`` and return its reconstructions of
@@ -144,7 +163,7 @@ def invert(send, aux: torch.Tensor, targets: torch.Tensor, *, iters: int, seed: 
     torch.manual_seed(seed)
     with torch.no_grad():
         shape = tuple(send(aux[:1]).shape[1:])
-    dec = Decoder(shape)
+    dec = decoder_for(shape)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(iters):

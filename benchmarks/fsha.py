@@ -40,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.attacks import Decoder, reconstruction_scores  # noqa: E402
+from benchmarks.attacks import decoder_for, reconstruction_scores  # noqa: E402
 from benchmarks.common import commit, machine, md_table, write_section  # noqa: E402
 from planner.models import build_discriminator, dcgan_init  # noqa: E402
 from trainer.privacy import Privacy  # noqa: E402
@@ -57,19 +57,6 @@ def critic(shape: tuple[int, ...]) -> nn.Module:
         return nn.Sequential(nn.Linear(shape[0], 256), nn.LeakyReLU(0.2), nn.Linear(256, 1))
     return nn.Sequential(nn.Conv2d(shape[0], 32, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(32, 64, 3, 2, 1),
                          nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(256, 1))
-
-
-class SmallDecoder(nn.Module):
-    """f~^-1: a [C, 14, 14] feature map (the DCGAN first cut) back to 1x28x28 in [-1, 1];
-    other shapes use ``benchmarks.attacks.Decoder``."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.ConvTranspose2d(channels, 32, 4, 2, 1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(32, 1, 3, padding=1), nn.Tanh())
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.net(a)
 
 
 def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -91,7 +78,7 @@ def hijack(victim: nn.Module, private: torch.Tensor, aux: torch.Tensor, *, iters
     pilot = dcgan_init(copy.deepcopy(victim))  # same architecture as the victim's segment, its own weights
     with torch.no_grad():
         shape = tuple(victim(private[:1]).shape[1:])
-    decoder = SmallDecoder(shape[0]) if shape[1:] == (14, 14) else Decoder(shape)
+    decoder = decoder_for(shape)
     d = critic(shape)
     opt_v = torch.optim.Adam(victim.parameters(), lr=VICTIM_LR, betas=BETAS)
     opt_ae = torch.optim.Adam([*pilot.parameters(), *decoder.parameters()], lr=ATTACK_LR)
@@ -212,7 +199,8 @@ def write(args, curves, label: str, private: torch.Tensor, aux: torch.Tensor, mi
             f"lr {VICTIM_LR:g}) training on client 0's shard ({len(private)} digits); the cut noise is the data "
             "device's `Privacy.activation`. The attacker's autoencoder and critic train on the "
             f"{len(aux)} held-out digits (disjoint from the shard) through the same noise; critic WGAN-GP "
-            f"(penalty {GP:g}), batch {BATCH}, the autoencoder first trained alone for {WARMUP} steps. SSIM of `f~^-1(what crosses the cut)` against the private images "
+            f"(penalty {GP:g}), batch {BATCH}, the autoencoder first trained alone for {WARMUP} steps. SSIM of "
+            "`f~^-1(what crosses the cut)` against the private images "
             f"(first 256 of the shard), mean over {seeds} seed(s), by victim iteration; guessing the mean "
             f"held-out image scores SSIM {baseline[1]:.3f}.\n\n"
             + md_table(["--cut-noise"] + [f"SSIM @ {m}" for m in shown] + ["SSIM @ end per seed", "PSNR dB @ end"],
