@@ -54,7 +54,7 @@ ROUND_STEPS = 100
 SETTINGS = {"nodp": "", "eps10": "--dp-epsilon 10", "eps3": "--dp-epsilon 3", "eps1": "--dp-epsilon 1",
             "cut0.5": "--cut-noise 0.5"}
 CUT_NOISES = (0.1, 0.5)
-ATTACK = dict(queries=100, candidates=1000, restarts=2, steps=20, black_box_samples=2000, decoder_iters=300)
+ATTACK = dict(queries=100, candidates=1000, restarts=2, steps=30, black_box_samples=2000, decoder_iters=300)
 QUICK_ATTACK = dict(queries=8, candidates=16, restarts=1, steps=1, black_box_samples=16, decoder_iters=2)
 FIGURES = ROOT / "benchmarks" / "figures"
 

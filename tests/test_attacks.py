@@ -125,3 +125,13 @@ def test_reconstruction_scores_are_on_the_unit_scale():
     y = torch.zeros(5, 1, 28, 28)
     _, _, psnr = reconstruction_scores(y, y + 0.2)
     assert abs(psnr - 20.0) < 1e-4
+
+
+def test_fsha_gradient_penalty_of_a_linear_critic_is_its_weight_norm_gap():
+    """For D(x) = w.x + b the gradient is w at every interpolate: the penalty is (||w|| - 1)^2."""
+    from benchmarks.fsha import gradient_penalty
+    g = torch.Generator().manual_seed(0)
+    d = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 1))
+    real, fake = torch.randn(5, 2, 3, 3, generator=g), torch.randn(5, 2, 3, 3, generator=g)
+    want = (d[1].weight.detach().norm().item() - 1) ** 2
+    assert abs(gradient_penalty(d, real, fake).item() - want) < 1e-6
