@@ -216,6 +216,7 @@ def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, qui
         print(f"{s}: FID {quality[-1][6]}, white-box AUC {mia[-1][3]}, black-box AUC {mia[-1][4]}", flush=True)
     if not write:
         return
+    (FIGURES / "privacy-fid.png").unlink(missing_ok=True)  # the former section's figure
     grids = []
     for s in ("nodp", "eps10"):
         src = runs / f"{s}-seed0" / "samples"
@@ -259,8 +260,36 @@ def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, qui
             "the weights privately but sends each activation as it is: it does not protect this channel; "
             "`--cut-noise` does, at a cost (section fsha for an attacker who steers the segment).\n\n"
             + md_table(["options", "what crosses the cut", "seeds", "SSIM (mean ± sd)", "PSNR dB (mean ± sd)",
-                        "MSE (mean ± sd)"], inv))
+                        "MSE (mean ± sd)"], inv) + "\n\n" + inversion_figure(runs, settings))
     write_section("privacy", "## Privacy: DP against no DP, and the attacks\n\n" + body)
+
+
+def inversion_figure(runs: Path, settings: list[str]) -> str:
+    """Client 0's first 8 training images (seed 0) and each setting's reconstructions."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = {}
+    for s in settings:
+        f = runs / f"{s}-seed0" / "inversion-examples.pt"
+        if f.exists():
+            ex = torch.load(f, weights_only=True)
+            rows.setdefault("original", ex["original"])
+            rows[SETTINGS[s] or "no DP"] = ex["recon"]
+    if not rows:
+        return ""
+    fig, axes = plt.subplots(len(rows), 8, figsize=(8, 1.1 * len(rows)), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        for i in range(8):
+            axes[r][i].imshow(imgs[i, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+            axes[r][i].set_xticks([])
+            axes[r][i].set_yticks([])
+        axes[r][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle("Client 0's training images (seed 0), and what a decoder recovers from its first cut", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(FIGURES / "privacy-inversion.png", dpi=110)
+    plt.close(fig)
+    return "![privacy-inversion](benchmarks/figures/privacy-inversion.png)"
 
 
 def main(argv: list[str] | None = None) -> None:
