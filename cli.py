@@ -272,11 +272,17 @@ def train_cmd(
                                "each round; switch plans when re-solving promises a round 10%% shorter"),
     slowdown: list[str] = typer.Option([], "--slowdown", metavar="DEVICE=FACTOR@ROUND",
                                        help="emulated drift: that device runs FACTOR times slower from ROUND on"),
-    dp_clip: Optional[float] = typer.Option(None, "--dp-clip", metavar="C",
-                                            help="DP: clip each sample's generator feedback to L2 norm C (with --dp-noise)"),
+    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", metavar="E",
+                                               help="DP-SGD for every discriminator, noise chosen so that the run's "
+                                               "steps spend at most epsilon E per client (at --dp-delta)"),
     dp_noise: Optional[float] = typer.Option(None, "--dp-noise", metavar="SIGMA",
-                                             help="DP: add Gaussian noise SIGMA x C to it; epsilon per client per round "
-                                             "in metrics.jsonl"),
+                                             help="DP-SGD with noise multiplier SIGMA instead; epsilon per client per "
+                                             "round in metrics.jsonl"),
+    dp_clip: Optional[float] = typer.Option(None, "--dp-clip", metavar="C",
+                                            help="DP-SGD: clip each sample's gradient over the whole discriminator to "
+                                            "L2 norm C [default: 1.0]"),
+    dp_delta: float = typer.Option(1e-5, "--dp-delta", metavar="D", help="DP-SGD: the delta of epsilon; below 1 / N "
+                                   "of every client"),
     secure_agg: bool = typer.Option(False, "--secure-agg", help="fedavg over pairwise-masked weights: the server "
                                     "sees only their average"),
     cut_noise: float = typer.Option(0.0, "--cut-noise", metavar="SIGMA",
@@ -294,7 +300,7 @@ def train_cmd(
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
             timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
             slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,
-            secure_agg=secure_agg, cut_noise=cut_noise)
+            dp_epsilon=dp_epsilon, dp_delta=dp_delta, secure_agg=secure_agg, cut_noise=cut_noise)
         follower = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 (the server) reports
         with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
             history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)

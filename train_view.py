@@ -37,10 +37,9 @@ class TrainProgress:
                            "resuming from the last checkpoint", highlight=False)
         for w in info.get("warnings", []):
             self.con.print(f"[yellow]warning:[/] {w}", highlight=False)
-        if info.get("epsilon"):
-            eps = ", ".join(f"{c} {e:.3g}" for c, e in info["epsilon"].items())
-            self.con.print(f"DP: epsilon after {self.steps} steps (delta = 1 / the client's records): {eps}",
-                           highlight=False)
+        if info.get("dp"):
+            self.con.print("DP-SGD: every discriminator trains on Poisson batches with per-sample clipping and noise; "
+                           "each client's epsilon is charged in DIR/privacy/ and shown per round", highlight=False)
         self.bar.update(self.task, completed=info["start_round"],
                         info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
 
@@ -83,10 +82,13 @@ def render_summary(history: list[dict], out_dir: Path, out: Console) -> None:
                       + (f", dropped at step {v['dropped_at_step']}" if v["dropped_at_step"] is not None else "")
                       for c, v in last["clients"].items())
     out.print(f"client step times: {steps}")
-    eps = {c: v["epsilon"] for c, v in last["clients"].items() if "epsilon" in v}
+    eps = {c: v for c, v in last["clients"].items() if "epsilon" in v}
     if eps:
-        out.print("privacy: epsilon " + ", ".join(f"{c} {e:.3g} (delta {last['clients'][c]['delta']:.2g})"
-                                                  for c, e in eps.items()))
+        out.print("privacy (DP-SGD): " + ", ".join(
+            f"{c} epsilon {v['epsilon']:.3g} at delta {v['delta']:.2g} after {v['dp_steps']} steps "
+            f"(q {v['dp_q']:.3g}, noise {v['dp_noise']:.3g}, clip {v['dp_clip']:g})" for c, v in eps.items()))
+    if last.get("privacy_stop"):
+        out.print(f"[yellow]stopped:[/] {last['privacy_stop']}", highlight=False)
     quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence") if last.get(k) is not None)
     if quality:
         out.print(f"quality: {quality}")

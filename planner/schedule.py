@@ -62,11 +62,16 @@ CONTROL_TAGS = frozenset([
     "state",  # checkpoint state: device -> its data device, or data device -> device on resume
     "saved",  # data device -> server: the client's checkpoint of this round is on disk
     "weights",  # aggregation: a segment's parameters to the server and back
-    "secagg",  # --secure-agg, once: a device's public key to the server; the key table back
+    "secagg",  # --secure-agg: each round's public keys and sealed key shares via the server; a data
+    #            device's shares of self masks and of the keys of devices whose weights did not arrive
     "bye",  # closing a connection
     "calib",  # fsl calibrate: the server's orders to a device, and what it measured
     "probe",  # fsl calibrate: a link probe's payload (trainer.linkprobe)
     "probe_ack",  # fsl calibrate: its acknowledgement
+    "dp_sigma",  # DP-SGD, once: the data device's noise multiplier to its client's other devices
+    "dp_norms",  # DP-SGD, each step: a device's per-sample squared gradient norms to its data device
+    "dp_scale",  # DP-SGD, each step: the data device's per-sample clip factors back
+    "ledger",  # DP-SGD, each round: the data device's privacy ledger summary to the server
 ])
 TAGS = tuple(sorted(STEP_TAGS)) + tuple(sorted(CONTROL_TAGS))
 

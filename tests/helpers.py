@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,7 +18,7 @@ from planner.codecs import BYTES_RATIO
 from planner.problem import ClientProblem, Codec, RecomputeTables, Stage
 from planner.schedule import cut_bytes_per_step
 from planner.usermodel import build_model
-from trainer import TrainConfig, train
+from trainer import TrainConfig, opened, train
 from trainer.data import DataSource, load_digits_28
 from trainer.shards import ShardSampler
 
@@ -121,3 +127,46 @@ def first_real_batch(plan: Plan, k: int, *, seed: int = 0) -> torch.Tensor:
     """The first real batch client ``k``'s data device draws (its sampler replayed)."""
     rows = DataSource("digits", seed=seed).shard_rows([c.data_weight for c in plan.planned], k)
     return ShardSampler(load_digits_28(rows).images, batch_size=plan.batch_size, seed=seed * 31 + k).next_batch()
+
+
+# --- what a role opened (trainer.opened) ------------------------------------------------
+
+def files_digest(paths) -> str:
+    """sha256 of the sorted real paths, one per line: ``trainer.opened.paths_digest``'s
+    documented format, recomputed here."""
+    return "sha256:" + hashlib.sha256("\n".join(sorted(os.path.realpath(p) for p in paths)).encode()).hexdigest()
+
+
+def digits_file() -> str:
+    """scikit-learn's file of all 1,797 digits (real path), found beside its package."""
+    import sklearn.datasets
+
+    return os.path.realpath(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
+
+
+def assert_opened_exactly(row: dict, paths, *, out: Path | None = None) -> None:
+    """``row`` (a ``processes.json`` row) opened exactly the data files ``paths`` before its
+    hello; with the run folder ``out``, its whole run's record (``opened/<role>.json``) too."""
+    got, want = row["opened"], sorted(os.path.realpath(p) for p in paths)
+    assert got["data_files"] == dict(Counter(os.path.dirname(p) for p in want)), row["role"]
+    assert got["data_files_sha256"] == files_digest(want), row["role"]
+    if out is not None:
+        assert json.loads((out / "opened" / f"{row['role']}.json").read_text())["data_file_paths"] == want, row["role"]
+
+
+def opened_by(read: Callable, src: DataSource) -> dict:
+    """``{"data": read(), "opened": the files it opened}``, recorded in a thread of its own."""
+    out: dict = {}
+
+    def reader() -> None:
+        opened.record_thread(src)
+        try:
+            out["data"] = read()
+            out["opened"] = opened.current()
+        finally:
+            opened.stop_thread()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    t.join(60)
+    return out

@@ -5,6 +5,7 @@ the file."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from planner.errors import InputError
-from tests.helpers import chain_plan, config, write_factory
+from tests.helpers import assert_opened_exactly, chain_plan, config, opened_by, write_factory
 from trainer import train
 from trainer.build import fit_images
 from trainer.data import DataSource, held_out_rows
@@ -82,13 +83,21 @@ def test_shards_are_disjoint_cover_the_pool_and_leave_the_held_out_split_alone(t
 
 
 def test_per_client_folders_are_read_by_their_own_client_and_the_server(tmp_path):
+    """From the files each reader opened (``trainer.opened``): a client's data opens every
+    file of its own folder and nothing else under ``DIR``; the held-out split, the
+    server's folder."""
     for name, n in (("c0", 5), ("c1", 7), ("server", 3)):
         for i in range(n):
             _png(tmp_path / name / f"{i}.png", (i, 0, 0))
     src = DataSource.of(f"images:{tmp_path}/{{client}}", None, None, 0, (3, 16, 16))
-    assert len(src.client_data([1.0, 1.0], 1, "c1")) == 7 and len(src.client_data([1.0, 1.0], 0, "c0")) == 5
-    assert len(src.held_out()) == 3
-    src.check([1.0, 1.0])  # nothing is read up front: the folders may live on other machines
+    for read, folder, n in ((lambda: src.client_data([1.0, 1.0], 1, "c1"), "c1", 7),
+                            (lambda: src.client_data([1.0, 1.0], 0, "c0"), "c0", 5), (src.held_out, "server", 3)):
+        record = opened_by(read, src)
+        assert len(record["data"]) == n
+        assert_opened_exactly({"role": folder} | record, list((tmp_path / folder).iterdir()))
+        assert record["opened"]["data_folders_listed"] == [os.path.realpath(tmp_path / folder)]
+    nothing = opened_by(lambda: src.check([1.0, 1.0]), src)["opened"]  # the folders may live on other machines
+    assert nothing["data_files"] == {} and nothing["data_folders_listed"] == []
     with pytest.raises(InputError, match="c2: image folder does not exist"):
         src.client_data([1.0, 1.0, 1.0], 2, "c2")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from planner.planfile import write_plan
-from tests.helpers import chain_plan
+from tests.helpers import assert_opened_exactly, chain_plan, digits_file
 from trainer.backends.dist import free_port
 
 pytestmark = pytest.mark.slow
@@ -55,4 +55,9 @@ def test_two_torchrun_nodes_train_a_round(tmp_path):
     assert not list((a / "checkpoint").glob("client-*"))
     rows = {r["role"]: r for r in json.loads((a / "processes.json").read_text())["processes"]}
     assert rows["c0-d0"]["training_samples"] > 0 and rows["server"]["training_samples"] == 0
+    # from each rank's file records, the whole run's on the rank's own node; no evaluation:
+    # the server opens no data file either
+    assert_opened_exactly(rows["c0-d0"], [digits_file()], out=b)
+    for role, node in (("server", a), ("c0-d1", a), ("c0-d2", b)):
+        assert_opened_exactly(rows[role], [], out=node)
     assert len({r["pid"] for r in rows.values()}) == 4

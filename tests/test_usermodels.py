@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from planner.profile import profile_model
 from planner.reference import solve_reference
 from planner.usermodel import build_model, generator_for
 from trainer.build import check_plan_model
-from tests.helpers import FACTORY, write_factory
+from tests.helpers import FACTORY, assert_opened_exactly, write_factory
 from trainer.data import DataSource, held_out_rows
 
 BATCH = 8
@@ -146,11 +147,17 @@ def test_trained_one_round_on_an_image_folder_and_only_data_devices_hold_images(
     assert not shards[0] & shards[1] and not held & (shards[0] | shards[1])
     assert len(shards[0] | shards[1] | held) == 36
     assert rows["server"]["training_samples"] == 0 and rows["server"]["eval_samples"] == len(held)
-    for k, c in enumerate(plan.planned):
+    files = sorted(images.rglob("*.png"))  # in the folder's order: class folders, then names
+    assert_opened_exactly(rows["server"], [files[r] for r in held], out=out)
+    for k, c in enumerate(plan.planned):  # from the files each process opened (trainer.opened)
         head, *rest = [s.device for s in c.stages]
         assert rows[head]["training_samples"] == len(shards[k])
-        assert rows[head]["indices_sha256"] == src.client_data(weights, k, c.name).digest()
-        assert all(rows[d]["training_samples"] == 0 and rows[d]["indices_sha256"] is None for d in rest)
+        assert_opened_exactly(rows[head], [files[r] for r in shards[k]], out=out)
+        folders = [images] + [images / name for name in CLASSES]  # names are listed: shards come from them
+        assert rows[head]["opened"]["data_folders_listed"] == sorted(os.path.realpath(f) for f in folders)
+        for d in rest:
+            assert_opened_exactly(rows[d], [], out=out)
+            assert rows[d]["training_samples"] == 0 and rows[d]["opened"]["data_folders_listed"] == []
     assert len({r["pid"] for r in rows.values()}) == (len(rows) if backend == "dist" else 1)
 
 

@@ -4,10 +4,10 @@ Each device sends its segment's parameters (one flat tensor) to the server; the 
 puts each client's discriminator together (its stages in chain order cover the model
 in order), combines, and sends each device its part back. The server sees every
 client's weights (SECURITY.md says what that means), unless ``--secure-agg`` masks them
-(``trainer.secagg``): then it sees masked vectors and their average only. A round in
-which a client was dropped skips the secure aggregation (its masks would not cancel, and
-a sum without it is another average): every device keeps its weights, and the server
-says so in the round's metrics.
+(``trainer.secagg``): then it sees masked vectors and their average only. A client
+dropped by ``--deadline-s`` still sends its weights after its steps, and is averaged in,
+masked or not; under ``--secure-agg`` a device whose weights do not arrive has its masks
+removed with its key rebuilt from the other clients' shares (``trainer.secagg_round``).
 
 - ``fedavg``: every client gets the average of all, weighted by the number of training
   samples its data device reported, layer by layer (FedAvg, McMahan et al. 2017).
@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from trainer.secagg import Masker, unmask_average
+from trainer.secagg import ANSWER_TIMEOUTS, KeyRing
+from trainer.secagg_round import ServerRing, secure_combine
 from trainer.transport import SERVER, Transport
 
 
@@ -37,31 +38,33 @@ def combine(mode: str, whole: dict[str, torch.Tensor], weights: dict[str, float]
 
 
 def device_exchange(name: str, stage: torch.nn.Module, t: Transport, *, timeout_s: float | None,
-                    late_ok: bool = False, masker: Masker | None = None, round_no: int = 0) -> None:
+                    late_ok: bool = False, masker: KeyRing | None = None, round_no: int = 0) -> None:
     params = list(stage.parameters())
     flat = parameters_to_vector(params).detach() if params else torch.zeros(0)
-    t.send(name, SERVER, flat if masker is None else masker.mask(flat, round_no), tag="weights")
-    new = t.recv(name, SERVER, tag="weights", timeout_s=timeout_s, late_ok=late_ok)
-    if params and new.numel():  # an empty answer: the server skipped this round's aggregation
+    if masker is None:
+        t.send(name, SERVER, flat, tag="weights")
+    else:
+        masker.masker.send(name, t, flat, round_no=round_no, timeout_s=timeout_s, late_ok=late_ok)
+    wait_s = timeout_s if masker is None or timeout_s is None else ANSWER_TIMEOUTS * timeout_s
+    new = t.recv(name, SERVER, tag="weights", timeout_s=wait_s, late_ok=late_ok)
+    if masker is not None:
+        masker.setup(t, late_ok=late_ok)  # the next round's keys
+    if params and new.numel():  # an empty answer: the server skipped this round's secure aggregation
         with torch.no_grad():
             vector_to_parameters(new, params)
 
 
 def server_combine(mode: str, chains: dict[str, list[str]], weights: dict[str, float], t: Transport,
-                   *, timeout_s: float | None, late: set[str] = frozenset(), secure: bool = False) -> str | None:
+                   *, timeout_s: float | None, late: set[str] = frozenset(),
+                   secure: ServerRing | None = None) -> str | None:
     """Combine and answer every device; returns why the round's aggregation was skipped
-    (secure aggregation with a dropped client), else None."""
+    (only under secure aggregation, ``trainer.secagg_round``), else None."""
+    if secure is not None:
+        return secure_combine(secure, t, late=late, timeout_s=timeout_s)
     parts = {c: [t.recv(SERVER, d, tag="weights", timeout_s=timeout_s, late_ok=d in late) for d in chain]
              for c, chain in chains.items()}
-    dropped = [c for c, chain in chains.items() if late & set(chain)]
-    if secure and dropped:
-        for chain in chains.values():
-            for d in chain:
-                t.send(SERVER, d, torch.zeros(0), tag="weights")
-        return (f"secure aggregation skipped: {', '.join(dropped)} dropped this round, so the masks would not "
-                "cancel over the clients that remain; every client keeps its own discriminator")
     whole = {c: torch.cat(p) for c, p in parts.items()}
-    new = dict.fromkeys(chains, unmask_average(whole, weights)) if secure else combine(mode, whole, weights)
+    new = combine(mode, whole, weights)
     for c, chain in chains.items():
         sizes = [p.numel() for p in parts[c]]
         for d, piece in zip(chain, torch.split(new[c], sizes)):

@@ -25,9 +25,10 @@ from trainer.clock import Clock
 from trainer.config import TrainConfig
 from trainer.data import DataSource, Dataset
 from trainer.device import DeviceRole
+from trainer.dpsgd import DeviceDP
 from trainer.privacy import Privacy
 from trainer.server import ClientView, ServerRole
-from trainer.shards import ShardSampler
+from trainer.shards import PoissonSampler, ShardSampler
 from trainer.transport import SERVER
 
 ADAM_BETAS = (0.5, 0.999)  # DCGAN's
@@ -188,10 +189,18 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
     d = client_discriminator(spec, k)
     seg = d.segment(spans[st.start][0], spans[st.end - 1][1])
     data, sampler = None, None
+    privacy = Privacy(cfg.clip if cfg.dp else 0.0, cut_noise=cfg.cut_noise if i == 0 else 0.0)
     if i == 0:
         data = spec.data.client_data([x.data_weight for x in plan.planned], k, c.name)
-        sampler = ShardSampler(fit_images(data.images, template.input_shape), batch_size=plan.batch_size,
-                               seed=cfg.seed * 31 + k)
+        images = fit_images(data.images, template.input_shape)
+        if cfg.dp and len(images) < plan.batch_size:
+            raise InputError("--dp-epsilon" if cfg.dp_epsilon else "--dp-noise", None, f"client {c.name} holds "
+                             f"{len(images)} records, fewer than a batch of {plan.batch_size}: the sampling rate "
+                             "B / N would exceed 1")
+        sampler = (PoissonSampler(images, batch_size=plan.batch_size, random=privacy.random) if cfg.dp else
+                   ShardSampler(images, batch_size=plan.batch_size, seed=cfg.seed * 31 + k))
+    dp = DeviceDP(seg, clip=cfg.clip, batch_size=plan.batch_size, head=chain[0], peers=tuple(chain[1:]) if i == 0 else (),
+                  normal=privacy.random.normal) if cfg.dp else None
     role = DeviceRole(
         name=name, client=c.name, stage=seg, optimizer=adam(seg, cfg.lr),
         prev=chain[i - 1] if i > 0 else None, next=chain[i + 1] if i + 1 < len(chain) else None,
@@ -200,7 +209,7 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
         timeout_s=cfg.timeout_s, micro_batches=c.micro_batches, recompute=st.recompute,
         codec_in=c.stages[i - 1].codec if i > 0 else "none", codec_out=st.codec,
         input_shape=unit_shapes(template, spans)[st.start - 1] if st.start > 0 else tuple(template.input_shape),
-        privacy=Privacy(cfg.dp_clip or 0.0, cfg.dp_noise or 0.0, cfg.cut_noise) if i == 0 else Privacy())
+        privacy=privacy, dp=dp)
     spans_of = [(s.device, spans[s.start][0], spans[s.end - 1][1]) for s in c.stages]
     return DeviceParts(role, d, data, spans_of)
 

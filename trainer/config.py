@@ -39,14 +39,21 @@ class TrainConfig:
     replan_on_failure: bool = False  # a lost device is planned around and training goes on
     adapt: bool = False  # re-solve on measured speeds after each round; switch plans when 10% faster
     slowdown: tuple[tuple[str, float, int], ...] = ()  # (device, factor, from round): emulated drift
-    dp_clip: float | None = None  # C: per-sample L2 bound of the generator feedback (trainer.privacy)
-    dp_noise: float | None = None  # SIGMA: its Gaussian noise is SIGMA x C; epsilon in metrics.jsonl
+    dp_clip: float | None = None  # C: per-sample L2 bound of the discriminator's gradient (trainer.dpsgd); 1.0 under DP
+    dp_noise: float | None = None  # SIGMA: DP-SGD's noise is SIGMA x C; epsilon in metrics.jsonl
+    dp_epsilon: float | None = None  # E: DP-SGD with the SIGMA that keeps the planned steps within E
+    dp_delta: float = 1e-5  # delta of epsilon; must be below 1 / N of every client
     secure_agg: bool = False  # fedavg over pairwise-masked weights (trainer.secagg)
     cut_noise: float = 0.0  # std of Gaussian noise on the data device's first-cut activations
 
     @property
     def dp(self) -> bool:
-        return self.dp_clip is not None
+        return self.dp_noise is not None or self.dp_epsilon is not None
+
+    @property
+    def clip(self) -> float:
+        """C under DP (``--dp-clip``, 1.0 unless given)."""
+        return 1.0 if self.dp_clip is None else self.dp_clip
 
     @classmethod
     def from_cli(cls, **kw) -> "TrainConfig":
@@ -102,36 +109,32 @@ class TrainConfig:
     def _validate_privacy(self, bad) -> None:
         """The options of trainer.privacy and trainer.secagg, and which go together. Whether
         epsilon is finite depends on the shards; the server checks it once it knows them."""
-        if (self.dp_clip is None) != (self.dp_noise is None):
-            raise bad("--dp-noise" if self.dp_noise is None else "--dp-clip",
-                      "--dp-clip C and --dp-noise SIGMA go together (clip each sample's feedback to C, add noise SIGMA x C)")
-        for opt, v in (("--dp-clip", self.dp_clip), ("--dp-noise", self.dp_noise)):
+        if self.dp_noise is not None and self.dp_epsilon is not None:
+            raise bad("--dp-noise", "give --dp-epsilon E (the noise is chosen for it) or --dp-noise SIGMA "
+                      "(epsilon is reported), not both")
+        if self.dp_clip is not None and not self.dp:
+            raise bad("--dp-clip", "clips DP-SGD's per-sample gradients: add --dp-epsilon E or --dp-noise SIGMA")
+        for opt, v in (("--dp-clip", self.dp_clip), ("--dp-noise", self.dp_noise), ("--dp-epsilon", self.dp_epsilon)):
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise bad(opt, f"must be a finite number > 0 (no noise, no finite epsilon), found {v}")
+        if not (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1):
+            raise bad("--dp-delta", f"must be within (0, 1), found {self.dp_delta}")
         if not (math.isfinite(self.cut_noise) and self.cut_noise >= 0):
             raise bad("--cut-noise", f"must be a finite number >= 0, found {self.cut_noise}")
         if self.secure_agg and self.aggregate != "fedavg":
             raise bad("--secure-agg", f"masks the sum of --aggregate fedavg; --aggregate {self.aggregate} has no sum "
                       "to hide (swap hands one client's weights to another whole)")
-        if self.dp and self.aggregate == "swap":
-            raise bad("--aggregate", "swap hands each client's discriminator, trained on its raw data and not "
-                      "covered by epsilon, to another client through the server; it cannot be masked: "
-                      "use fedavg with --secure-agg, or none, with --dp-noise")
-        if self.dp and self.aggregate == "fedavg" and not self.secure_agg:
-            raise bad("--aggregate", "fedavg sends each client's discriminator, trained on its raw data and not "
-                      "covered by epsilon, to the server: add --secure-agg, so it sees only their average")
 
 
 def privacy_warnings(cfg: TrainConfig) -> list[str]:
     """What a person should know about what leaves a client under these options."""
     out = []
-    if cfg.aggregate != "none" and not cfg.secure_agg:
+    if cfg.aggregate != "none" and not cfg.secure_agg and not cfg.dp:
         out.append(f"--aggregate {cfg.aggregate}: discriminator weights trained on each client's raw data leave "
-                   "the client; the server sees every client's weights")
-    if cfg.secure_agg:
-        out.append("--secure-agg: discriminator weights trained on raw data still leave the client, masked; the "
-                   "server sees only the average over the clients, and every client receives it"
-                   + (" (epsilon does not cover it)" if cfg.dp else ""))
+                   "the client, without DP; the server sees every client's weights")
+    if cfg.secure_agg and not cfg.dp:
+        out.append("--secure-agg: discriminator weights trained on raw data still leave the client, masked and "
+                   "without DP; the server sees only the average over the clients, and every client receives it")
     return out
 
 

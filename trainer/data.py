@@ -14,9 +14,11 @@ clients, and a *held-out* split that no client trains on, used only for evaluati
 the server. ``digits``: a fixed 20 % of the 1,797 images (``SPLIT_SEED``) is held out;
 ``mnist``: the training file is the pool, ``t10k`` the held-out split. A data device
 computes every client's shard boundaries from the pool's labels alone
-(``trainer.shards``) and loads only its own shard's images: raw IDX files are
+(``trainer.shards``) and keeps only its own shard's images: raw IDX files are
 memory-mapped and only those rows read (a ``.gz`` file is decompressed in memory and the
-other rows dropped at once). With ``--data-root 'DIR/{client}'`` every client's data
+other rows dropped at once); the digits are one file inside scikit-learn, parsed whole
+(every 8x8 digit) and only the shard's rows framed. Which files each role opened is
+recorded, not taken from here (``trainer.opened``). With ``--data-root 'DIR/{client}'`` every client's data
 device reads its own folder (``DIR/<client>``, IDX training files) and nothing is
 sharded; the server reads its held-out ``t10k`` files from ``DIR/server``.
 
@@ -27,9 +29,7 @@ the rest is the pool. ``images:DIR/{client}``: each client's data device reads a
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from planner.errors import InputError
 from trainer.folders import FolderIndex, check_folder, list_folder, load_images
+from trainer.idx import idx_rows, mnist_labels
 from trainer.shards import shard_dirichlet, shard_iid
 
 DATASETS = ("digits", "mnist")
@@ -108,8 +109,8 @@ def load_mnist(root: str | Path, *, split: str = "train", indices: np.ndarray | 
     outside 0..9, mismatched counts, a row index out of range) raises ``InputError``
     naming the file.
     """
-    image_path, labels = _mnist_labels(root, split)
-    pixels, n = _idx_rows(image_path, magic=2051, dims=3, rows=indices)
+    image_path, labels = mnist_labels(root, split)
+    pixels, n = idx_rows(image_path, magic=2051, dims=3, rows=indices)
     if pixels.shape[1:] != (28, 28):
         raise InputError(str(image_path), "dimensions", f"images are "
                          f"{pixels.shape[1]}x{pixels.shape[2]}, expected 28x28")
@@ -119,91 +120,6 @@ def load_mnist(root: str | Path, *, split: str = "train", indices: np.ndarray | 
     images = torch.from_numpy(pixels.astype(np.float32) / np.float32(127.5) - 1)
     return Dataset(images.unsqueeze(1), torch.from_numpy(labels[rows].astype(np.int64)),
                    f"mnist-{split}", torch.from_numpy(rows))
-
-
-def _mnist_labels(root: str | Path, split: str) -> tuple[Path, np.ndarray]:
-    """(the images file, every label of ``split``), checked."""
-    if split not in ("train", "test"):
-        raise InputError("split", None, f"must be 'train' or 'test', got {split!r}")
-    folder = Path(root)
-    if not folder.is_dir():
-        raise InputError(str(folder), None, "MNIST folder does not exist")
-    prefix = "train" if split == "train" else "t10k"
-    image_path = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
-    label_path = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
-    labels = _parse_idx(label_path, _read_bytes(label_path), magic=2049, dims=1)
-    if len(labels) and labels.max() > 9:
-        raise InputError(str(label_path), "labels", f"label {int(labels.max())} found, "
-                         "expected digits 0..9")
-    return image_path, labels
-
-
-def _idx_rows(path: Path, *, magic: int, dims: int, rows: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """(rows of an IDX file as a fresh array (all if ``rows`` is None), the file's row
-    count). A raw file is memory-mapped and only the wanted rows are read."""
-    if path.suffix == ".gz":
-        table = _parse_idx(path, _read_bytes(path), magic=magic, dims=dims)
-    else:
-        header = 4 + 4 * dims
-        try:
-            with open(path, "rb") as f:
-                head = f.read(header)
-            size = path.stat().st_size
-        except OSError as err:
-            raise InputError(str(path), None, f"cannot be read: {err}") from err
-        shape = _check_header(path, head, size, magic=magic, dims=dims)
-        table = np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=shape)
-    if rows is None:
-        return np.array(table), len(table)
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(table)):
-        raise InputError(str(path), "rows", f"asked for rows up to {int(rows.max())}, the file has {len(table)}")
-    return np.array(table[rows]), len(table)
-
-
-def _find_idx(folder: Path, stem: str) -> Path:
-    for place in (folder, folder / "MNIST" / "raw", folder / "raw"):
-        for name in (stem, stem + ".gz"):
-            if (place / name).is_file():
-                return place / name
-    raise InputError(str(folder), None, f"neither {stem} nor {stem}.gz found "
-                     "(looked in the folder, MNIST/raw and raw)")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as err:
-        raise InputError(str(path), None, f"cannot be read: {err}") from err
-
-
-def _check_header(path: Path, head: bytes, size: int, *, magic: int, dims: int) -> tuple[int, ...]:
-    """The shape an IDX file of unsigned bytes declares, checked against its size: magic
-    (0, 0, 0x08, ndim), ndim big-endian int32 sizes, then exactly prod(sizes) bytes
-    (LeCun's MNIST page, "FILE FORMATS")."""
-    header = 4 + 4 * dims
-    if size < header or len(head) < header:
-        raise InputError(str(path), "header", f"file is {size} bytes, the header "
-                         f"alone needs {header} (truncated?)")
-    found = int.from_bytes(head[:4], "big")
-    if found != magic:
-        raise InputError(str(path), "magic", f"found {found} (0x{found:08x}), expected "
-                         f"{magic} (0x{magic:08x}); is this the right file?")
-    shape = tuple(int(v) for v in np.frombuffer(head, ">u4", dims, offset=4))
-    body = int(np.prod(shape))
-    if size != header + body:
-        what = "truncated" if size < header + body else "has trailing bytes"
-        raise InputError(str(path), "length", f"{what}: {size} bytes, header says "
-                         f"{'x'.join(map(str, shape))} needs {header + body}")
-    return shape
-
-
-def _parse_idx(path: Path, data: bytes, *, magic: int, dims: int) -> np.ndarray:
-    shape = _check_header(path, data[: 4 + 4 * dims], len(data), magic=magic, dims=dims)
-    return np.frombuffer(data, np.uint8, int(np.prod(shape)), offset=4 + 4 * dims).reshape(shape)
 
 
 def load_dataset(name: str, *, root: str | Path | None = None, split: str = "train") -> Dataset:
@@ -249,7 +165,7 @@ class DataSource:
             labels = list_folder(self.root).labels
             rows = np.setdiff1d(np.arange(len(labels)), held_out_rows(len(labels)))
             return rows, labels[rows]
-        _, labels = _mnist_labels(self.root, "train")
+        _, labels = mnist_labels(self.root, "train")
         return np.arange(len(labels)), labels
 
     def shard_rows(self, weights: list[float], k: int) -> np.ndarray:

@@ -33,8 +33,9 @@ discriminator ``BCE(D(real), 1) + BCE(D(fake), 0)``; generator the non-saturatin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,10 @@ from planner.models import SeededDropout
 from planner.schedule import CUT_MESSAGES, FAKE, FAKE_GRAD, LOSSES
 from trainer.clock import Clock
 from trainer.codecs import decode, encode
+from trainer.dpsgd import DeviceDP
 from trainer.errors import StopRound
 from trainer.privacy import Privacy
+from trainer.report import DeviceReport
 from trainer.transport import SERVER, Transport
 
 ACT = {m.phase: m.tag for m in CUT_MESSAGES if m.direction == "forward"}  # phase -> activation tag
@@ -53,39 +56,17 @@ GRAD = {m.phase: m.tag for m in CUT_MESSAGES if m.direction == "backward"}  # ph
 SHARE = {m.phase: m.samples for m in CUT_MESSAGES if m.direction == "forward"}  # phase -> samples x batch
 
 
-@dataclass
-class DeviceReport:
-    """What a device tells the server after each round (sums over the round's steps)."""
-
-    compute_s: float  # the device's compute time (emulated under --emulate sleep)
-    codec_s: float  # encoding and decoding what crosses its cuts (emulated alike)
-    work_s: float  # seconds of real work on this host
-    host_wait_s: float  # waiting for this host's cores beyond what emulation hides
-    wait_s: float  # waiting in recv for peers
-    bytes_sent: float  # a step's messages (what the plan predicts)
-    bytes_received: float
-    control_bytes_sent: float  # everything else: aggregation, reports
-    control_bytes_received: float
-    steps_done: float
-    chain_s: float  # data device: seconds from fake received to fake_grad sent
-
-    def to_tensor(self) -> torch.Tensor:
-        return torch.tensor(astuple(self), dtype=torch.float64)
-
-    @classmethod
-    def from_tensor(cls, t: torch.Tensor) -> "DeviceReport":
-        values = t.tolist()
-        if len(values) != len(fields(cls)):
-            raise ValueError(f"a report has {len(fields(cls))} values, found {len(values)}")
-        return cls(*values)
+FAKE_ROWS_DP = 1 << 40  # under DP, where the fake rows' dropout streams start (real batches vary)
 
 
-def micro_rows(phase: str, batch: int, micro_batches: int, i: int) -> torch.Tensor:
-    """The rows of the whole phase batch that micro-batch ``i`` holds: ``[real_i ; fake_i]``
-    in phase d (whose batch is ``[real ; fake]``), ``fake_i`` in phase g."""
-    b = batch // micro_batches
-    part = torch.arange(i * b, (i + 1) * b)
-    return torch.cat([part, part + batch]) if phase == "d" else part
+def micro_rows(phase: str, fake: int, i: int, *, real_start: int = 0, real: int = 0, fake_start: int = 0) -> torch.Tensor:
+    """The rows of the whole phase batch that micro-batch ``i`` holds (dropout draws sample
+    ``r``'s mask from row ``r``): ``[real_i ; fake_i]`` in phase d, ``real`` rows from
+    ``real_start`` and ``fake`` rows from ``fake_start + i x fake``; ``fake_i`` in phase g."""
+    part = torch.arange(i * fake, (i + 1) * fake)
+    if phase == "g":
+        return part
+    return torch.cat([torch.arange(real_start, real_start + real), part + fake_start])
 
 
 @dataclass
@@ -107,7 +88,10 @@ class DeviceRole:
     codec_in: str = "none"  # the codec of the cut before this stage
     codec_out: str = "none"  # the codec of the cut after this stage
     input_shape: tuple[int, ...] = ()  # per sample, what the cut before this stage carries
-    privacy: Privacy = field(default_factory=Privacy)  # data device: DP feedback, noise on its cut
+    privacy: Privacy = field(default_factory=Privacy)  # data device: noise on its cut
+    dp: DeviceDP | None = None  # DP-SGD of the client's discriminator (trainer.dpsgd)
+    charge: Callable[[], None] | None = None  # data device under DP: the ledger, charged before each batch
+    batch_sizes: list[int] = field(default_factory=list)  # data device: the real batch of each step (DP: Poisson)
     chain_s: float = 0.0
     steps_done: int = 0
     trace: list | None = None  # the last step's (row, label, start, end), when traced
@@ -116,6 +100,8 @@ class DeviceRole:
         if self.batch_size % self.micro_batches:
             raise ValueError(f"{self.micro_batches} micro-batches do not divide the batch of {self.batch_size}")
         self._dropout = [m for m in self.stage.modules() if isinstance(m, SeededDropout)]
+        self._rows: list[torch.Tensor] = []  # this phase's micro-batches' rows (dropout windows)
+        self._counts: list[int] = []  # phase d: the real rows of each micro-batch
 
     def _recv(self, t: Transport, src: str, tag: str, codec: str = "none", shape=None) -> torch.Tensor:
         return self._decode(t.recv(self.name, src, tag=tag, timeout_s=self.timeout_s, stoppable=True), codec, shape)
@@ -136,31 +122,48 @@ class DeviceRole:
             self.trace.append((link, label, start, end))
 
     @contextmanager
-    def _window(self, phase: str, i: int, *, fresh: bool):
-        rows = micro_rows(phase, self.batch_size, self.micro_batches, i)
+    def _window(self, phase: str, i: int, *, fresh: bool, capture: bool = False):
+        """Micro-batch ``i``'s dropout rows and, with ``capture``, DP's per-sample capture."""
+        rows = self._rows[i]
         for m in self._dropout:
             m.window = (rows, SHARE[phase] * self.batch_size, fresh)
+        if capture:
+            self.dp.per_sample.capture = (i, self._counts[i])
         try:
             yield
         finally:
             for m in self._dropout:
                 m.window = None
+            if capture:
+                self.dp.per_sample.capture = None
+
+    def _enter(self, phase: str, i: int, rows: int) -> None:
+        """Note micro-batch ``i``'s rows as its forward starts (``rows``: what it holds)."""
+        fake = self.batch_size // self.micro_batches
+        if i == 0:
+            self._rows, self._counts = [], []
+        if phase == "g":
+            self._rows.append(micro_rows("g", fake, i))
+            return
+        real = rows - fake
+        self._rows.append(micro_rows("d", fake, i, real_start=sum(self._counts), real=real,
+                                     fake_start=FAKE_ROWS_DP if self.dp else self.batch_size))
+        self._counts.append(real)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recompute:
             return checkpoint(self.stage, x, use_reentrant=False, preserve_rng_state=False)
         return self.stage(x)
 
-    def _loss(self, out: torch.Tensor, phase: str) -> torch.Tensor:
-        """This micro-batch's share of the phase's loss: the mean over each half ([real ;
-        fake] in phase d) of the micro-batch, summed, over ``M``."""
-        b = self.batch_size // self.micro_batches
-        if phase == "d":
-            labels = torch.cat([torch.ones(b), torch.zeros(b)])
-        else:
-            labels = torch.ones(b)
-        loss = F.binary_cross_entropy_with_logits(out.squeeze(1), labels, reduction="none")
-        return loss.view(-1, b).mean(1).sum() / self.micro_batches
+    def _loss(self, out: torch.Tensor, phase: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """This micro-batch's share of the phase's loss, and of its fake half: each sample's
+        loss over ``B`` (the batch, or DP's expected batch), so the phase's loss is the mean
+        over each half of the batch, summed. ``[real ; fake]`` in phase d, fake in phase g."""
+        fake = self.batch_size // self.micro_batches
+        real = out.shape[0] - fake if phase == "d" else 0
+        labels = torch.cat([torch.ones(real), torch.zeros(fake)]) if phase == "d" else torch.ones(fake)
+        loss = F.binary_cross_entropy_with_logits(out.squeeze(1), labels, reduction="none") / self.batch_size
+        return loss.sum(), loss[real:].detach().sum()
 
     def _next_work(self, t: Transport, phase: str, f: int, b: int, outs: list) -> tuple[str, torch.Tensor | None]:
         """What this device does next in a phase, after ``f`` forwards and ``b`` backwards:
@@ -169,7 +172,7 @@ class DeviceRole:
         the loss itself), and a device in between whichever its neighbours hand it first,
         a gradient first where both wait. So no device idles while it has work, and the
         bottleneck stage keeps busy as SPEC §2.1's line of units has it."""
-        M, n = self.micro_batches, SHARE[phase] * self.batch_size // self.micro_batches
+        M, n = self.micro_batches, -1  # rows: DP's Poisson batches vary
         act = (self.prev, ACT[phase])
         if self.prev is None and f < M:
             return "F", None
@@ -181,28 +184,31 @@ class DeviceRole:
             return "B", self._decode(payload, self.codec_out, outs[b].shape)
         return "F", self._decode(payload, self.codec_in, (n, *self.input_shape))
 
-    def _phase(self, t: Transport, phase: str, inputs: list[torch.Tensor] | None) -> tuple[list, torch.Tensor | None]:
+    def _phase(self, t: Transport, phase: str, inputs: list[torch.Tensor] | None) -> tuple[list, list]:
         """One fill-drain over the micro-batches, each device taking its work as it comes
         (:meth:`_next_work`); returns (input gradients where this device needs them, the
-        phase's loss on the last device). Forwards and backwards each run in micro-batch
-        order, so gradients accumulate in the same order whatever the timing."""
+        phase's loss and its fake half on the last device). Forwards and backwards each run
+        in micro-batch order, so gradients accumulate in the same order whatever the timing.
+        Under DP, phase d ends with the client's private gradient (:meth:`_private`)."""
         M, first, last = self.micro_batches, self.prev is None, self.next is None
         input_grad = not first or phase == "g"
         params = list(self.stage.parameters()) if phase == "d" else []
-        xs, outs, grads, total = [None] * M, [None] * M, [], None
+        private = self.dp is not None and phase == "d"
+        xs, outs, grads, total = [None] * M, [None] * M, [], [torch.zeros(()), torch.zeros(())]
         f = b = 0
         while b < M:
             kind, payload = self._next_work(t, phase, f, b, outs)
             if kind == "F":
                 i, f = f, f + 1
                 x = inputs[i] if first else payload
+                self._enter(phase, i, len(x))
                 with self.clock.compute(f"F{phase}{i}"):
                     x = x.detach().requires_grad_(input_grad)
-                    with self._window(phase, i, fresh=i == 0), torch.enable_grad():
+                    with self._window(phase, i, fresh=i == 0, capture=private), torch.enable_grad():
                         out = self._forward(x)
                     if last:
-                        out = self._loss(out, phase)
-                        total = out.detach() if total is None else total + out.detach()
+                        out, fake_part = self._loss(out, phase)
+                        total = [total[0] + out.detach(), total[1] + fake_part]
                 if not last:
                     sent = self.privacy.activation(out) if first else out
                     self._send(t, self.next, sent, ACT[phase], self.codec_out, f"{ACT[phase]} {i}")
@@ -214,7 +220,7 @@ class DeviceRole:
                 if wrt:
                     with self._window(phase, i, fresh=False):
                         torch.autograd.backward(outs[i], payload, inputs=wrt)
-                if phase == "d" and i == M - 1 and self.optimizer is not None:
+                if phase == "d" and i == M - 1 and self.optimizer is not None and not private:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
             outs[i] = None  # free the micro-batch's graph
@@ -223,32 +229,50 @@ class DeviceRole:
             elif input_grad:
                 grads.append(xs[i].grad)
             xs[i] = None
+        if private:
+            self._private(t)
         return grads, total
+
+    def _private(self, t: Transport) -> None:
+        """DP-SGD's end of phase d: clip factors agreed with the data device, clipped sum
+        plus noise in ``.grad`` (``trainer.dpsgd``), then the Adam step."""
+        with self.clock.compute("dp norms"):
+            norms = self.dp.per_sample.squared_norms(self._counts)
+        factors = self.dp.exchange(self.name, t, norms, timeout_s=self.timeout_s)
+        with self.clock.compute("dp step"):
+            self.dp.apply(self._counts, factors)
+            if self.optimizer is not None:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
 
     def step(self, t: Transport) -> None:
         B, M = self.batch_size, self.micro_batches
         b = B // M
         real_fake = fakes = None
         if self.prev is None:
+            if self.charge is not None:
+                self.charge()  # on disk before the batch is drawn: a step begun is a step charged
             real = self.sampler.next_batch()
+            self.batch_sizes.append(len(real))
             fake = self._recv(t, SERVER, FAKE.tag)
             t_chain = time.perf_counter()
-            real_fake = [torch.cat([real[i * b:(i + 1) * b], fake[i * b:(i + 1) * b]]) for i in range(M)]
+            reals = torch.tensor_split(real, M)  # M nearly equal parts; a Poisson batch may leave some empty
+            real_fake = [torch.cat([reals[i], fake[i * b:(i + 1) * b]]) for i in range(M)]
             fakes = [fake[i * b:(i + 1) * b] for i in range(M)]
-        _, d_loss = self._phase(t, "d", real_fake)
-        fake_grads, g_loss = self._phase(t, "g", fakes)
+        _, (d_loss, d_fake) = self._phase(t, "d", real_fake)
+        fake_grads, (g_loss, _) = self._phase(t, "g", fakes)
         if self.prev is None:
-            t.send(self.name, SERVER, self.privacy.feedback(torch.cat(fake_grads)), tag=FAKE_GRAD.tag)
+            t.send(self.name, SERVER, torch.cat(fake_grads), tag=FAKE_GRAD.tag)
             self.chain_s += time.perf_counter() - t_chain
         self.steps_done += 1
-        if self.next is None:
-            t.send(self.name, SERVER, torch.stack([d_loss, g_loss]), tag=LOSSES)
+        if self.next is None:  # under DP only the fake half: the real half is a fresh query on the records
+            t.send(self.name, SERVER, torch.stack([d_fake if self.dp else d_loss, g_loss]), tag=LOSSES)
 
     def run(self, t: Transport, steps: int, *, trace_last: bool = False) -> int:
         """Run ``steps`` steps or until the server stops this client; returns the steps done.
         ``trace_last``: keep the timestamps of the last step's work and transfers in ``trace``."""
         self.clock.reset()
-        self.chain_s, self.steps_done, self.trace = 0.0, 0, None
+        self.chain_s, self.steps_done, self.trace, self.batch_sizes = 0.0, 0, None, []
         for i in range(steps):
             if trace_last and i == steps - 1:
                 self.trace, self.clock.trace = [], []

@@ -7,13 +7,15 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
     server                                      device d (of client c, data device d0)
       |<-- hello (pid, host, samples held) ------|   once: processes.json
       |--- start [R] --------------------------->|   once: R = last round done (resume)
-      |<-- secagg: public key --- key table ---->|   once, with --secure-agg (trainer.secagg)
+      |<-- secagg: public keys, sealed shares -->|   with --secure-agg: the first round's keys
       |                                          |   resume: d0 reads c's checkpoint,
       |                                          |   sends each device of c its state
       |--- round [r] --------------------------->|   every round
       |    ServerRole.run <-- steps' messages --> |   DeviceRole.run
       |    (a late client's devices get stop)     |
       |    server_combine <-- weights ----------> |   device_exchange (if aggregating)
+      |    (--secure-agg) <-- secagg: shares ---> |   d0: shares of self masks and missing keys;
+      |                   <-- secagg: keys -----> |   all: the next round's keys (trainer.secagg)
       |<-- report [compute, bytes, waits] -------|
       |                                          |   d -> d0: state; d0 writes c's file
       |<-- saved [r] ------------------------ d0 |
@@ -27,7 +29,7 @@ import threading
 
 import torch
 
-from trainer import secagg, state
+from trainer import dprun, secagg, state
 from trainer.aggregate import device_exchange
 from trainer.build import RunSpec, build_device
 from trainer.errors import RoleError
@@ -63,7 +65,9 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
     _, c = spec.client_of(me)
     head = chain[0][0]
     files = state.ClientFiles(cfg.out_dir)
-    t.send(me, SERVER, state.pack(hello(me, c.name, data)), tag="hello")
+    ledger = dprun.open_ledger(spec, role, data, head=me == head) if cfg.dp else None
+    said = hello(me, c.name, data) | ({"privacy": ledger.summary()} if ledger else {})
+    t.send(me, SERVER, state.pack(said), tag="hello")
     start = int(t.recv(me, SERVER, tag="start", timeout_s=long_s).item())
     where.round = start
     if start:  # resume: the data device hands each device its part of the client's checkpoint
@@ -75,6 +79,8 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
         else:
             mine = state.unpack(t.recv(me, head, tag="state", timeout_s=long_s), source=f"state of {me}")
         state.load_device_state(role, model, mine, source=f"checkpoint of {c.name} for {me}")
+    if cfg.dp:
+        dprun.share_noise(spec, role, ledger, me, head, t, timeout_s=long_s)
     masker = secagg.join(spec, me, t, timeout_s=long_s) if cfg.secure_agg else None
     factor = role.clock.factor
     for r in range(start + 1, cfg.rounds + 1):
@@ -88,6 +94,8 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
             device_exchange(me, role.stage, t, timeout_s=cfg.timeout_s, late_ok=t.stopped(me), masker=masker,
                             round_no=r)
         t.send(me, SERVER, role.report(t).to_tensor(), tag="report")
+        if ledger is not None:
+            dprun.report_round(me, role, ledger, t)
         if r == cfg.rounds:
             t.send(me, SERVER, state.pack({"events": role.trace or []}), tag="trace")
         mine = state.device_state(role, model)

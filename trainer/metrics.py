@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from planner.planfile import Plan
-from trainer.device import DeviceReport
+from trainer.report import DeviceReport
 from trainer.server import ServerRole
 from trainer.transport import SERVER, TransferLog
 

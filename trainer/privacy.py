@@ -1,75 +1,71 @@
-"""What a client's data device does to the two things it sends out of itself, when asked.
+"""A client's privacy options, and the randomness they draw on.
 
-- **Generator feedback** (``--dp-clip C --dp-noise SIGMA``): GS-WGAN's gradient
-  sanitisation (Chen, Orekondy, Fritz, "GS-WGAN: A Gradient-Sanitized Approach for
-  Learning Differentially Private Generators", NeurIPS 2020, Sec. 3.2-3.3, Alg. 1): the
-  gradient of the client's generator loss w.r.t. each fake sample is clipped to L2 norm
-  ``C`` and Gaussian noise of standard deviation ``SIGMA x C`` is added, per sample, before
-  it leaves the data device for the server. Only this gradient reaches the generator, so
-  the generator (and whoever holds it) sees the private data only through it. The loss is
-  a mean over the batch, so the row ``i`` of the gradient the device computes is
-  ``grad l_i / B``; clipping to ``C / B`` and adding ``SIGMA x C / B`` (what GS-WGAN's
-  ``dp_conv_hook`` does with ``clip_bound_ = CLIP_BOUND / batchsize``) is the same as
-  sanitising each sample's own gradient to ``C`` and averaging. The privacy loss of this
-  mechanism is accounted in ``trainer.accountant``.
+- **DP-SGD** (``--dp-epsilon E`` or ``--dp-noise SIGMA``, with ``--dp-clip C``): the
+  client's whole discriminator is trained with differentially private SGD
+  (``trainer.dpsgd``; epsilon in ``trainer.accountant``). What then leaves the client (the
+  generator feedback, the weights under ``--aggregate``, the fake half of the loss) is
+  post-processing of the noised updates.
 - **Cut activations** (``--cut-noise SIGMA``): Gaussian noise of standard deviation
   ``SIGMA`` on every activation the data device sends across its first cut, for clients
   whose other devices are less trusted than the data device (Gaussian embedding noise,
   as SecretFlow's split learning ships it). Its backward pass is the identity: the next
-  device's gradient is applied to the clean activation.
+  device's gradient is applied to the clean activation. It carries no epsilon.
 
-The noise is drawn from a generator seeded by the operating system's entropy, never
-from ``--seed``: the server knows the seed, and noise it could replay would protect
-nothing. Runs with either option are therefore not reproducible bit for bit.
+Every random draw that protects a record comes from :class:`SecureRandom`: ChaCha20
+(RFC 8439, the ``cryptography`` package) keyed from the operating system's entropy,
+never from ``--seed`` (the server knows the seed; noise or batches it could replay would
+protect nothing). Runs with DP or cut noise are therefore not reproducible bit for bit.
+Gaussians are drawn by Box-Muller from 53-bit uniforms in float64, then rounded to the
+tensor's dtype; floating-point attacks on the noise's low bits (Mironov, CCS 2012) are
+not defended against (SECURITY.md).
 """
 
 from __future__ import annotations
 
-import secrets
+import math
+import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 
-def secret_seed() -> int:
-    """A seed nobody else knows (tests replace this function to replay the noise)."""
-    return secrets.randbits(63)
+class SecureRandom:
+    """A ChaCha20 key stream as uniform and Gaussian numbers; ``key`` only for tests."""
 
+    def __init__(self, key: bytes | None = None):
+        self._stream = Cipher(algorithms.ChaCha20(key or os.urandom(32), bytes(16)), mode=None).encryptor()
 
-def clip_per_sample(grad: torch.Tensor, bound: float) -> torch.Tensor:
-    """Each row of ``grad`` (one sample's gradient, any shape after the first dimension)
-    scaled down to L2 norm at most ``bound``; rows within it are returned unchanged."""
-    rows = grad.flatten(1)
-    norms = rows.norm(dim=1, keepdim=True)
-    factor = (bound / norms.clamp_min(1e-12)).clamp(max=1.0)
-    return (rows * factor).view_as(grad)
+    def uniform(self, n: int) -> np.ndarray:
+        """``n`` float64 numbers uniform on [0, 1), 53 random bits each."""
+        words = np.frombuffer(self._stream.update(bytes(8 * n)), dtype=np.uint64)
+        return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def normal(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal numbers of ``shape`` (Box-Muller)."""
+        n = math.prod(shape)
+        u = self.uniform(2 * ((n + 1) // 2)).reshape(2, -1)
+        r = np.sqrt(-2.0 * np.log1p(-u[0]))  # 1 - u in (0, 1]
+        z = np.concatenate([r * np.cos(2 * np.pi * u[1]), r * np.sin(2 * np.pi * u[1])])[:n]
+        return torch.from_numpy(z).to(dtype).reshape(shape)
 
 
 @dataclass
 class Privacy:
-    """The data device's sanitising of what it sends; all zero (the default): send as is."""
+    """One device's privacy options; all zero (the default): train and send as is."""
 
-    dp_clip: float = 0.0  # C: per-sample L2 bound of the generator feedback; 0 = no DP
-    dp_noise: float = 0.0  # SIGMA: noise multiplier, the noise's std is SIGMA x C
+    dp_clip: float = 0.0  # C: per-sample L2 bound of the discriminator's gradient; 0 = no DP
+    dp_noise: float | None = None  # SIGMA (the data device decides it at the start of a run)
     cut_noise: float = 0.0  # std of the Gaussian noise on the first cut's activations; 0 = none
-    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(secret_seed()))
+    random: SecureRandom = field(default_factory=SecureRandom)
 
     @property
     def dp(self) -> bool:
         return self.dp_clip > 0
 
-    def feedback(self, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient w.r.t. the fake batch as it may leave the device (see the module
-        docstring): rows clipped to ``C / B``, plus noise of std ``SIGMA x C / B``."""
-        if not self.dp:
-            return grad
-        b = grad.shape[0]
-        clipped = clip_per_sample(grad, self.dp_clip / b)
-        noise = torch.randn(grad.shape, generator=self.generator, dtype=grad.dtype)
-        return clipped + noise * (self.dp_noise * self.dp_clip / b)
-
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """An activation of the first cut as it may leave the device."""
         if not self.cut_noise:
             return x
-        return x.detach() + torch.randn(x.shape, generator=self.generator, dtype=x.dtype) * self.cut_noise
+        return x.detach() + self.random.normal(x.shape, x.dtype) * self.cut_noise

@@ -8,6 +8,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trainer import opened
+
 BETWEEN_ROUNDS_S = 600.0  # extra wait for the server's work between rounds (evaluation, samples, checkpoint)
 Report = Callable[[str, dict], None]  # (kind, body): "start" once, then "round" after each
 
@@ -20,8 +22,10 @@ class Where:
 
 
 def hello(me: str, client: str | None, data) -> dict:
-    """What a process tells the server once (``processes.json``): who, where, what data."""
+    """What a process tells the server once (``processes.json``): who, where, what data it
+    holds (as it says) and every file it opened so far (as the interpreter saw it:
+    ``trainer.opened``; None where nothing records)."""
     return {"role": me, "client": client, "host": socket.gethostname(), "pid": os.getpid(),
             "training_samples": 0 if data is None else len(data),
             "indices_sha256": None if data is None else data.digest(),
-            "data": None if data is None else data.name}
+            "data": None if data is None else data.name, "opened": opened.current()}

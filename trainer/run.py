@@ -18,6 +18,7 @@ from trainer.backends.dist import run_dist
 from trainer.backends.local import run_local
 from trainer.build import RunSpec, check_plan_model
 from trainer.config import TrainConfig
+from trainer.dpsgd import check_layers
 from trainer.errors import DeviceFailure
 from trainer.replan import without_device
 from trainer.state import plan_digest, server_file
@@ -29,7 +30,9 @@ Hook = Callable[[dict], None] | None
 def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None) -> list[dict]:
     """Train as ``cfg.plan_path`` says; returns every round's metrics (SPEC §4)."""
     plan = load_plan(cfg.plan_path)
-    check_plan_model(plan, str(cfg.plan_path))  # a wrong plan fails here, before any role starts
+    model, _ = check_plan_model(plan, str(cfg.plan_path))  # a wrong plan fails here, before any role starts
+    if cfg.dp:  # so does a layer DP-SGD cannot clip per sample
+        check_layers(model, option="--dp-epsilon" if cfg.dp_epsilon else "--dp-noise")
     RunSpec(cfg, plan).data.check([c.data_weight for c in plan.planned])  # so does an image folder
     known = {d for c in plan.planned for d in c.costs.devices}
     for name, _, _ in cfg.slowdown:

@@ -112,4 +112,5 @@ class RunDir:
             end = max(b.end_s for b in measured)
             panels += [(f"{c.name} planned: M = {c.micro_batches}, step {c.step_time_s:.3f} s", predicted_boxes(c)),
                        (f"{c.name} measured (the run's last step): {end:.3f} s", measured)]
-        draw(panels, self.out / "timeline.png")
+        if panels:  # none when every client was dropped before its last step
+            draw(panels, self.out / "timeline.png")

@@ -8,17 +8,16 @@ import time
 
 import torch
 
-from trainer import state
+from trainer import dprun, state
 from trainer.adapt import Adapter
-from trainer.accountant import check_budget, round_privacy
 from trainer.aggregate import server_combine
 from trainer.build import RunSpec, build_server, emulation_warnings
 from trainer.config import privacy_warnings
-from trainer.device import DeviceReport
+from trainer.report import DeviceReport
 from trainer.evaluation import Evaluation
 from trainer.metrics import round_metrics
 from trainer.roles import BETWEEN_ROUNDS_S, Report, Where, hello
-from trainer.secagg import serve_keys
+from trainer.secagg_round import serve_keys
 from trainer.rundir import RunDir
 from trainer.transport import SERVER, Transport
 
@@ -37,15 +36,15 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
     run.write_processes(processes)
     samples = {row["client"]: row["training_samples"] for row in processes if row["training_samples"]}
     records = {c.name: samples[c.name] for c in plan.planned}
-    epsilon = check_budget(records, batch_size=plan.batch_size, noise_multiplier=cfg.dp_noise,
-                           steps=cfg.rounds * cfg.steps_per_round, history=history) if cfg.dp else None
+    if cfg.dp:
+        dprun.check_start(cfg, records, plan.batch_size)
+        dprun.refuse_exhausted(cfg, processes)
     for d in devices:
         t.send(SERVER, d, torch.tensor([start]), tag="start")
-    if cfg.secure_agg:
-        serve_keys(spec, t, samples, timeout_s=long_s)
+    keys = serve_keys(spec, t, samples, timeout_s=long_s) if cfg.secure_agg else None
     report("start", {"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
                      "warnings": emulation_warnings(plan, cfg) + privacy_warnings(cfg), "processes": processes,
-                     "epsilon": epsilon})
+                     "dp": cfg.dp})
     chains = {c.name: [s.device for s in c.stages] for c in plan.planned}
     adapter = Adapter(plan) if cfg.adapt else None
     for r in range(start + 1, cfg.rounds + 1):
@@ -60,10 +59,11 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         skipped = None
         if cfg.aggregate != "none":
             skipped = server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late,
-                                     secure=cfg.secure_agg)
+                                     secure=keys)
         wall_s = time.perf_counter() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
                                                       late_ok=d in late)) for d in devices}
+        ledgers = dprun.receive(cfg, t, {c: ch[0] for c, ch in chains.items()}, late) if cfg.dp else {}
         if traced:
             for d in devices:
                 trace += state.unpack(t.recv(SERVER, d, tag="trace", timeout_s=cfg.timeout_s, late_ok=d in late),
@@ -75,14 +75,17 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
                           emulated=cfg.emulate == "sleep")
         if skipped:
             m["aggregation_skipped"] = skipped
+        stop = None
         if cfg.dp:
-            for c, v in round_privacy(history, m, records=records, batch_size=plan.batch_size,
-                                      noise_multiplier=cfg.dp_noise, clip=cfg.dp_clip).items():
-                m["clients"][c].update(v)
+            m["d_loss_fake"] = m.pop("d_loss")  # the real half never leaves a client under DP
+            m["d_loss"] = {}
+            stop = dprun.round_privacy(cfg, ledgers, m)
+            if stop:
+                m["privacy_stop"] = stop
         if evaluation and (r % cfg.eval_every == 0 or r == cfg.rounds):
             m.update(evaluation(server.generator, r))
         switch = None
-        if adapter is not None and r < cfg.rounds:
+        if adapter is not None and r < cfg.rounds and not stop:
             adapter.observe(m)
             switch = adapter.proposal(r)
         if switch is not None:
@@ -91,7 +94,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         history.append(m)
         run.finish_round(spec, server, history, r)
         report("round", m)
-        if switch is not None:  # this run ends; train() resumes from this round's checkpoint on the new plan
+        if switch is not None or stop:  # this run ends (--adapt: train() resumes it on the new plan)
             for d in devices:
                 t.send(SERVER, d, torch.tensor([0]), tag="round")
             break

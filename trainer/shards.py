@@ -159,3 +159,31 @@ class ShardSampler:
         self._gen.set_state(state["generator"])
         self._perm, self._pos = perm.clone().long(), int(state["pos"])
         self.epoch = int(state["epoch"])
+
+
+class PoissonSampler:
+    """DP-SGD's batches from one shard: each record independently with probability
+    ``q = batch_size / N`` every step (Poisson sampling, as the accountant assumes), drawn
+    from ``random`` (a :class:`trainer.privacy.SecureRandom`), never from ``--seed``:
+    which records a batch holds is known to the data device alone. Batches vary in size
+    and may be empty; there is nothing to resume (each step's draw is fresh)."""
+
+    def __init__(self, images: torch.Tensor, *, batch_size: int, random):
+        if not 1 <= batch_size <= len(images):
+            raise ValueError(f"need 1 <= batch_size <= {len(images)} records, got {batch_size}")
+        self.images, self.batch_size, self.random = images, int(batch_size), random
+        self.rate = batch_size / len(images)
+
+    def next_indices(self) -> torch.Tensor:
+        return torch.from_numpy(np.flatnonzero(self.random.uniform(len(self.images)) < self.rate))
+
+    def next_batch(self) -> torch.Tensor:
+        return self.images[self.next_indices()]
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"poisson_rate": self.rate, "n": len(self.images), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict, *, source: str = "checkpoint") -> None:
+        if state != self.state_dict():
+            raise InputError(source, "sampler", f"saved {state}, this run samples {self.state_dict()}: the run's "
+                             "data or its DP options changed")

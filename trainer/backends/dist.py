@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 
 from planner.errors import InputError
 from planner.profile import DEVICE_THREADS
+from trainer import opened
 from trainer.build import RunSpec
 from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
 from trainer.loop import run_role
@@ -62,12 +63,14 @@ def free_port() -> int:
 
 def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
     """This process's role, from joining the group to leaving it."""
+    opened.record_process(spec.data)  # first: every file this role's process opens from here on
     torch.set_num_threads(DEVICE_THREADS)  # a device is one core (planner.profile)
     dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
                             timeout=timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S))
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
                       emulate=spec.cfg.emulate == "sleep")
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
+    opened.save(spec.cfg.out_dir, me)
     t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
     dist.destroy_process_group()
     return history

@@ -14,6 +14,7 @@ import threading
 from contextlib import nullcontext
 
 from planner.profile import device_threads
+from trainer import opened
 from trainer.build import RunSpec
 from trainer.errors import RankFailure, RoleError, root_cause
 from trainer.loop import run_role
@@ -35,12 +36,16 @@ def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transpo
             hook(body)
 
     def play(name: str) -> None:
+        opened.record_thread(spec.data)  # every file this role's thread opens (trainer.opened)
         try:
             result[name] = run_role(spec, name, t, lock=lock, report=report if name == SERVER else None)
+            opened.save(spec.cfg.out_dir, name)
         except BaseException as e:  # noqa: BLE001 - whatever a role raises ends the run
             errors[name] = e.cause if isinstance(e, RoleError) else e
             failures.append(RankFailure.of(name, 0, e))
             t.abort(roles, f"{name} failed")
+        finally:
+            opened.stop_thread()
 
     threads = [threading.Thread(target=play, args=(n,), name=f"fsl-{n}", daemon=True) for n in roles]
     # emulated devices compute on one core each, as profiled; --emulate none runs flat out

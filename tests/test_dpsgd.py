@@ -1,0 +1,181 @@
+"""DP-SGD of a split discriminator (trainer.dpsgd) against an unsplit reference computed with
+torch.func, Poisson sampling against its binomial law, the ledger through a failed and a
+resumed run, and what leaves a client under DP."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from typer.testing import CliRunner
+
+from cli import app
+from planner.errors import InputError
+from tests.helpers import B, chain_plan, config, run, write_factory
+from trainer.accountant import epsilon
+from trainer.backends.local import run_local
+from trainer.build import RunSpec, client_discriminator
+from trainer.device import DeviceRole
+from trainer.dpsgd import DeviceDP, check_layers
+from trainer.errors import DeviceFailure
+from trainer.privacy import SecureRandom
+from trainer.shards import PoissonSampler
+from trainer.transport import InProcessTransport
+
+
+def _reference_grads(model, real, fake, *, clip: float, sigma: float) -> dict[str, torch.Tensor]:
+    """DP-SGD's gradient of the unsplit discriminator, from scratch: each real sample's
+    gradient (torch.func.vmap of torch.func.grad) clipped to ``clip`` over all parameters,
+    summed, plus the fake rows' batch gradient, over B; plus the noise (all ones here) x SIGMA C / B."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, x, label):
+        out = torch.func.functional_call(model, p, (x.unsqueeze(0),)).reshape(())
+        return F.binary_cross_entropy_with_logits(out, label)
+
+    per = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, None))(params, real, torch.tensor(1.0))
+    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in per.values()))
+    c = (clip / norms).clamp(max=1.0)
+    live = {k: v.clone().requires_grad_() for k, v in params.items()}
+    fake_grads = torch.autograd.grad(sum(loss(live, f, torch.tensor(0.0)) for f in fake), list(live.values()))
+    return {k: ((per[k] * c.view(-1, *[1] * (per[k].dim() - 1))).sum(0) + g) / B + sigma * clip / B
+            for (k, _), g in zip(params.items(), fake_grads)}, c
+
+
+@pytest.mark.parametrize("micro_batches, recompute, clip", [(1, (), 0.02), (2, (1,), 0.02), (2, (), 1e6)])
+def test_split_per_sample_clipping_equals_the_unsplit_reference(tmp_path, monkeypatch, micro_batches, recompute, clip):
+    """One DP step of a client on three devices (micro-batches, recomputation) gives every
+    parameter the gradient that clipping the WHOLE discriminator's per-sample gradients
+    gives; the loss that leaves the client is the fake half only."""
+    plan = chain_plan(write_factory(tmp_path), [1, 3], micro_batches=micro_batches, recompute=recompute)
+    sigma = 0.7
+    monkeypatch.setattr(SecureRandom, "normal", lambda self, shape, dtype=torch.float32: torch.ones(shape, dtype=dtype))
+    drawn, grads, apply = [], {}, DeviceDP.apply
+    draw = PoissonSampler.next_batch
+
+    def spy_draw(self):
+        drawn.append(draw(self))
+        return drawn[-1]
+
+    def spy_apply(self, counts, factors):
+        apply(self, counts, factors)
+        grads.update({k: p.grad.clone() for k, p in self.stage.named_parameters()})
+
+    monkeypatch.setattr(PoissonSampler, "next_batch", spy_draw)
+    monkeypatch.setattr(DeviceDP, "apply", spy_apply)
+    cfg = config(tmp_path, plan, "dp", rounds=1, steps_per_round=1, dp_noise=sigma, dp_clip=clip)
+    t, seen, send = InProcessTransport(), {}, None
+    send = t.send
+
+    def spy(src, dst, tensor, *, tag):
+        if tag in ("fake", "losses"):
+            seen[tag] = tensor.detach().clone()
+        return send(src, dst, tensor, tag=tag)
+
+    t.send = spy
+    run_local(RunSpec(cfg, plan), transport=t)
+    model = client_discriminator(RunSpec(cfg, plan), 0)
+    (real,) = drawn
+    assert len(real) > 0
+    want, c = _reference_grads(model, real, seen["fake"], clip=clip, sigma=sigma)
+    assert set(grads) == set(want)
+    assert (c < 0.5).any() if clip < 1 else (c == 1).all()  # clipping at work, or none
+    for k in want:  # float32 sums in another order: 1e-7 apart measured
+        torch.testing.assert_close(grads[k], want[k], rtol=0, atol=1e-6, msg=k)
+    with torch.no_grad():
+        fake_half = F.binary_cross_entropy_with_logits(model(seen["fake"]).squeeze(1), torch.zeros(B), reduction="sum") / B
+    assert seen["losses"][0].item() == pytest.approx(fake_half.item(), rel=1e-5)
+
+
+def test_poisson_sampling_draws_each_record_with_probability_q():
+    """Batch sizes follow Binomial(N, q) and each record's inclusion count Binomial(T, q)."""
+    n, b, steps = 400, 20, 2000
+    s = PoissonSampler(torch.arange(n).float(), batch_size=b, random=SecureRandom())
+    counts, sizes = torch.zeros(n), []
+    for _ in range(steps):
+        idx = s.next_indices()
+        sizes.append(len(idx))
+        counts[idx] += 1
+    q = b / n
+    mean_size = sum(sizes) / steps
+    assert abs(mean_size - b) < 4 * math.sqrt(n * q * (1 - q) / steps)
+    var = torch.tensor(sizes, dtype=torch.float64).var().item()
+    assert abs(var / (n * q * (1 - q)) - 1) < 0.15
+    assert stats.chisquare(counts.numpy()).pvalue > 1e-4  # no record favoured
+    assert len(set(tuple(s.next_indices().tolist()) for _ in range(50))) == 50  # never the same draw
+
+
+def test_layers_that_mix_samples_are_refused():
+    check_layers(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GroupNorm(1, 2), torch.nn.Linear(2, 1)))
+    with pytest.raises(InputError, match=r"layer 1 \(BatchNorm2d\) mixes the samples"):
+        check_layers(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)))
+
+
+def test_a_batchnorm_discriminator_under_dp_is_exit_2_naming_the_layer(tmp_path):
+    path = tmp_path / "bn.py"
+    path.write_text(write_factory(tmp_path) and (tmp_path / "my_gan.py").read_text().replace(
+        "nn.Conv2d(WIDTH, 16, 4, 2, 1),", "nn.Conv2d(WIDTH, 16, 4, 2, 1), nn.BatchNorm2d(16),"))
+    plan = chain_plan(f"{path}:build", [2])
+    cfg = config(tmp_path, plan)
+    r = CliRunner().invoke(app, ["train", "--plan", str(cfg.plan_path), "--out", str(tmp_path / "run"),
+                                 "--emulate", "none", "--eval-every", "0", "--dp-epsilon", "5"])
+    assert r.exit_code == 2, r.output
+    assert "BatchNorm2d" in r.stderr and "mixes the samples" in r.stderr and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_failed_and_resumed_rounds_are_charged_and_the_budget_ends_the_run(tmp_path, monkeypatch):
+    """3 rounds of 3 steps planned at epsilon 4; round 2 fails at its second step. The ledger
+    has 5 steps (3 + the 2 begun), not the checkpoint's 3. Resumed, round 2 runs again (8
+    charged); a third round would pass 4, so the run stops there, exit 0, with the reason."""
+    plan = chain_plan("dcgan", [2])
+    step, calls = DeviceRole.step, {"n": 0}
+
+    def failing(self, t):  # the loss device fails as step 5 begins, after the data device charged it
+        if self.next is None:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise RuntimeError("device unplugged")
+        return step(self, t)
+
+    monkeypatch.setattr(DeviceRole, "step", failing)
+    with pytest.raises(DeviceFailure):
+        run(tmp_path, plan, rounds=3, steps_per_round=3, dp_epsilon=4.0)
+    ledger = json.loads((tmp_path / "run" / "privacy" / "client0.json").read_text())
+    assert sum(n for _, _, n in ledger["segments"]) == 5
+    monkeypatch.setattr(DeviceRole, "step", step)
+    history = run(tmp_path, plan, rounds=3, steps_per_round=3, dp_epsilon=4.0, resume=True)
+    last = history[-1]
+    assert last["round"] == 2 and "would reach epsilon" in last["privacy_stop"]
+    q, sigma, steps = json.loads((tmp_path / "run" / "privacy" / "client0.json").read_text())["segments"][0]
+    assert steps == 8 == last["clients"]["client0"]["dp_steps"]
+    assert epsilon([(q, sigma, 8)], delta=1e-5) <= 4.0 < epsilon([(q, sigma, 11)], delta=1e-5)
+    assert last["clients"]["client0"]["epsilon"] == pytest.approx(epsilon([(q, sigma, 8)], delta=1e-5))
+    assert "client0" not in last["d_loss"] and "client0" in last["d_loss_fake"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", "dist"])
+def test_dp_trains_a_pipelined_recomputing_compressed_plan_on_both_backends(tmp_path, backend):
+    """Three stages, M = 2, a recomputing stage and an int8 cut, two clients with fedavg
+    (DP weights may leave): epsilon in metrics.jsonl is what Google's dp_accounting gives
+    for the logged q, SIGMA, steps and delta, and within --dp-epsilon."""
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from trainer.accountant import ORDERS
+
+    plan = chain_plan("dcgan", [2, 6], n_clients=2, micro_batches=2, recompute=(1,), codecs={0: "int8"})
+    history = run(tmp_path, plan, rounds=2, steps_per_round=2, backend=backend, dp_epsilon=10.0, aggregate="fedavg")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "NaN" not in lines[-1]
+    for name, c in history[-1]["clients"].items():
+        assert c["dp_steps"] == 4 and len(c["dp_batch_sizes"]) == 2 and name in history[-1]["d_loss_fake"]
+        acc = rdp_privacy_accountant.RdpAccountant(orders=list(ORDERS))
+        acc.compose(dp_accounting.PoissonSampledDpEvent(c["dp_q"], dp_accounting.GaussianDpEvent(c["dp_noise"])), 4)
+        assert c["epsilon"] == pytest.approx(acc.get_epsilon(c["delta"]), rel=1e-3)
+        assert c["epsilon"] <= 10.0 and c["delta"] == 1e-5
