@@ -43,7 +43,7 @@ from torch import nn  # noqa: E402
 from benchmarks.attacks import decoder_for, reconstruction_scores  # noqa: E402
 from benchmarks.common import commit, machine, md_table, write_section  # noqa: E402
 from planner.models import build_discriminator, dcgan_init  # noqa: E402
-from trainer.privacy import Privacy  # noqa: E402
+from trainer.privacy import Privacy, SecureRandom  # noqa: E402
 
 BATCH = 32
 WARMUP = 200  # autoencoder steps on the auxiliary images before the victim's first step
@@ -73,8 +73,8 @@ def hijack(victim: nn.Module, private: torch.Tensor, aux: torch.Tensor, *, iters
     (iteration, SSIM, PSNR) of ``f~^-1(what f sends)`` on the first ``probe`` private images."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    privacy = Privacy(cut_noise=cut_noise)
-    privacy.generator.manual_seed(seed + 1)  # the noise stream of this simulation (the trainer's is secret)
+    # the trainer's noise stream is keyed by the OS; this simulation keys it by the seed to be repeatable
+    privacy = Privacy(cut_noise=cut_noise, random=SecureRandom(key=(seed + 1).to_bytes(32, "little")))
     pilot = dcgan_init(copy.deepcopy(victim))  # same architecture as the victim's segment, its own weights
     with torch.no_grad():
         shape = tuple(victim(private[:1]).shape[1:])

@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.attacks import (frozen_for_queries, gan_leaks_auc, invert, membership_auc,  # noqa: E402
@@ -184,7 +185,10 @@ def opacus_epsilon(res: list[dict]) -> str:
             if c.get("dp_q") is None or not c.get("dp_noise"):
                 return "—"
             orders = RDPAccountant.DEFAULT_ALPHAS
-            rdp = compute_rdp(q=c["dp_q"], noise_multiplier=c["dp_noise"], steps=int(c["dp_steps"]), orders=orders)
+            # a resumed run may have changed SIGMA: each (q, SIGMA, steps) segment composes
+            segments = c.get("dp_segments") or [(c["dp_q"], c["dp_noise"], c["dp_steps"])]
+            rdp = sum(np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=int(n), orders=orders))
+                      for q, sigma, n in segments)
             eps.append(get_privacy_spent(orders=orders, rdp=rdp, delta=c["delta"])[0])
     return f"{max(eps):.3g}"
 
