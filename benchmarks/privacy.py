@@ -64,7 +64,7 @@ def train_command(runs: Path, setting: str, seed: int, steps: int) -> list[str]:
     rounds = max(1, steps // ROUND_STEPS)
     return (["fsl", "train", "--plan", str(runs / "plan.json"), "--emulate", "none", "--rounds", str(rounds),
              "--steps-per-round", str(min(steps, ROUND_STEPS)), "--eval-every", str(rounds), "--seed", str(seed),
-             "--out", str(runs / f"{setting}-seed{seed}")] + shlex.split(SETTINGS[setting]))
+             "--timeout-s", "900", "--out", str(runs / f"{setting}-seed{seed}")] + shlex.split(SETTINGS[setting]))
 
 
 def train(runs: Path, settings: list[str], seeds: list[int], steps: int) -> None:
@@ -141,6 +141,8 @@ def attack(run: Path, seed: int, size: dict, *, cut_noises: tuple[float, ...]) -
         if seed == 0 and sc == 0:
             torch.save({"original": members[:8], "recon": recon[:8]}, run / "inversion-examples.pt")
     row = last_row(run)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    out["generator_steps"] = sum(max(c.get("steps", 0) for c in r["clients"].values()) for r in rows)
     out |= {k: row.get(k) for k in ("round", "fid", "kid", "confidence", "class_score")}
     out["clients"] = {c: {k: v for k, v in r.items() if k.startswith("dp_") or k in ("epsilon", "delta", "steps")}
                       for c, r in row["clients"].items()}
@@ -199,42 +201,55 @@ def dp_params(res: list[dict]) -> str:
     return ", ".join(f"{name} {c[k]:.3g}" for k, name in keys if c.get(k) is not None) or "—"
 
 
-def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, quick: bool, write: bool) -> None:
-    res = {s: [r for seed in seeds if (r := scores(runs, s, seed, size, quick)) is not None] for s in settings}
-    done = {s: r for s, r in res.items() if r}
+def generator_steps(r: dict) -> int:
+    return r.get("generator_steps") or r["round"] * ROUND_STEPS
+
+
+def report(runs: list[Path], settings: list[str], seeds: list[int], size: dict, *, quick: bool,
+           write: bool) -> None:
+    done = {}
+    for d in runs:
+        for s in settings:
+            if rs := [r for seed in seeds if (r := scores(d, s, seed, size, quick)) is not None]:
+                done[d, s] = rs
     quality, mia, inv = [], [], []
-    for s, rs in done.items():
-        steps = rs[0]["round"] * ROUND_STEPS
+    for (d, s), rs in done.items():
+        steps = generator_steps(rs[0])
         flags = SETTINGS[s] or "(no DP)"
         quality.append([f"`{flags}`", steps, len(rs), eps_text(rs), opacus_epsilon(rs), dp_params(rs),
                         mean_sd([r["fid"] for r in rs], ".1f"), " / ".join(f"{r['fid']:.1f}" for r in rs),
                         mean_sd([r["kid"] for r in rs]), mean_sd([r["confidence"] for r in rs])])
-        mia.append([f"`{flags}`", eps_text(rs), " / ".join(f"{r['white_box_auc']:.3f}" for r in rs),
+        mia.append([f"`{flags}`", steps, eps_text(rs), " / ".join(f"{r['white_box_auc']:.3f}" for r in rs),
                     mean_sd([r["white_box_auc"] for r in rs]), mean_sd([r["black_box_auc"] for r in rs])])
         for sc in sorted({k for r in rs for k in r["inversion"]}, key=float):
             v = [r["inversion"][sc] for r in rs if sc in r["inversion"]]
             cut = "none" if sc == "0" else f"`--cut-noise {sc}` (at attack time)"
-            inv.append([f"`{flags}`", cut, len(v), mean_sd([x["ssim"] for x in v]),
+            inv.append([f"`{flags}`", steps, cut, len(v), mean_sd([x["ssim"] for x in v]),
                         mean_sd([x["psnr"] for x in v], ".1f"), mean_sd([x["mse"] for x in v])])
-            print(f"{s} cut {sc}: SSIM {inv[-1][3]}", flush=True)
-        print(f"{s}: FID {quality[-1][6]}, white-box AUC {mia[-1][3]}, black-box AUC {mia[-1][4]}", flush=True)
+            print(f"{d.name} {s} cut {sc}: SSIM {inv[-1][4]}", flush=True)
+        print(f"{d.name} {s}: FID {quality[-1][6]}, white-box AUC {mia[-1][4]}, black-box AUC {mia[-1][5]}",
+              flush=True)
     if not write:
         return
     (FIGURES / "privacy-fid.png").unlink(missing_ok=True)  # the former section's figure
     grids = []
-    for s in ("nodp", "eps10"):
-        src = runs / f"{s}-seed0" / "samples"
-        if src.exists() and (pngs := sorted(src.glob("round_*.png"))):
-            shutil.copyfile(pngs[-1], FIGURES / f"privacy-samples-{s}.png")
-            grids.append(f"![{SETTINGS[s] or 'no DP'}, seed 0](benchmarks/figures/privacy-samples-{s}.png)")
-    steps = max(r["round"] for rs in done.values() for r in rs) * ROUND_STEPS
-    train_cmd = " ".join(train_command(Path("runs/dp-sweep"), "nodp", 0, steps)).replace(
-        "--seed 0 ", "").replace("nodp-seed0", "SETTING-seedSEED")
+    for d in runs:
+        for s in ("nodp", "eps10"):
+            src = d / f"{s}-seed0" / "samples"
+            if (d, s) in done and (pngs := sorted(src.glob("round_*.png"))):
+                name = f"privacy-samples-{s}-{generator_steps(done[d, s][0])}"
+                shutil.copyfile(pngs[-1], FIGURES / f"{name}.png")
+                grids.append(f"![{SETTINGS[s] or 'no DP'}, seed 0, {name.split('-')[-1]} steps]"
+                             f"(benchmarks/figures/{name}.png)")
+    first = {d: rs[0] for (d, _), rs in reversed(done.items())}  # each folder's first scored run
+    train_cmds = "; ".join(
+        "`" + " ".join(train_command(Path("runs") / d.name, "nodp", 0, generator_steps(r))).replace(
+            "--seed 0 ", "").replace("nodp-seed0", "SETTING-seedSEED") + " --seed SEED`" for d, r in first.items())
     held = len(DataSource("digits").held_out())
     body = (f"Commands: `python benchmarks/privacy.py train --settings {','.join(settings)} --seeds "
             f"{','.join(map(str, seeds))}` then `python benchmarks/privacy.py report --write` "
-            f"({time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit()}); each run is `{train_cmd} "
-            "--seed SEED` plus the setting's options (shown in each table). "
+            f"({time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit()}); each run is {train_cmds} "
+            "plus the setting's options (shown in each table). "
             f"Machine: {machine()}. Plan: `fsl plan --devices {PROFILE}` (3 clients; each data device holds "
             "only `a_conv`, so what crosses its cut is a 64x14x14 convolution of the image).\n\n"
             "### Quality with and without DP\n\nFID and KID on the digits classifier's features (500 samples "
@@ -253,7 +268,7 @@ def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, qui
             f"{size['queries']} members (client 0's training records) against {size['queries']} held-out digits "
             f"per seed. Full black-box: nearest of {size['black_box_samples']} samples, all of client 0's records "
             f"against all {held} held-out digits. AUC 0.5 is chance.\n\n"
-            + md_table(["options", "epsilon", "white-box AUC per seed", "white-box AUC (mean ± sd)",
+            + md_table(["options", "generator steps", "epsilon", "white-box AUC per seed", "white-box AUC (mean ± sd)",
                         "black-box AUC (mean ± sd)"], mia)
             + "\n\n### Inversion from the first cut\n\n"
             "Decoder (`benchmarks.attacks.decoder_for`: a transposed convolution and a convolution) trained for "
@@ -261,25 +276,27 @@ def report(runs: Path, settings: list[str], seeds: list[int], size: dict, *, qui
             f"the {held} held-out digits passed through client 0's final first segment (and the same noise), "
             "then applied to what the segment sends for all of client 0's training images: what the next device "
             "could do if it also knew the segment's weights. SSIM and PSNR on images in [0, 1]. DP-SGD trains "
-            "the weights privately but sends each activation as it is: it does not protect this channel; "
-            "`--cut-noise` does, at a cost (section fsha for an attacker who steers the segment).\n\n"
-            + md_table(["options", "what crosses the cut", "seeds", "SSIM (mean ± sd)", "PSNR dB (mean ± sd)",
-                        "MSE (mean ± sd)"], inv) + "\n\n" + inversion_figure(runs, settings))
+            "the weights privately but sends each activation as it is, so it is not meant to protect this channel; "
+            "the `--cut-noise` rows show what noise at the cut does against this passive attacker, the fsha "
+            "section against one who steers the segment.\n\n"
+            + md_table(["options", "generator steps", "what crosses the cut", "seeds", "SSIM (mean ± sd)",
+                        "PSNR dB (mean ± sd)", "MSE (mean ± sd)"], inv) + "\n\n" + inversion_figure(runs, settings))
     write_section("privacy", "## Privacy: DP against no DP, and the attacks\n\n" + body)
 
 
-def inversion_figure(runs: Path, settings: list[str]) -> str:
+def inversion_figure(runs: list[Path], settings: list[str]) -> str:
     """Client 0's first 8 training images (seed 0) and each setting's reconstructions."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = {}
-    for s in settings:
-        f = runs / f"{s}-seed0" / "inversion-examples.pt"
-        if f.exists():
-            ex = torch.load(f, weights_only=True)
-            rows.setdefault("original", ex["original"])
-            rows[SETTINGS[s] or "no DP"] = ex["recon"]
+    for d in runs:
+        for s in settings:
+            f = d / f"{s}-seed0" / "inversion-examples.pt"
+            if f.exists():
+                ex = torch.load(f, weights_only=True)
+                rows.setdefault("original", ex["original"])
+                rows[f"{SETTINGS[s] or 'no DP'} ({d.name})"] = ex["recon"]
     if not rows:
         return ""
     fig, axes = plt.subplots(len(rows), 8, figsize=(8, 1.1 * len(rows)), squeeze=False)
@@ -299,7 +316,7 @@ def inversion_figure(runs: Path, settings: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["train", "report"])
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "dp-sweep")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "dp-sweep"), help="run folder(s), comma-separated")
     ap.add_argument("--settings", default="nodp,eps10,eps3,eps1")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=600, help="generator steps per run (train)")
@@ -308,10 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     settings, seeds = args.settings.split(","), [int(s) for s in args.seeds.split(",")]
     if args.what == "train":
-        train(args.runs, settings, seeds, args.steps)
+        train(Path(args.runs), settings, seeds, args.steps)
     else:
-        report(args.runs, settings, seeds, QUICK_ATTACK if args.quick else ATTACK, quick=args.quick,
-               write=args.write)
+        report([Path(d) for d in args.runs.split(",")], settings, seeds, QUICK_ATTACK if args.quick else ATTACK,
+               quick=args.quick, write=args.write)
 
 
 if __name__ == "__main__":
