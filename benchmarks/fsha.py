@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(args, curves, label: str, private: torch.Tensor, aux: torch.Tensor, minutes: float) -> None:
     marks = sorted({i for cs in curves.values() for i, _, _ in cs[0]})
-    shown = [m for m in marks if m in (0, args.iters) or m in {args.iters // 4, args.iters // 2, 3 * args.iters // 4}]
+    shown = sorted({min(marks, key=lambda m: abs(m - f * args.iters)) for f in (0, 0.2, 0.33, 0.67, 1)})
     rows = []
     for sc, cs in curves.items():
         at = {m: [dict((i, s) for i, s, _ in c)[m] for c in cs] for m in shown}
