@@ -61,11 +61,24 @@ def _guard(fn):
         _fail(3, "\n".join(lines))
 
 
-def _model(reference: str):
-    """The discriminator ``--model`` names: a built-in, or a user factory (planner.usermodel)."""
+def _model(reference: str, timeout_s: float):
+    """The discriminator ``--model`` names: a built-in, or a user factory (planner.usermodel),
+    run first in a child process (planner.factorycheck)."""
+    from planner.factorycheck import vet
     from planner.usermodel import build_model
 
+    vet(reference, source="--model", timeout_s=timeout_s)
     return build_model(reference, source="--model")
+
+
+MODEL_TIMEOUT_HELP = "seconds a --model factory may take (it runs first in a child process)"
+
+
+def _warn_ranks() -> None:
+    """FSL_RANKS means something only to torchrun's ranks; set elsewhere it is said, not ignored."""
+    if "FSL_RANKS" in os.environ and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        err.print("warning: FSL_RANKS is set but this is not a torchrun rank (no RANK/WORLD_SIZE): it is ignored, "
+                  "and this command starts every process itself", markup=False, highlight=False)
 
 
 def _check_batch(batch_size: int) -> None:
@@ -79,6 +92,7 @@ def _check_batch(batch_size: int) -> None:
 def plan_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
     model: str = typer.Option("dcgan", help=MODEL_HELP),
+    model_timeout_s: float = typer.Option(60.0, "--model-timeout-s", help=MODEL_TIMEOUT_HELP),
     batch_size: int = typer.Option(64, "--batch-size", help="samples per batch per client"),
     solver: str = typer.Option("ilp", help="ilp (optimal), reference (exact DP), fsl-gan, uniform, params, "
                                "ga (HuSCF-GAN's genetic algorithm)"),
@@ -103,6 +117,7 @@ def plan_cmd(
     from planner import plan
     from planner.devices import load_profile
     from planner.ga import GASettings
+    from planner.jsonio import check_output_file
     from planner.planfile import write_plan
 
     def run():
@@ -110,13 +125,17 @@ def plan_cmd(
         if time_limit is not None and not time_limit > 0:
             raise InputError("--time-limit", None, f"must be > 0 seconds, found {time_limit}")
         _check_batch(batch_size)
+        check_output_file(out_path, "--out")
+        check_output_file(out_path.with_suffix(".txt"), "--out")
+        if figure is not None:
+            check_output_file(figure, "--figure")
         try:
             ga = GASettings(population=ga_population, generations=ga_generations, seed=ga_seed)
         except ValueError as e:
             flag = next(f for f in ("population", "generations", "seed") if str(e).startswith(f))
             raise InputError(f"--ga-{flag}", None, str(e)) from None
         profile = load_profile(devices)
-        m = _model(model)
+        m = _model(model, model_timeout_s)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err, transient=True, disable=fmt == Fmt.json) as bar:
             tasks = {}
@@ -167,6 +186,7 @@ def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.
 
 @app.command("profile")
 def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
+                model_timeout_s: float = typer.Option(60.0, "--model-timeout-s", help=MODEL_TIMEOUT_HELP),
                 batch_size: int = typer.Option(64, "--batch-size"),
                 no_cache: bool = typer.Option(False, "--no-cache", help="measure again"),
                 fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
@@ -176,7 +196,7 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
 
     def run():
         _check_batch(batch_size)
-        m = _model(model)
+        m = _model(model, model_timeout_s)
         prof = profile_model(m, batch_size=batch_size, use_cache=not no_cache)
         if fmt == Fmt.json:
             out.print_json(json.dumps(prof.to_json()))
@@ -189,15 +209,18 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
 @app.command("calibrate")
 def calibrate_cmd(
     devices: Path = typer.Option(..., "--devices", help="device profile (fsl-devices/1 JSON)"),
-    model: str = typer.Option("dcgan", help="discriminator: dcgan, dcgan64, resnet"),
+    model: str = typer.Option("dcgan", help=MODEL_HELP),
+    model_timeout_s: float = typer.Option(60.0, "--model-timeout-s", help=MODEL_TIMEOUT_HELP),
     batch_size: int = typer.Option(64, "--batch-size"),
     out_path: Optional[Path] = typer.Option(None, "--out", help="where to write the calibrated profile "
-                                            "(default: back into --devices)"),
+                                            "(default: PROFILE.calibrated.json beside --devices; --devices "
+                                            "itself only when named here)"),
     emulate: str = typer.Option("sleep", help="sleep: each device emulated at its factor, as fsl train; "
                                 "none: measured flat out (real devices)"),
     repeats: int = typer.Option(5, help="timed passes over the layers per device"),
-    links: bool = typer.Option(True, "--links/--no-links", help="also measure each client's links and each "
-                               "device's link to the server (overwrites them in the profile)"),
+    links: Optional[bool] = typer.Option(None, "--links/--no-links", help="also measure each client's links and "
+                                         "each device's link to the server, replacing the declared ones (default: "
+                                         "with --emulate none only; emulated links are the declared ones)"),
     timeout_s: float = typer.Option(600.0, "--timeout-s", help="a process silent this long is a failure"),
     measurements: Optional[Path] = typer.Option(None, "--measurements", help="also write every measurement "
                                                 "(each link's probe sizes and times) as JSON"),
@@ -205,23 +228,34 @@ def calibrate_cmd(
     """Measure the model's layers on each device itself (a process per device, as --backend
     dist) and the links between them; write the profile back with each device's calibration."""
     from calibration_view import render_calibration
-    from planner.calibration import calibrated_profile
+    from planner.calibration import calibrated_path, calibrated_profile
     from planner.devices import load_profile, parse_profile
-    from planner.jsonio import read_json, write_json
+    from planner.jsonio import check_output_file, read_json, write_json
     from planner.profile import profile_model
     from trainer import DeviceFailure
     from trainer.calibrate import CalibrationJob, calibrate
 
     def run():
+        _warn_ranks()
         _check_batch(batch_size)
         if emulate not in ("sleep", "none"):
             raise InputError("--emulate", None, f"expected sleep or none, found {emulate!r}")
         if not 1 <= repeats <= 1000:
             raise InputError("--repeats", None, f"must be within 1..1000, found {repeats}")
-        m = _model(model)
+        if links and emulate == "sleep":
+            raise InputError("--links", None, "measures real links, with --emulate none; under --emulate sleep "
+                             "fsl train emulates the declared links, so the profile keeps them (--no-links)")
+        target = out_path or calibrated_path(devices)
+        check_output_file(target, "--out")
+        if measurements is not None:
+            check_output_file(measurements, "--measurements")
+            if measurements.resolve() == target.resolve():
+                raise InputError("--measurements", None, f"{measurements} is also --out")
+        m = _model(model, model_timeout_s)
         profile = load_profile(devices)
         job = CalibrationJob(profile=str(devices), model=model, batch_size=batch_size, emulate=emulate,
-                             repeats=repeats, links=links, timeout_s=timeout_s)
+                             repeats=repeats, links=emulate == "none" if links is None else links,
+                             timeout_s=timeout_s)
         def progress(body: dict) -> None:  # only the server's process reports
             err.print(f"{body['step']} {body['device']} ({body['round']}/{body['total']} devices measured)",
                       highlight=False)
@@ -229,14 +263,13 @@ def calibrate_cmd(
         result = calibrate(job, on_progress=progress)
         if result is None:  # a torchrun rank other than the server's
             return
-        target = out_path or devices
         written = calibrated_profile(read_json(devices, what="device profile"), result)
         parse_profile(written, source=str(target))
         write_json(target, written)
         if measurements is not None:
             write_json(measurements, result)
         render_calibration(result, profile, profile_model(m, batch_size=batch_size), out)
-        out.print(f"wrote {target}")
+        out.print(f"wrote {target} (links {'measured' if job.links else 'declared, kept from ' + str(devices)})")
 
     try:
         _guard(run)
@@ -269,7 +302,7 @@ def train_cmd(
     replan_on_failure: bool = typer.Option(False, "--replan-on-failure",
                                            help="plan around a lost device and go on"),
     adapt: bool = typer.Option(False, "--adapt", help="correct the plan's tables by measured compute after "
-                               "each round; switch plans when re-solving promises a round 10%% shorter"),
+                               "each round; switch plans when re-solving promises a round 10% shorter"),
     slowdown: list[str] = typer.Option([], "--slowdown", metavar="DEVICE=FACTOR@ROUND",
                                        help="emulated drift: that device runs FACTOR times slower from ROUND on"),
     dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", metavar="E",
@@ -290,9 +323,11 @@ def train_cmd(
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer import DeviceFailure, TrainConfig, train
+    from trainer.backends.dist import reports_here
     from trainer.config import parse_slowdown
 
     def run():
+        _warn_ranks()
         cfg = TrainConfig.from_cli(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
             steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, feedback=feedback,
@@ -301,7 +336,7 @@ def train_cmd(
             timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
             slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,
             dp_epsilon=dp_epsilon, dp_delta=dp_delta, secure_agg=secure_agg, cut_noise=cut_noise)
-        follower = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 (the server) reports
+        follower = not reports_here()  # under torchrun only the server's rank reports, whatever its number
         with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
             history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)
         if not follower:

@@ -111,6 +111,8 @@ def plan_options(objective: str, micro_batches: Optional[str], codecs: str, reco
         except ValueError:
             raise InputError("--micro-batches", None,
                              f"expected whole numbers separated by commas, like 1,2,4,8, found {micro_batches!r}") from None
+        if min(choices) < 1:
+            raise InputError("--micro-batches", None, f"each M is a number of micro-batches, at least 1; found {min(choices)}")
     if recompute not in ("auto", "off"):
         raise InputError("--recompute", None, f"expected auto or off, found {recompute!r}")
     names = tuple(v.strip() for v in codecs.split(","))

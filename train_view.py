@@ -23,14 +23,17 @@ class TrainProgress:
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=con, disable=disable)
 
     def __enter__(self) -> "TrainProgress":
-        self.bar.__enter__()
-        self.task = self.bar.add_task("round", total=self.rounds, info="starting")
+        self.task = None  # the bar appears once the roles have started: an input error prints only itself
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
+        if self.task is not None:
+            self.bar.__exit__(*exc)
 
     def on_start(self, info: dict) -> None:
+        if self.task is None:
+            self.bar.__enter__()
+            self.task = self.bar.add_task("round", total=self.rounds, info="starting")
         if "replanned" in info:
             r = info["replanned"]
             self.con.print(f"[yellow]lost {r['lost']} in round {r['round']}[/]: re-planned without it, "
@@ -40,6 +43,9 @@ class TrainProgress:
         if info.get("dp"):
             self.con.print("DP-SGD: every discriminator trains on Poisson batches with per-sample clipping and noise; "
                            "each client's epsilon is charged in DIR/privacy/ and shown per round", highlight=False)
+        if info.get("privacy_stop"):
+            self.con.print(f"[yellow]stopped before round {info['start_round'] + 1}:[/] {info['privacy_stop']}",
+                           highlight=False)
         self.bar.update(self.task, completed=info["start_round"],
                         info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
 

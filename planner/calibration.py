@@ -9,7 +9,7 @@ torch version)::
     "calibration": [{
       "format": "fsl-calibration/1",
       "model": "dcgan", "fingerprint": "sha256:…", "batch_size": 64, "torch_version": "2.13.0+cpu",
-      "host": "vm", "threads": 1, "emulate": "sleep", "emulated_factor": 4.0,
+      "host": "vm", "threads": 1, "emulate": "sleep", "emulated_factor": 4.0, "links": "declared",
       "measured_at": "2025-01-01T12:00:00Z", "seconds": 41.2, "overhead_s": 0.0021,
       "layers": [{"name": "a_conv", "time_s": 0.151, "forward_s": 0.048,
                   "codec_s": {"fp16": 0.004, "int8": 0.016}}, ...]
@@ -28,6 +28,15 @@ torch version)::
 - ``emulate``: ``"none"``, measured flat out on the device, or ``"sleep"``, the device
   emulated on this host (``fsl train --emulate sleep``'s clock: its work stretched by
   ``emulated_factor``, the device's ``processing_time_factor`` at the time).
+- ``links``: where the device's ``bandwidth_mbps``/``latency_ms`` and its client's
+  ``links`` in the written profile come from: ``"measured"`` (probed between the real
+  processes, ``--emulate none`` by default) or ``"declared"`` (the profile's own, kept:
+  under ``--emulate sleep`` training emulates the declared links, so probing this
+  host's loopback would only replace them with numbers no run will see). Absent in
+  files written before it existed.
+
+``fsl calibrate`` writes ``PROFILE.calibrated.json`` beside the profile it read
+(:func:`calibrated_path`) and overwrites the profile only when ``--out`` names it.
 
 A calibration **matches** a plan when its fingerprint, batch size and torch version are
 the plan's and, if emulated, its ``emulated_factor`` is still the device's factor (an
@@ -41,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
@@ -86,6 +96,7 @@ class Calibration(_Frozen):
     threads: Annotated[StrictInt, Field(ge=1, le=4096)]  # torch intra-op threads while measuring
     emulate: Literal["sleep", "none"]
     emulated_factor: Annotated[float, Field(ge=1e-3, le=1e4, allow_inf_nan=False)] | None = None
+    links: Literal["measured", "declared"] | None = None  # where the written profile's links come from
     measured_at: Text  # ISO 8601, UTC
     seconds: Secs = 0.0  # how long measuring took, turns waited included
     overhead_s: Secs  # fixed seconds per micro-batch of holding a stage
@@ -177,6 +188,12 @@ def device_times(entries: Sequence[Calibration], factor: float, spans: Sequence[
         codec_s={c: tuple(layers[b - 1].codec_s[c] if c in layers[b - 1].codec_s else host_codec(c, b)
                           for _, b in spans) for c in codecs},
         overhead_s=cal.overhead_s)
+
+
+def calibrated_path(profile: str | Path) -> Path:
+    """Where ``fsl calibrate`` writes by default: ``lab.json`` -> ``lab.calibrated.json``."""
+    p = Path(profile)
+    return p.with_name(f"{p.stem if p.suffix == '.json' else p.name}.calibrated.json")
 
 
 def _link_entry(a: str, b: str, fit: dict, messages: int) -> dict:

@@ -76,3 +76,48 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _nearest_existing(p: Path, option: str, what: str) -> Path:
+    """The closest existing ancestor of ``p``: it must be a writable folder."""
+    above = p.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise InputError(option, None, f"{p}: {above} is a file, not a folder, so no {what} can be written under it")
+    _probe_write(above, option, p)
+    return above
+
+
+def _probe_write(folder: Path, option: str, target: Path) -> None:
+    """Create and remove a file in ``folder``: permissions, read-only mounts and
+    pseudo file systems all answer the same way (``os.access`` says yes to root)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fsl-probe.", dir=folder)
+    except OSError as e:
+        raise InputError(option, None, f"{target}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output_file(path: str | Path, option: str) -> None:
+    """InputError naming ``option`` unless a file can be written at ``path``: not a
+    folder, not under a file, its folder (or the nearest existing one) writable.
+    Checked before any work, so a long job never ends unable to write its result."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(option, None, f"{p} is a folder, expected a file to write")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise InputError(option, None, f"{p} is not writable")
+    _nearest_existing(p, option, "file")
+
+
+def check_output_dir(path: str | Path, option: str) -> None:
+    """InputError naming ``option`` unless ``path`` is, or can be made, a writable folder."""
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise InputError(option, None, f"{p} exists and is not a folder")
+        _probe_write(p, option, p)
+        return
+    _nearest_existing(p, option, "folder")

@@ -56,7 +56,8 @@ CONTROL_TAGS = frozenset([
     "stop",  # server -> a dropped client's devices: the round's steps are over for you
     "hello",  # role -> server, once: what this process holds (processes.json)
     "start",  # server -> role, once: the round to start after
-    "round",  # server -> role: start round r
+    "round",  # server -> role: start round r (0: the run ends here, a new plan follows)
+    "plan",  # server -> role, after round [0] (--adapt): the new plan's JSON file (trainer.switch)
     "report",  # device -> server, each round: compute, bytes, waits
     "trace",  # device -> server, last round: timestamps of the last step (timeline.png)
     "state",  # checkpoint state: device -> its data device, or data device -> device on resume

@@ -236,7 +236,7 @@ def build_model(text: str, *, source: str = "--model", field: str | None = None)
     def call() -> tuple[list[tuple], tuple[int, ...], nn.Module | None]:
         try:
             result = factory()
-        except Exception as e:  # noqa: BLE001
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - sys.exit in a factory ends no command
             raise InputError(source, field, f"{ref.text}: the factory raised {_one_line(e)}") from None
         return _parts(ref, result, source, field)
 

@@ -36,8 +36,17 @@ def _fsl(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def lab_calibrated(tmp_path_factory) -> Path:
-    """lab.json calibrated under emulation."""
-    return _calibrate_lab(tmp_path_factory.mktemp("calibrate") / "lab.json")
+    """lab.json calibrated under emulation, with the defaults: no --out, no --links. The
+    profile it read stays byte for byte what it was; the result goes beside it."""
+    folder = tmp_path_factory.mktemp("calibrate")
+    original = (ROOT / "profiles" / "lab.json").read_bytes()
+    (folder / "lab.json").write_bytes(original)
+    r = _fsl("calibrate", "--devices", str(folder / "lab.json"), "--batch-size", str(BATCH), "--repeats",
+             str(REPEATS), "--timeout-s", "120")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (folder / "lab.json").read_bytes() == original
+    assert f"wrote {folder / 'lab.calibrated.json'} (links declared" in " ".join(r.stdout.split())
+    return folder / "lab.calibrated.json"
 
 
 def _calibrate_lab(out: Path) -> Path:
@@ -76,12 +85,12 @@ def test_the_calibrated_profile_loads_and_fsl_plan_uses_it(lab_calibrated, tmp_p
     written = json.loads(out.read_text())
     for c, c0 in zip(written["clients"], original["clients"]):
         for d, d0 in zip(c["devices"], c0["devices"]):
-            assert {k: v for k, v in d.items() if k != "calibration"} == d0  # --no-links: nothing else changed
+            assert {k: v for k, v in d.items() if k != "calibration"} == d0  # links declared: nothing else changed
     for c in prof.clients:
         for d in c.devices:
             (cal,) = d.calibration
-            assert (cal.batch_size, cal.emulate, cal.emulated_factor, cal.threads) == (BATCH, "sleep",
-                                                                                       d.processing_time_factor, 1)
+            assert (cal.batch_size, cal.emulate, cal.emulated_factor, cal.threads, cal.links) == (
+                BATCH, "sleep", d.processing_time_factor, 1, "declared")
     r = _fsl("plan", "--devices", str(out), "--batch-size", str(BATCH), "--out", str(tmp_path / "plan.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     plan = json.loads((tmp_path / "plan.json").read_text())
@@ -114,12 +123,14 @@ def test_calibrated_bandwidth_is_the_shaped_rate_on_the_namespace_testbed(tmp_pa
         assert "rate 20Mbit" in tb.qdiscs("a") and "rate 40Mbit" in tb.qdiscs("b")
         procs = tb.launch({"server": 0, "a": 1, "b": 2},
                           ["calibrate", "--devices", str(tmp_path / "tb.json"), "--out", str(tmp_path / "out.json"),
-                           "--batch-size", "4", "--repeats", "1", "--timeout-s", "60"], logs=tmp_path)
+                           "--batch-size", "4", "--repeats", "1", "--timeout-s", "60", "--emulate", "none"],
+                          logs=tmp_path)
         codes = tb.wait(procs, 150)
     logs = "\n".join((tmp_path / f"{r}.log").read_text()[-1500:] for r in rates)
     assert codes == {"server": 0, "a": 0, "b": 0}, logs
     assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     out = load_profile(tmp_path / "out.json")
+    assert {d.calibration[0].links for d in out.clients[0].devices} == {"measured"}
     (link,) = out.clients[0].links
     a, b = out.clients[0].devices
     measured = {"a-b": link.bandwidth_mbps, "server-a": a.bandwidth_mbps, "server-b": b.bandwidth_mbps}

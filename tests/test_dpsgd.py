@@ -20,7 +20,7 @@ from trainer.accountant import epsilon
 from trainer.backends.local import run_local
 from trainer.build import RunSpec, client_discriminator
 from trainer.device import DeviceRole
-from trainer.dpsgd import DeviceDP, check_layers
+from trainer.dpsgd import SAMPLERS, DeviceDP, check_layers, layer_sq_norms
 from trainer.errors import DeviceFailure
 from trainer.privacy import SecureRandom
 from trainer.shards import PoissonSampler
@@ -91,6 +91,25 @@ def test_split_per_sample_clipping_equals_the_unsplit_reference(tmp_path, monkey
     assert seen["losses"][0].item() == pytest.approx(fake_half.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("layer, shape", [
+    (torch.nn.Conv2d(3, 8, 5, 2, 2), (6, 3, 28, 28)),  # 196 positions: the per-sample gradient is cheaper
+    (torch.nn.Conv2d(16, 32, 5, 2, 2), (6, 16, 8, 8)),  # 16 positions: the ghost norm is cheaper
+    (torch.nn.Conv2d(4, 4, 3, 1, 1, bias=False), (6, 4, 5, 5)),
+    (torch.nn.Linear(20, 3), (6, 20)),
+    (torch.nn.GroupNorm(2, 4), (6, 4, 3, 3)),  # Opacus's grad sampler
+])
+def test_per_sample_norms_equal_the_per_sample_gradients_norms(layer, shape):
+    """Against each sample's gradient computed alone by autograd (a batch of one)."""
+    a = torch.randn(shape)
+    g = torch.randn(layer(a).shape)
+    want = []
+    for r in range(shape[0]):
+        grads = torch.autograd.grad(layer(a[r:r + 1]), list(layer.parameters()), g[r:r + 1])
+        want.append(sum(x.double().pow(2).sum() for x in grads))
+    torch.testing.assert_close(layer_sq_norms(layer, a, g), torch.stack(want), rtol=1e-5, atol=0)
+    assert type(layer) in SAMPLERS
+
+
 def test_poisson_sampling_draws_each_record_with_probability_q():
     """Batch sizes follow Binomial(N, q) and each record's inclusion count Binomial(T, q)."""
     n, b, steps = 400, 20, 2000
@@ -156,6 +175,9 @@ def test_failed_and_resumed_rounds_are_charged_and_the_budget_ends_the_run(tmp_p
     assert epsilon([(q, sigma, 8)], delta=1e-5) <= 4.0 < epsilon([(q, sigma, 11)], delta=1e-5)
     assert last["clients"]["client0"]["epsilon"] == pytest.approx(epsilon([(q, sigma, 8)], delta=1e-5))
     assert "client0" not in last["d_loss"] and "client0" in last["d_loss_fake"]
+    again = run(tmp_path, plan, rounds=3, steps_per_round=3, dp_epsilon=4.0, resume=True)  # no room left: no step
+    assert again[-1]["round"] == 2 and json.loads((tmp_path / "run" / "privacy" / "client0.json").read_text())[
+        "segments"][0][2] == 8
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from scipy import stats
 
 from planner.errors import InputError
-from tests.helpers import B, chain_plan, config, first_real_batch
+from tests.helpers import B, chain_plan, config, first_real_batch, run
 from trainer.accountant import ORDERS, Ledger, check_delta, epsilon, noise_for
 from trainer.backends.local import run_local
 from trainer.build import RunSpec, client_discriminator
@@ -169,3 +169,10 @@ def test_a_run_says_when_weights_without_dp_leave_the_client(tmp_path):
     (w,) = privacy_warnings(TrainConfig(**base, aggregate="fedavg", secure_agg=True))
     assert "only the average" in w
     assert privacy_warnings(TrainConfig(**base, aggregate="fedavg", secure_agg=True, dp_epsilon=3.0)) == []
+
+
+def test_a_resume_that_adds_dp_is_refused_naming_the_option(tmp_path):
+    plan = chain_plan("dcgan", [2])
+    run(tmp_path, plan, "resumed", rounds=1)
+    with pytest.raises(InputError, match="--dp-noise: the run in .* was trained with None, this command says 1.0"):
+        run(tmp_path, plan, "resumed", rounds=2, resume=True, dp_noise=1.0)

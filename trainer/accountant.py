@@ -62,8 +62,10 @@ def noise_for(target_epsilon: float, *, delta: float, q: float, steps: int) -> f
     checked once more with :func:`epsilon` so the promise is ours to keep."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    sigma = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
-                                       steps=steps, accountant="rdp"))
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": still a valid bound
+        warnings.simplefilter("ignore")
+        sigma = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
+                                           steps=steps, accountant="rdp"))
     while epsilon([(q, sigma, steps)], delta=delta) > target_epsilon:
         sigma *= 1.001
     return sigma

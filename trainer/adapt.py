@@ -14,7 +14,9 @@ overhead and codec rows) by ``ratio_d``. Each client is solved again with the ex
 on them; the current plan is costed on the same corrected tables, and the run switches
 when the new round is at most ``1 - GAIN`` of the current one (``GAIN = 0.10``). The new
 plan is written as ``DIR/plan-rNNNN.json`` and the run resumes from the round's
-checkpoint on it, each layer's weights and Adam moments moved to their new device.
+checkpoint on it, each layer's weights and Adam moments moved to their new device
+(``trainer.switch``). Under torchrun, whose processes are fixed at launch, only a plan on
+the same devices is taken (``same_devices``).
 """
 
 from __future__ import annotations
@@ -50,10 +52,15 @@ def client_step_s(c: PlannedClient, p: ClientProblem) -> float:
     return check.step_time_s(p, c.solver_stages(), c.micro_batches)
 
 
+def _devices(clients) -> set[str]:
+    return {s.device for c in clients if c.status == "planned" for s in c.stages}
+
+
 @dataclass
 class Adapter:
     plan: Plan
     ratios: dict[str, float] = field(default_factory=dict)
+    same_devices: bool = False  # under torchrun: only a plan on the devices that have a rank
 
     def observe(self, metrics: dict) -> None:
         for name, d in metrics["devices"].items():
@@ -80,7 +87,7 @@ class Adapter:
             now.append(client_step_s(c, p) + (p.server_transfer_s or 0.0))
             new.append(redone.step_time_s + (p.server_transfer_s or 0.0))
         current, best = max(now), max(new)
-        if best > (1 - GAIN) * current:
+        if best > (1 - GAIN) * current or self.same_devices and _devices(clients) != _devices(plan.clients):
             return None
         digest = plan_digest(plan)
         solver = {**plan.solver, "name": "ilp", "adapted_at_round": round_no, "replanned_from": digest,

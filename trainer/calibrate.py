@@ -142,6 +142,7 @@ def measure_here(job: CalibrationJob, factor: float, *, turn: Callable[[str], No
         "format": FORMAT, "model": job.model, "fingerprint": model.fingerprint(), "batch_size": job.batch_size,
         "torch_version": str(torch.__version__), "host": socket.gethostname(), "threads": torch.get_num_threads(),
         "emulate": job.emulate, "emulated_factor": factor if job.emulate == "sleep" else None,
+        "links": "measured" if job.links else "declared",
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "seconds": time.perf_counter() - t_start, "overhead_s": overhead, "layers": layers,
     }

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import InputError
+from planner.jsonio import check_output_dir
+from trainer.accountant import MIN_NOISE
 
 BACKENDS = ("local", "dist")
 EMULATE = ("sleep", "none")
@@ -14,6 +16,14 @@ AGGREGATE = ("none", "fedavg", "swap")
 FEEDBACK = ("mean", "sum")
 DATASETS = ("digits", "mnist", "images:DIR")
 IMAGES = "images:"  # --data images:DIR (trainer.folders)
+# What --resume must find as the run saved it: every option that changes what is trained
+# (which records, which updates, what privacy). The others (rounds, eval cadence, timeouts,
+# backend) only change how the run is carried out or watched, and --lr may change so that
+# a diverged run (trainer.errors.Diverged) resumes from its last finite checkpoint with a
+# smaller one. A new option: one line here.
+SAME_ON_RESUME = ("seed", "data", "data_root", "alpha", "aggregate", "feedback", "steps_per_round",
+                  "deadline_s", "dp_clip", "dp_noise", "dp_epsilon", "dp_delta", "secure_agg", "cut_noise")
+SEED_LIMIT = 2**32  # --seed's range: torch takes < 2**64, and the trainer adds offsets to it
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,9 @@ class TrainConfig:
         if self.slowdown and self.emulate != "sleep":
             raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
         self._validate_privacy(bad)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise bad("--out", f"{self.out_dir} exists and is not a directory")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise bad("--seed", f"must be within 0..{SEED_LIMIT - 1}, found {self.seed}")
+        check_output_dir(self.out_dir, "--out")
 
     def _validate_privacy(self, bad) -> None:
         """The options of trainer.privacy and trainer.secagg, and which go together. Whether
@@ -117,6 +128,8 @@ class TrainConfig:
         for opt, v in (("--dp-clip", self.dp_clip), ("--dp-noise", self.dp_noise), ("--dp-epsilon", self.dp_epsilon)):
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise bad(opt, f"must be a finite number > 0 (no noise, no finite epsilon), found {v}")
+        if self.dp_noise is not None and self.dp_noise < MIN_NOISE:
+            raise bad("--dp-noise", f"{self.dp_noise:g} is too small for any finite epsilon (at least {MIN_NOISE:g})")
         if not (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1):
             raise bad("--dp-delta", f"must be within (0, 1), found {self.dp_delta}")
         if not (math.isfinite(self.cut_noise) and self.cut_noise >= 0):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from planner.errors import InputError
 from trainer import state
 from trainer.accountant import Ledger, check_delta, planned_noise
 from trainer.dpsgd import SIGMA
@@ -85,13 +84,16 @@ def round_privacy(cfg, ledgers: dict[str, dict], m: dict) -> str | None:
     return "; ".join(stop) or None
 
 
-def refuse_exhausted(cfg, processes: list[dict]) -> None:
-    """On resume: a client whose ledger leaves no room for one more round is an input error."""
+def exhausted(cfg, processes: list[dict]) -> str | None:
+    """On resume: why no round can start (a client's ledger leaves no room for one more
+    round within ``--dp-epsilon``), or None."""
+    out = []
     for row in processes:
         p = row.get("privacy")
         if not p or p["dp_target_epsilon"] is None or not p["dp_steps"]:
             continue
         nxt = Ledger.of_summary(row["client"], p).epsilon(cfg.steps_per_round)
         if nxt > p["dp_target_epsilon"] * (1 + 1e-9):
-            raise InputError("--dp-epsilon", None, f"client {row['client']} has spent epsilon {p['epsilon']:.3g} "
-                             f"in {p['dp_steps']} steps; one more round would reach {nxt:.3g}")
+            out.append(f"{row['client']} has spent epsilon {p['epsilon']:.3g} in {p['dp_steps']} steps; one more round "
+                       f"would reach {nxt:.3g} > --dp-epsilon {p['dp_target_epsilon']:g}")
+    return "; ".join(out) or None

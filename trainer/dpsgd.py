@@ -17,7 +17,10 @@ on devices ``d0`` (data) .. ``dk``::
 
 ``g_r`` is sample ``r``'s gradient of its own loss; ``B`` the expected batch ``q N``, as
 Opacus normalises Poisson batches. A layer's per-sample gradients come from its input and
-output gradient (Opacus's grad samplers); the clipped sum is one vector-Jacobian product
+output gradient, without forming it where that is cheaper: for a Linear layer
+``||a||^2 ||g||^2``, for a convolution ``sum_{t,t'} (a_t . a_t') (g_t . g_t')`` over its
+unfolded positions (the "ghost norm", Goodfellow 2015; Li et al., ICLR 2022, Sec. 4), and
+Opacus's grad samplers for every other layer type; the clipped sum is one vector-Jacobian product
 per layer with the output gradient's rows scaled by ``c_r - 1``, added to the batch
 gradient autograd already holds. The fake rows' gradient is not clipped: it depends on the
 records only through the discriminator's earlier, already noised, updates and the
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from opacus.grad_sample import GradSampleModule
 from torch import nn
 
@@ -56,6 +60,27 @@ def check_layers(model: nn.Module, *, option: str = "--dp-epsilon") -> None:
             known = ", ".join(sorted(t.__name__ for t in SAMPLERS))
             raise InputError(option, None, f"layer {name} ({type(m).__name__}) has parameters but no per-sample "
                              f"gradient rule; DP-SGD trains {known}")
+
+
+def layer_sq_norms(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per sample, the squared L2 norm of layer ``m``'s parameter gradient, from its input
+    ``a`` and output gradient ``g`` (float64)."""
+    whole = all(p.requires_grad for p in m.parameters(recurse=False))
+    bias = getattr(m, "bias", None) is not None
+    if whole and type(m) is nn.Linear and a.dim() == 2:
+        s = a.pow(2).sum(1) * g.pow(2).sum(1) + (g.pow(2).sum(1) if bias else 0)
+        return s.double()
+    if whole and type(m) is nn.Conv2d and m.groups == 1 and not isinstance(m.padding, str) \
+            and m.padding_mode == "zeros":
+        A = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)  # [n, C k k, T]
+        G = g.flatten(2)  # [n, C_out, T]
+        T = G.shape[2]
+        if T * T <= A.shape[1] * G.shape[1]:  # ghost norm: cheaper than the per-sample gradient
+            s = ((A.transpose(1, 2) @ A) * (G.transpose(1, 2) @ G)).sum((1, 2))
+        else:
+            s = torch.bmm(G, A.transpose(1, 2)).pow(2).sum((1, 2))
+        return (s + (G.sum(2).pow(2).sum(1) if bias else 0)).double()
+    return sum(x.flatten(1).double().pow(2).sum(1) for x in SAMPLERS[type(m)](m, [a], g).values())
 
 
 class PerSample:
@@ -94,8 +119,7 @@ class PerSample:
             s = torch.zeros(n, dtype=torch.float64)
             for j, m in enumerate(self.layers):
                 if n and (i, j) in self.grads:
-                    for g in SAMPLERS[type(m)](m, [self.inputs[i, j]], self.grads[i, j]).values():
-                        s += g.flatten(1).double().pow(2).sum(1)
+                    s += layer_sq_norms(m, self.inputs[i, j], self.grads[i, j])
             out.append(s)
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 

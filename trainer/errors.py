@@ -3,8 +3,8 @@
 A role (the server or a device) fails with an exception; both backends turn it into a
 :class:`RankFailure` record (in the dist backend it travels to the supervisor as one), and
 :func:`root_cause` turns the records of a failed round into the one error a person sees:
-bad input first, then a process that died, then a role's own error, then a peer's
-silence or lost connection (which names that peer). Roles that were only woken up
+bad input first, then a run that diverged (:class:`Diverged`), then a process that died, then a role's own error, then a peer's
+silence, lost connection or protocol violation (which names that peer). Roles that were only woken up
 because another failed (:class:`RunAborted`) explain nothing.
 """
 
@@ -47,6 +47,14 @@ class PeerLost(PeerFailure):
         super().__init__(dst, src, f"{dst} lost its connection to {src} ({type(cause).__name__}: {str(cause)[:160]})")
 
 
+class ProtocolViolation(PeerFailure):
+    """A peer sent what the protocol does not allow it (``trainer.protocol``): a tag it may
+    not send, or a header whose dtype or size is past the bound the plan sets."""
+
+    def __init__(self, dst: str, src: str, problem: str):
+        super().__init__(dst, src, f"{dst} refused a message from {src}: {problem}")
+
+
 class ProtocolError(RuntimeError):
     """A message that the step's schedule does not allow at this point."""
 
@@ -65,7 +73,7 @@ class RankFailure:
 
     role: str
     round_no: int
-    kind: str  # input | died | own | peer | aborted
+    kind: str  # input | diverged | died | own | peer | aborted
     message: str
     peer: str | None = None  # the peer blamed (kind "peer")
     input: tuple[str, str | None, str] | None = None  # InputError's (source, field, problem)
@@ -77,6 +85,8 @@ class RankFailure:
         text = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, InputError):
             return cls(role, round_no, "input", text, input=(exc.source, exc.field, exc.problem))
+        if isinstance(exc, Diverged):
+            return cls(role, round_no, "diverged", exc.detail)
         if isinstance(exc, RunAborted):
             return cls(role, round_no, "aborted", text)
         if isinstance(exc, PeerFailure):
@@ -97,11 +107,28 @@ class DeviceFailure(RuntimeError):
         super().__init__(f"{device} failed in round {round_no}: {detail}")
 
 
+class Diverged(DeviceFailure):
+    """Training produced a non-finite number (a loss, a gradient, the generator's output
+    or weights): an outcome of the settings, not a fault. The round stops at the step
+    that saw it; the last complete round's checkpoint stays for ``--resume`` with other
+    settings (exit 1). ``detail`` says the step and where: which client, or the generator."""
+
+    def __init__(self, detail: str, round_no: int = 0, role: str = "server"):
+        self.detail = detail
+        kept = (f"the checkpoint of round {round_no - 1} is kept: --resume it with a smaller --lr" if round_no > 1
+                else "no round was complete: start again with a smaller --lr")
+        RuntimeError.__init__(self, f"training diverged in round {round_no}, {detail}; {kept}")
+        self.device, self.round_no = role, round_no
+
+
 def root_cause(failures: list[RankFailure], round_no: int) -> Exception:
     """The failure that explains the others (see the module docstring)."""
     for f in failures:
         if f.kind == "input" and f.input is not None:
             return InputError(*f.input)
+    for f in failures:
+        if f.kind == "diverged":
+            return Diverged(f.message, f.round_no or round_no, f.role)
     for kind in ("died", "own"):
         for f in failures:
             if f.kind == kind:

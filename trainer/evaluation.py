@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from planner.profile import cache_dir
 from trainer.data import DataSource
+from trainer.errors import Diverged
 from trainer.quality import QualityEvaluator
 from trainer.pixelkid import PixelKID
 
@@ -46,6 +47,8 @@ class Evaluation:
 
     def __call__(self, generator: torch.nn.Module, round_done: int) -> dict:
         fake = sample_images(generator, self.samples, seed=self.seed * 100003 + round_done)
+        if not bool(torch.isfinite(fake).all()):  # FID on NaN ends in a LAPACK crash, not an error
+            raise Diverged("evaluation: the generator's samples are not finite")
         if not self.digits:
             return self.quality.evaluate(fake)
         if fake.shape[1] == 3:  # an RGB model trained on digits: the classifier reads luminance

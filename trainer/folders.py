@@ -18,6 +18,7 @@ Every problem raises ``InputError`` naming the folder or the file.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,12 @@ def list_folder(root: str | Path) -> FolderIndex:
 def _open(path: Path) -> Image.Image:
     """The image at ``path``, header read (no pixels yet), format checked."""
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():  # PIL's warning of a huge image is this one line, not a raw warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(str(path), None, f"has more pixels than the {Image.MAX_IMAGE_PIXELS} PIL opens safely "
+                         "(a decompression bomb, or an image far larger than a GAN trains on)") from None
     except (OSError, UnidentifiedImageError) as e:
         raise InputError(str(path), None, f"cannot be read as an image ({type(e).__name__}: {e})") from None
     if img.format not in FORMATS:

@@ -20,6 +20,8 @@ Around the steps (``trainer.device``, ``trainer.server``; messages in ``planner.
       |                                          |   d -> d0: state; d0 writes c's file
       |<-- saved [r] ------------------------ d0 |
       | metrics.jsonl, evaluation, samples, checkpoint/server.pt (trainer.serve)
+      |--- round [0], plan --------------------->|   --adapt switched plans: every role
+      |                                          |   resumes on it (trainer.switch)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 
 import torch
 
-from trainer import dprun, secagg, state
+from trainer import dprun, secagg, state, switch
 from trainer.aggregate import device_exchange
 from trainer.build import RunSpec, build_device
 from trainer.errors import RoleError
@@ -39,8 +41,9 @@ from trainer.transport import SERVER, Transport
 
 def run_role(spec: RunSpec, me: str, t: Transport, *, lock: threading.Lock | None = None,
              report: Report | None = None) -> list[dict]:
-    """Play role ``me`` for the whole run. Returns the run's metrics on the server, ``[]``
-    on a device; any failure is raised as :class:`RoleError` naming the role and round."""
+    """Play role ``me`` for the whole run. Returns the run's metrics on the server; on a
+    device ``[]``, or after a switch of plans the record to resume from
+    (``trainer.switch``); any failure is raised as :class:`RoleError` naming the role and round."""
     where = Where()
     try:
         if me == SERVER:
@@ -49,15 +52,14 @@ def run_role(spec: RunSpec, me: str, t: Transport, *, lock: threading.Lock | Non
             from trainer.serve import serve
 
             return serve(spec, t, lock=lock, report=report or (lambda kind, body: None), where=where)
-        _device(spec, me, t, lock=lock, where=where)
-        return []
+        return _device(spec, me, t, lock=lock, where=where)
     except RoleError:
         raise
     except BaseException as e:
         raise RoleError(me, where.round, e) from e
 
 
-def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None:
+def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> list[dict]:
     cfg, plan = spec.cfg, spec.plan
     long_s = cfg.timeout_s + BETWEEN_ROUNDS_S
     parts = build_device(spec, me, lock=lock)
@@ -85,8 +87,11 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
     factor = role.clock.factor
     for r in range(start + 1, cfg.rounds + 1):
         where.round = r
-        if not int(t.recv(me, SERVER, tag="round", timeout_s=long_s).item()):
-            break  # the server switches plans: this run ends here, the next resumes from the checkpoint
+        told = int(t.recv(me, SERVER, tag="round", timeout_s=long_s).item())
+        if not told:  # the server switches plans
+            return switch.follow(t, me, cfg.out_dir, r - 1, timeout_s=long_s)
+        if told < 0:  # a client's privacy budget ends the run (trainer.dprun)
+            return []
         t.begin_round(me, r)
         role.clock.factor = factor * math.prod(f for d, f, at in cfg.slowdown if d == me and r >= at)
         role.run(t, cfg.steps_per_round, trace_last=r == cfg.rounds)
@@ -107,3 +112,4 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> None
                                for d, _, _ in chain[1:]}
         files.save(c.name, r, state.client_checkpoint(c.name, round_done=r, plan=plan, states=states))
         t.send(me, SERVER, torch.tensor([r]), tag="saved")
+    return []

@@ -9,20 +9,62 @@ each keeps its own part in its own ``--out``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import math
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import InputError
-from planner.jsonio import write_atomic, write_json
+from planner.jsonio import read_json, write_atomic, write_json
 from planner.planfile import write_plan
 from planner.timeline import Box, draw, predicted_boxes
 from trainer import state
+from trainer.config import SAME_ON_RESUME
 from trainer.evaluation import sample_images
 from trainer.images import save_grid
 from trainer.plots import plot_run
 from trainer.server import ServerRole
+from trainer.switch import next_plan_name
 
 SAMPLE_GRID = 64
+
+
+def finite_json(obj):
+    """``obj`` with every NaN or infinity as None (null): metrics.jsonl stays standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def check_resume(cfg, plan) -> None:
+    """Refuse (InputError) a ``--resume`` whose options or plan differ from the run saved
+    in ``cfg.out_dir``, before anything there is touched: each option of
+    ``SAME_ON_RESUME`` with its saved and its new value; the model's fingerprint; the plan.
+    A run folder without the server's checkpoint (another machine's, under torchrun) is
+    the server's to check."""
+    path = state.server_file(cfg.out_dir)
+    if not path.is_file():
+        return
+    ck = state.read(path)
+    saved = ck.get("config", {})
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name in SAME_ON_RESUME:
+        if name not in defaults:
+            continue
+        was, now = saved.get(name, str(defaults[name])), str(getattr(cfg, name))
+        if was != now:
+            raise InputError(f"--{name.replace('_', '-')}", None, f"the run in {cfg.out_dir} was trained with {was}, "
+                             f"this command says {now}; --resume continues the same run (or train into a new --out)")
+    old = cfg.out_dir / "plan.json"
+    if old.is_file():
+        was = read_json(old, what="plan").get("model", {}).get("fingerprint")
+        if was != plan.model["fingerprint"]:
+            raise InputError(str(cfg.plan_path), "model.fingerprint", f"the run in {cfg.out_dir} trained model "
+                             f"{was}, this plan's is {plan.model['fingerprint']}; --resume continues the same model")
+    state.check_owner(ck, fmt=state.SERVER_FORMAT, plan=plan, source=str(path))
 
 
 class RunDir:
@@ -68,7 +110,8 @@ class RunDir:
         the round that is complete)."""
         save_grid(sample_images(server.generator, SAMPLE_GRID, seed=spec.cfg.seed),
                   self.out / "samples" / f"round_{round_done:04d}.png")
-        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(finite_json(h), allow_nan=False) + "\n"
+                                                         for h in history))
         plot_run(history, self.out)
         s = server
         ck = {"format": state.SERVER_FORMAT, "round": round_done, "plan": state.plan_digest(spec.plan),
@@ -79,7 +122,7 @@ class RunDir:
 
     def write_next_plan(self, plan, round_done: int) -> str:
         """Where ``--adapt`` keeps a plan it switches to after ``round_done``."""
-        name = f"plan-r{round_done:04d}.json"
+        name = next_plan_name(round_done)
         write_plan(plan, self.out / name)
         return name
 

@@ -19,6 +19,7 @@ from trainer.metrics import round_metrics
 from trainer.roles import BETWEEN_ROUNDS_S, Report, Where, hello
 from trainer.secagg_round import serve_keys
 from trainer.rundir import RunDir
+from trainer.switch import announce, in_torchrun
 from trainer.transport import SERVER, Transport
 
 
@@ -38,15 +39,19 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
     records = {c.name: samples[c.name] for c in plan.planned}
     if cfg.dp:
         dprun.check_start(cfg, records, plan.batch_size)
-        dprun.refuse_exhausted(cfg, processes)
     for d in devices:
         t.send(SERVER, d, torch.tensor([start]), tag="start")
     keys = serve_keys(spec, t, samples, timeout_s=long_s) if cfg.secure_agg else None
+    spent = dprun.exhausted(cfg, processes) if cfg.dp and start < cfg.rounds else None
     report("start", {"start_round": start, "rounds": cfg.rounds, "clients": [c.name for c in plan.planned],
                      "warnings": emulation_warnings(plan, cfg) + privacy_warnings(cfg), "processes": processes,
-                     "dp": cfg.dp})
+                     "dp": cfg.dp, "privacy_stop": spent})
+    if spent:  # resumed with no budget left for a round: every device stops before it starts
+        for d in devices:
+            t.send(SERVER, d, torch.tensor([-1]), tag="round")
+        return history
     chains = {c.name: [s.device for s in c.stages] for c in plan.planned}
-    adapter = Adapter(plan) if cfg.adapt else None
+    adapter = Adapter(plan, same_devices=in_torchrun()) if cfg.adapt else None
     for r in range(start + 1, cfg.rounds + 1):
         where.round = r
         t.begin_round(SERVER, r)
@@ -82,7 +87,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
             stop = dprun.round_privacy(cfg, ledgers, m)
             if stop:
                 m["privacy_stop"] = stop
-        if evaluation and (r % cfg.eval_every == 0 or r == cfg.rounds):
+        if evaluation and (r % cfg.eval_every == 0 or r == cfg.rounds or stop):
             m.update(evaluation(server.generator, r))
         switch = None
         if adapter is not None and r < cfg.rounds and not stop:
@@ -94,8 +99,11 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         history.append(m)
         run.finish_round(spec, server, history, r)
         report("round", m)
-        if switch is not None or stop:  # this run ends (--adapt: train() resumes it on the new plan)
+        if switch is not None:  # this run ends; every rank resumes from this round's checkpoint on the new plan
+            announce(t, devices, run.out / m["plan_switch"]["plan"])
+        if stop:  # the privacy budget ends the run here: every device stops
             for d in devices:
-                t.send(SERVER, d, torch.tensor([0]), tag="round")
+                t.send(SERVER, d, torch.tensor([-1]), tag="round")
+        if switch is not None or stop:
             break
     return history

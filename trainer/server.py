@@ -25,8 +25,15 @@ import torch
 
 from planner.schedule import FAKE, FAKE_GRAD, LOSSES
 from trainer.clock import Clock
-from trainer.errors import PeerTimeout
+from trainer.errors import Diverged, PeerTimeout
 from trainer.transport import SERVER, Transport
+
+
+def _finite(x: torch.Tensor, step: int, what: str) -> None:
+    """Diverged (a run's outcome, exit 1) when ``x`` holds a NaN or an infinity."""
+    if not bool(torch.isfinite(x).all()):
+        raise Diverged(f"step {step + 1}: {what} {'is' if x.numel() == 1 else 'are'} not finite "
+                       f"({x.flatten()[:4].tolist()}{'…' if x.numel() > 4 else ''})")
 
 
 @dataclass
@@ -71,6 +78,7 @@ class ServerRole:
         with self.clock.compute("G forward"):
             z = torch.randn(self.batch_size, self.generator.z_dim, generator=self.z_generator)
             fake = self.generator(z)
+        _finite(fake, step, "the generator's output")
         for c in active:
             t.send(SERVER, c.data_device, fake, tag=FAKE.tag)
         grads = {}
@@ -86,7 +94,10 @@ class ServerRole:
                     raise
                 self._drop(t, c, step)
                 continue
-            d_loss, g_loss = t.recv(SERVER, c.last_device, tag=LOSSES, timeout_s=self.timeout_s).tolist()
+            losses = t.recv(SERVER, c.last_device, tag=LOSSES, timeout_s=self.timeout_s)
+            _finite(losses, step, f"client {c.name}'s losses (d, g)")
+            _finite(grads[c.name], step, f"client {c.name}'s feedback to the generator")
+            d_loss, g_loss = losses.tolist()
             self.losses.setdefault(c.name, []).append((d_loss, g_loss))
         if not grads:
             return
@@ -114,6 +125,8 @@ class ServerRole:
             if trace_last and i == steps - 1:
                 self.clock.trace = []
             self.step(t, i, start, steps)
+        for name, p in self.generator.named_parameters():  # nothing non-finite is evaluated or saved
+            _finite(p.detach(), steps - 1, f"the generator's weights ({name})")
         trace = [(SERVER, *x) for x in self.clock.trace or []]
         self.clock.trace = None
         return trace

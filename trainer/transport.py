@@ -14,14 +14,12 @@ peer it is waiting for.
   discarded (``late_ok``).
 - **Tags.** Every tag is checked against the schedule on send; a ``recv`` that finds
   another tag than it expects raises :class:`ProtocolError`.
-- **Link emulation** (``emulate=True``): a step message between two devices of a client
-  takes ``bytes / link_bytes_per_s + latency / 4`` seconds (the plan's own tables; SPEC §2
-  charges a link's latency once per cut and micro-batch, and four messages cross it).
-  Control messages and the server's are not planned and not delayed. The link, not the
-  sender, takes that time: ``send`` returns at once and the message arrives when the link
-  has carried it, after what it carried before (:class:`EmulatedLink`), so a device
-  computes its next micro-batch while its last activation is on the wire, as SPEC §2.1's
-  cuts are units of their own. Every message between a pair goes through its link, in order.
+- **Link emulation** (``emulate=True``): step messages between two devices take the
+  time the plan says their link takes (``trainer.links``).
+- **Who may send what.** Every message is checked against ``trainer.protocol``: its
+  sender (``stop`` and plan switches only from the server), and over the wire its
+  dtype and size, before anything is allocated; a violation is a
+  :class:`~trainer.errors.ProtocolViolation` naming the peer.
 - **Log.** :class:`TransferLog` counts each role's bytes and waits, step and control
   messages apart, so metrics report what actually crossed.
 """
@@ -36,12 +34,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from planner.schedule import MESSAGES_PER_CUT_PER_MICRO_BATCH, STEP_TAGS, TAGS
-from trainer.errors import PeerLost, PeerTimeout, ProtocolError, RunAborted, StopRound
+from planner.schedule import STEP_TAGS, TAGS
+from trainer import protocol
+from trainer.errors import PeerLost, PeerTimeout, ProtocolError, ProtocolViolation, RunAborted, StopRound
+from trainer.links import EmulatedLink, LinkTable
+from trainer.protocol import SERVER, WireLimits  # noqa: F401 - SERVER: every role imports it from here
 
-SERVER = "server"
 LOST = "__lost__"  # a broken connection; the payload is the error
 ABORT = "__abort__"  # the run is being torn down; every recv raises RunAborted
+REFUSED = "__refused__"  # a peer broke the protocol; the payload is the ProtocolViolation
+URGENT = ("stop", ABORT, REFUSED)  # reach a role whatever peer it waits for
 
 
 @dataclass(frozen=True)
@@ -50,86 +52,6 @@ class Envelope:
     tag: str
     epoch: int
     payload: object  # a tensor, or the error of LOST / ABORT
-
-
-@dataclass
-class LinkTable:
-    """Bandwidth (bytes/s) and latency (s) between named devices, from a plan."""
-
-    bytes_per_s: dict[tuple[str, str], float] = field(default_factory=dict)
-    latency_s: dict[tuple[str, str], float] = field(default_factory=dict)
-
-    def delay_s(self, src: str, dst: str, nbytes: int) -> float:
-        key = (src, dst)
-        if key not in self.bytes_per_s:
-            return 0.0
-        return nbytes / self.bytes_per_s[key] + self.latency_s[key] / MESSAGES_PER_CUT_PER_MICRO_BATCH
-
-    @classmethod
-    def from_plan(cls, plan) -> "LinkTable":
-        table = cls()
-        for c in plan.planned:
-            p = c.costs
-            for a, da in enumerate(p.devices):
-                for b, db in enumerate(p.devices):
-                    if a != b:
-                        table.bytes_per_s[(da, db)] = p.link_bytes_per_s[a][b]
-                        table.latency_s[(da, db)] = p.link_latency_s[a][b]
-        return table
-
-
-class EmulatedLink:
-    """One direction between two roles under emulation: messages leave in the order sent,
-    each ``delay`` seconds after the link is free (its previous message arrived), and are
-    handed on by this link's own thread at that moment. An error handing one on (a peer
-    gone) is raised by the sender's next send over this link."""
-
-    def __init__(self, hand_on, name: str):
-        self._hand_on = hand_on
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._free_at = 0.0
-        self._pending = 0
-        self._idle = threading.Condition()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def carry(self, dst: str, envelope: Envelope, delay_s: float) -> tuple[float, float]:
-        """Queue ``envelope``; returns when its transfer starts and ends (perf_counter)."""
-        if self.error is not None:
-            raise self.error
-        start = max(time.perf_counter(), self._free_at)
-        self._free_at = end = start + delay_s
-        with self._idle:
-            self._pending += 1
-        self._queue.put((end, dst, envelope))
-        return start, end
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            end, dst, envelope = item
-            wait = end - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            try:
-                if self.error is None:
-                    self._hand_on(dst, envelope)
-            except BaseException as e:  # noqa: BLE001 - the sender sees it on its next send
-                self.error = e
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
-
-    def drain(self, timeout_s: float) -> bool:
-        """Wait (bounded) until every queued message is handed on; True if it was."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
-
-    def stop(self) -> None:
-        self._queue.put(None)
 
 
 def _counter() -> defaultdict:
@@ -180,8 +102,10 @@ class Transport:
     ``dst``, whose arrival ends in :meth:`_arrive`.
     """
 
-    def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, log: TransferLog | None = None):
+    def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, log: TransferLog | None = None,
+                 limits: WireLimits | None = None):
         self.links = links or LinkTable()
+        self.limits = limits  # the plan's bounds on what a peer may send (None: senders only)
         self.emulate = emulate
         self.log = log or TransferLog()
         self._inbox: dict[str, queue.Queue] = defaultdict(queue.Queue)
@@ -201,6 +125,14 @@ class Transport:
         return tensor.detach().contiguous()
 
     def _arrive(self, dst: str, envelope: Envelope) -> None:
+        """Hand ``envelope`` to ``dst``'s inbox, or, if its sender may not send it (see
+        ``trainer.protocol``), the violation in its place."""
+        if envelope.tag not in (LOST, ABORT, REFUSED):
+            try:
+                p = envelope.payload
+                protocol.check(self.limits, dst, envelope.src, envelope.tag, p.dtype, tuple(p.shape))
+            except ProtocolViolation as e:
+                envelope = Envelope(envelope.src, REFUSED, 0, e)
         with self._lock:
             box = self._inbox[dst]
         box.put(envelope)
@@ -267,6 +199,8 @@ class Transport:
             if env.tag == ABORT:
                 self._aborted[dst] = str(env.payload)
                 continue
+            if env.tag == REFUSED:
+                raise env.payload
             if env.tag == LOST:
                 self._aside[(dst, env.src)].appendleft(env)  # every later recv fails the same way
                 raise PeerLost(dst, env.src, env.payload)
@@ -288,7 +222,7 @@ class Transport:
 
     def _next(self, dst: str, srcs: tuple[str, ...], deadline: float | None, tag: str,
               timeout_s: float | None) -> Envelope:
-        """The next envelope from any of ``srcs``, or a ``stop`` / ``abort`` from anyone.
+        """The next envelope from any of ``srcs``, or an ``URGENT`` one from anyone.
         What has arrived goes aside per sender first, so among it the first of ``srcs``
         with a message wins."""
         with self._lock:
@@ -307,7 +241,7 @@ class Transport:
                     env = box.get(timeout=left)
                 except queue.Empty:
                     raise PeerTimeout(dst, srcs[0], tag, timeout_s or 0.0) from None
-            if env.tag in ("stop", ABORT):
+            if env.tag in URGENT:
                 return env
             self._aside[(dst, env.src)].append(env)
 
@@ -326,8 +260,10 @@ class Transport:
 class InProcessTransport(Transport):
     """Roles are threads of one process; a message is put straight into the inbox."""
 
-    def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, keep_messages: bool = False):
-        super().__init__(links, emulate=emulate, log=TransferLog(messages=[] if keep_messages else None))
+    def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, keep_messages: bool = False,
+                 limits: WireLimits | None = None):
+        super().__init__(links, emulate=emulate, log=TransferLog(messages=[] if keep_messages else None),
+                         limits=limits)
 
     def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().clone()  # the receiver is another thread: never share storage

@@ -1,18 +1,32 @@
 """The ``torch.distributed`` transport: one role per process, point-to-point over gloo.
 
-Wire format: a message is a fixed header, then the payload, both plain tensors; nothing
-is pickled::
+Wire format: a message is a fixed header, then the payload::
 
     header (int64, HEADER_LEN): [tag id, round, dtype code, ndim, dim0, ..., dim7]
     payload: the tensor itself, contiguous (skipped when it has no elements)
 
+The header, the step messages (activations, gradients, fake images, losses), the control
+values (``stop``, ``start``, ``round``, ``saved``, ``report``, ``weights``, ``bye``) and
+``secagg``'s raw key bytes and ``probe`` payloads are plain tensors: raw numbers, nothing
+to deserialize. Four tags carry a ``torch.save`` buffer (a pickle in a zip) as a uint8
+tensor (``trainer.state.pack``): ``hello``, ``state`` (checkpoint state), ``trace`` and
+``calib``. The receiver reads them only with ``torch.load(weights_only=True)``
+(``trainer.state.unpack``), whose unpickler accepts tensors, numbers, strings, lists and
+dicts and refuses any other object, so a peer cannot make it run code; their size is
+bounded like every other message's.
+
 Tags are ``planner.schedule.TAGS``: a header naming another is refused on both ends.
-The receiver learns the payload's shape and dtype from the header. One receiving thread
-per peer posts ``dist.recv`` for the header, then for the payload, and hands the message
-to the role's inbox (:class:`~trainer.transport.Transport` does the rest: rounds, stop,
-tag checks, timeouts). A peer whose connection breaks surfaces as ``PeerLost`` on the
-next ``recv`` from it. ``close()`` sends ``bye`` to every peer and waits for theirs, so
-every receiving thread ends before the process group is destroyed.
+Before anything is allocated, the receiver checks each header against
+``trainer.protocol``: the sender may send that tag (``stop`` and plan switches only from
+the server), in that dtype, and no more bytes than the plan allows for it. A header that
+fails is a :class:`~trainer.errors.ProtocolViolation` naming the peer, and nothing more
+is read from that peer (the stream's framing can no longer be trusted).
+
+One receiving thread per peer posts ``dist.recv`` for the header, then for the payload,
+and hands the message to the role's inbox (:class:`~trainer.transport.Transport` does the
+rest: rounds, stop, tag checks, timeouts). A peer whose connection breaks surfaces as
+``PeerLost`` on the next ``recv`` from it. ``close()`` sends ``bye`` to every peer and
+waits for theirs, so every receiving thread ends before the process group is destroyed.
 """
 
 from __future__ import annotations
@@ -24,8 +38,10 @@ import torch
 import torch.distributed as dist
 
 from planner.schedule import TAGS
-from trainer.errors import ProtocolError
-from trainer.transport import LOST, Envelope, LinkTable, Transport
+from trainer import protocol
+from trainer.errors import ProtocolError, ProtocolViolation
+from trainer.protocol import WireLimits
+from trainer.transport import LOST, REFUSED, Envelope, LinkTable, Transport
 
 MAX_DIMS = 8
 HEADER_LEN = 4 + MAX_DIMS
@@ -53,8 +69,8 @@ class DistTransport(Transport):
     """Messages between roles that live in different ranks; this process plays ``me``."""
 
     def __init__(self, me: str, ranks: dict[str, int], peers: list[str], *, links: LinkTable | None = None,
-                 emulate: bool = False):
-        super().__init__(links, emulate=emulate)
+                 emulate: bool = False, limits: WireLimits | None = None):
+        super().__init__(links, emulate=emulate, limits=limits or WireLimits())
         self.me, self.ranks, self.peers = me, ranks, list(peers)
         self._threads = [threading.Thread(target=self._receive, args=(p,), name=f"recv-{p}", daemon=True)
                          for p in self.peers]
@@ -67,16 +83,29 @@ class DistTransport(Transport):
             try:
                 header = torch.empty(HEADER_LEN, dtype=torch.int64)
                 dist.recv(header, src=rank)
-                tag, epoch, dtype, shape = decode_header(header)
+                tag, epoch, dtype, shape = self.admit(src, header)
                 payload = torch.empty(shape, dtype=dtype)
                 if payload.numel():
                     dist.recv(payload, src=rank)
+            except ProtocolViolation as e:  # refused before allocating: the role fails at once
+                self._arrive(self.me, Envelope(src, REFUSED, 0, e))
+                return
             except Exception as e:  # noqa: BLE001 - handed to the role's next recv from src
                 self._arrive(self.me, Envelope(src, LOST, 0, e))
                 return
             if tag == "bye":
                 return
             self._arrive(self.me, Envelope(src, tag, epoch, payload))
+
+    def admit(self, src: str, header: torch.Tensor) -> tuple[str, int, torch.dtype, tuple[int, ...]]:
+        """The header's fields, if ``src`` may send that message (``trainer.protocol``);
+        else :class:`ProtocolViolation` naming ``src``."""
+        try:
+            tag, epoch, dtype, shape = decode_header(header)
+        except ProtocolError as e:
+            raise ProtocolViolation(self.me, src, str(e)) from None
+        protocol.check(self.limits, self.me, src, tag, dtype, shape)
+        return tag, epoch, dtype, shape
 
     def _put(self, dst: str, envelope: Envelope) -> None:
         rank = self.ranks[dst]

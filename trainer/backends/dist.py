@@ -9,12 +9,16 @@ it.
 
 Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) this process is one rank; a JSON
 file named by ``FSL_RANKS`` maps role names to ranks (default: server 0, then the plan's
-devices in order). README's "Several machines" shows a two-machine command, which
-``tests/test_multinode.py`` runs on one machine with two torchrun agents.
+devices in order), and the server's rank, whatever its number, reports the run.
+:func:`check_launch` checks all of it before any process group forms (exit 2, one line).
+A switch of plans (``--adapt``) re-forms the group under a fresh prefix of torchrun's
+store, every rank on the new plan (``trainer.switch``). README's several-machines block
+is what ``tests/test_multinode.py`` runs, on one machine with two torchrun agents.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -35,11 +39,14 @@ from trainer import opened
 from trainer.build import RunSpec
 from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
 from trainer.loop import run_role
+from trainer.protocol import WireLimits
 from trainer.roles import BETWEEN_ROUNDS_S
+from trainer.switch import in_torchrun
 from trainer.transport import SERVER, LinkTable
 from trainer.wire import DistTransport
 
 GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' reports
+_GROUPS = itertools.count()  # process groups this torchrun rank has formed (one per plan it followed)
 
 
 def default_ranks(spec: RunSpec) -> dict[str, int]:
@@ -65,10 +72,16 @@ def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, re
     """This process's role, from joining the group to leaving it."""
     opened.record_process(spec.data)  # first: every file this role's process opens from here on
     torch.set_num_threads(DEVICE_THREADS)  # a device is one core (planner.profile)
-    dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
-                            timeout=timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S))
+    timeout = timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)
+    if init_method == "env://":  # torchrun: each plan this process follows meets under a fresh key prefix
+        store, _, _ = next(dist.rendezvous(init_method, timeout=timeout))
+        dist.init_process_group("gloo", store=dist.PrefixStore(f"fsl-plan-{next(_GROUPS)}", store), rank=ranks[me],
+                                world_size=len(ranks), timeout=timeout)
+    else:
+        dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
+                                timeout=timeout)
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
-                      emulate=spec.cfg.emulate == "sleep")
+                      emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp))
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
     opened.save(spec.cfg.out_dir, me)
     t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
@@ -160,7 +173,8 @@ def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on
 
 def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
     """Train as ``spec`` says with a process per role; returns every round's metrics (on a
-    torchrun rank other than 0: ``[]``)."""
+    torchrun rank other than the server's: ``[]``, or after a switch of plans the record
+    to resume from, ``trainer.switch``)."""
     if in_torchrun():
         return _torchrun(spec, on_start=on_start, on_round=on_round)
     quiet = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
@@ -168,22 +182,78 @@ def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
                      on_round=on_round)
 
 
-def in_torchrun() -> bool:
-    """Whether this process is one rank of a group started outside (``torchrun``)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+def _env_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(name, None, f"expected an integer (torchrun sets it), found {value!r}") from None
+
+
+def read_ranks() -> dict[str, int] | None:
+    """``FSL_RANKS``'s role -> rank map (None when unset); InputError naming the variable
+    and its file if that is missing, unreadable, not JSON or not role -> integer."""
+    source = os.environ.get("FSL_RANKS")
+    if source is None:
+        return None
+    where = f"FSL_RANKS={source}"
+    try:
+        text = Path(source).read_text()
+    except OSError as e:
+        raise InputError(where, None, f"cannot read the ranks file ({e.strerror or type(e).__name__})") from None
+    except ValueError as e:  # an empty or NUL-containing path
+        raise InputError(where, None, f"not a file name ({e})") from None
+    try:
+        ranks = json.loads(text)
+    except ValueError as e:
+        raise InputError(where, None, f"not JSON ({e})") from None
+    if not isinstance(ranks, dict):
+        raise InputError(where, None, f"expected an object of role -> rank, found a {type(ranks).__name__}")
+    for role, rank in ranks.items():
+        if type(rank) is not int:
+            raise InputError(where, role, f"expected an integer rank, found {rank!r}")
+    return ranks
 
 
 def torchrun_role(roles: list[str]) -> tuple[str, dict[str, int]]:
     """Under torchrun: this process's role and every role's rank, from ``FSL_RANKS`` (a
     JSON file of role -> rank) or ``roles`` in order; InputError if they disagree."""
-    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    source = os.environ.get("FSL_RANKS")
-    ranks = {str(k): int(v) for k, v in json.loads(Path(source).read_text()).items()} if source else \
-        {n: i for i, n in enumerate(roles)}
+    world, rank = _env_int("WORLD_SIZE"), _env_int("RANK")
+    given = read_ranks()
+    ranks = given if given is not None else {n: i for i, n in enumerate(roles)}
+    source = f"FSL_RANKS={os.environ['FSL_RANKS']}" if given is not None else "WORLD_SIZE"
     if set(ranks) != set(roles) or sorted(ranks.values()) != list(range(world)):
-        raise InputError(source or "WORLD_SIZE", None, f"expected ranks 0..{world - 1} for {sorted(roles)}, "
-                         f"found {ranks}")
+        raise InputError(source, None, f"expected ranks 0..{world - 1} for {sorted(roles)}, found {ranks}")
+    if not 0 <= rank < world:
+        raise InputError("RANK", None, f"{rank} is outside 0..{world - 1}")
     return next(n for n, k in ranks.items() if k == rank), ranks
+
+
+def reports_here() -> bool:
+    """Whether this process reports the run (progress, summary): outside torchrun always;
+    under it, only the server's rank, whatever its number in ``FSL_RANKS``."""
+    if not in_torchrun():
+        return True
+    ranks = read_ranks()
+    return _env_int("RANK") == (0 if ranks is None else ranks.get(SERVER, 0))
+
+
+def check_launch(spec: RunSpec) -> None:
+    """How this process was started agrees with the options, before anything starts:
+    under torchrun the ranks (``torchrun_role``) and the backend; ``FSL_RANKS`` only there."""
+    cfg = spec.cfg
+    if not in_torchrun():
+        if "FSL_RANKS" in os.environ:
+            raise InputError("FSL_RANKS", None, "is set, but this process is no torchrun rank (RANK and WORLD_SIZE "
+                             "unset): run under torchrun, or unset it")
+        return
+    if cfg.backend != "dist":
+        raise InputError("--backend", None, f"{cfg.backend} under torchrun would train the whole run once per rank; "
+                         "use --backend dist")
+    if cfg.replan_on_failure:
+        raise InputError("--replan-on-failure", None, "not under torchrun: its agent stops every process of a "
+                         "machine when one fails, so none is left to follow the new plan; rerun with --resume")
+    torchrun_role(spec.roles())
 
 
 def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:

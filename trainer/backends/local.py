@@ -18,12 +18,14 @@ from trainer import opened
 from trainer.build import RunSpec
 from trainer.errors import RankFailure, RoleError, root_cause
 from trainer.loop import run_role
+from trainer.protocol import WireLimits
 from trainer.transport import SERVER, InProcessTransport, LinkTable, Transport
 
 
 def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transport | None = None) -> list[dict]:
     """Train as ``spec`` says with a thread per role; returns every round's metrics."""
-    t = transport or InProcessTransport(LinkTable.from_plan(spec.plan), emulate=spec.cfg.emulate == "sleep")
+    t = transport or InProcessTransport(LinkTable.from_plan(spec.plan), emulate=spec.cfg.emulate == "sleep",
+                                        limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp))
     roles = spec.roles()
     lock = threading.Lock()
     result: dict[str, list[dict]] = {}
