@@ -1,93 +1,93 @@
-"""Privacy as numbers, written into BENCHMARKS.md (section ``privacy``) and two figures.
+"""Privacy as measured numbers: DP against no DP on ``profiles/lab.json``, and the attacks on
+those very runs; written into BENCHMARKS.md (section ``privacy``).
 
-    python benchmarks/privacy.py [--quick]
+    python benchmarks/privacy.py train  [--runs DIR] [--settings nodp,eps10] [--seeds 0,1,2] [--steps 600]
+    python benchmarks/privacy.py report [--runs DIR] [--settings ...] [--seeds ...] [--write]
 
-1. **FID against epsilon**: 2 clients (``synthetic_profile(2)``, ILP plan, the digits split
-   IID), every run the same number of generator steps, ``--dp-noise SIGMA`` for SIGMA in
-   {0 (no DP), 0.5, 1, 2} at ``--dp-clip C``, 3 seeds; epsilon at delta = 1 / shard.
-2. **Membership inference** on the generator (GAN-Leaks full black-box,
-   ``benchmarks.attacks``): centralized training (one client holding the whole pool on one
-   device), FSL-GAN without DP and with SIGMA = 1; members are the training pool, non-members
-   the held-out split.
-3. **Inversion from the first cut**: a decoder trained on the held-out split through client
-   0's first segment (its trained weights) reconstructs client 0's training images from
-   what the data device sends, without and with ``--cut-noise``; MSE and SSIM.
+``train`` runs ``fsl train`` (a subprocess per run, ``--emulate none``) on the plan of
+``profiles/lab.json`` for each setting and seed whose folder is not complete; ``report``
+scores every complete run and caches its scores in ``RUN/attacks.json``:
+
+1. **Quality**: FID, KID and classifier confidence of the last round (``metrics.jsonl``),
+   against the held-out split; epsilon, delta and the DP parameters per client from the
+   same rows.
+2. **Membership inference** on the generator the server holds (``checkpoint/server.pt``):
+   GAN-Leaks white-box reconstruction distance and full black-box nearest sample
+   (``benchmarks.attacks``); members: client 0's training records, non-members: the
+   held-out digits, which no client trains on.
+3. **Inversion from the first cut**: a decoder trained on the held-out digits through
+   client 0's first segment (its final weights) reconstructs client 0's training images
+   from what its data device sends; SSIM and PSNR. For runs without DP also through the
+   data device's ``--cut-noise`` at attack time (seed 0; the segment trained without it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import shutil
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
-import matplotlib  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.attacks import gan_leaks_auc, invert, reconstruction_scores  # noqa: E402
-from benchmarks.common import machine, md_table, synthetic_profile, write_section  # noqa: E402
-from benchmarks.exp_context import save_figure  # noqa: E402
-from planner import plan  # noqa: E402
-from planner.devices import parse_profile  # noqa: E402
+from benchmarks.attacks import (frozen_for_queries, gan_leaks_auc, invert, membership_auc,  # noqa: E402
+                                reconstruction_distance, reconstruction_scores)
+from benchmarks.common import ROOT, commit, machine, md_table, write_section  # noqa: E402
 from planner.models import Generator, build_discriminator  # noqa: E402
-from planner.planfile import Plan, write_plan  # noqa: E402
-from planner.profile import profile_model  # noqa: E402
-from trainer.backends.local import run_local  # noqa: E402
-from trainer.build import RunSpec  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
+from planner.planfile import load_plan  # noqa: E402
 from trainer.data import DataSource  # noqa: E402
 from trainer.evaluation import sample_images  # noqa: E402
 from trainer.privacy import Privacy  # noqa: E402
-from trainer.transport import InProcessTransport, LinkTable  # noqa: E402
 
-BATCH = 32
-CLIP = 0.05  # C, fixed before the runs; the section reports where the norms of a run without DP lie
-FULL = dict(rounds=3, steps=100, seeds=(0, 1, 2), sigmas=(0.0, 0.5, 1.0, 2.0), cut_noises=(0.1, 0.5),
-            mia_samples=2000, decoder_iters=400)
-QUICK = dict(rounds=1, steps=3, seeds=(0,), sigmas=(0.0, 1.0), cut_noises=(0.5,), mia_samples=100, decoder_iters=5)
-CENTRAL = {"schema": "fsl-devices/1", "clients": [{"name": "central", "devices": [
-    {"name": "server-gpu", "processing_time_factor": 1.0, "capacity": "8GB", "bandwidth_mbps": 1000,
-     "holds_data": True}]}]}
-
-
-def make_plans() -> dict[str, Plan]:
-    model = build_discriminator("dcgan")
-    mp = profile_model(model, batch_size=BATCH, use_cache=True)
-    return {name: plan(model, parse_profile(prof), batch_size=BATCH, model_profile=mp, compare=False)
-            for name, prof in (("fsl", synthetic_profile(2)), ("central", CENTRAL))}
+PROFILE = "profiles/lab.json"
+ROUND_STEPS = 100
+# name -> the fsl train options of that setting (besides --seed, --rounds, ...)
+SETTINGS = {"nodp": "", "eps10": "--dp-epsilon 10", "eps3": "--dp-epsilon 3", "eps1": "--dp-epsilon 1",
+            "cut0.5": "--cut-noise 0.5"}
+CUT_NOISES = (0.1, 0.5)
+ATTACK = dict(queries=100, candidates=1000, restarts=2, steps=30, black_box_samples=2000, decoder_iters=300)
+QUICK_ATTACK = dict(queries=8, candidates=16, restarts=1, steps=1, black_box_samples=16, decoder_iters=2)
+FIGURES = ROOT / "benchmarks" / "figures"
 
 
-def train_run(tmp: Path, p: Plan, tag: str, size: dict, *, norms: list | None = None, **kw) -> tuple[Path, list]:
-    """One run; ``norms`` collects the per-sample feedback norms the server receives."""
-    out = tmp / tag
-    out.mkdir(parents=True, exist_ok=True)
-    write_plan(p, out / "plan.json")
-    cfg = TrainConfig.from_cli(plan_path=out / "plan.json", out_dir=out / "run", rounds=size["rounds"],
-                               steps_per_round=size["steps"], emulate="none", eval_every=size["rounds"], **kw)
-    t = InProcessTransport(LinkTable.from_plan(p))
-    if norms is not None:
-        send = t.send
+def train_command(runs: Path, setting: str, seed: int, steps: int) -> list[str]:
+    rounds = max(1, steps // ROUND_STEPS)
+    return (["fsl", "train", "--plan", str(runs / "plan.json"), "--emulate", "none", "--rounds", str(rounds),
+             "--steps-per-round", str(min(steps, ROUND_STEPS)), "--eval-every", str(rounds), "--seed", str(seed),
+             "--timeout-s", "900", "--out", str(runs / f"{setting}-seed{seed}")] + shlex.split(SETTINGS[setting]))
 
-        def spy(src, dst, tensor, *, tag):
-            if tag == "fake_grad":
-                norms.append(tensor.flatten(1).norm(dim=1) * tensor.shape[0])
-            send(src, dst, tensor, tag=tag)
 
-        t.send = spy
-    t0 = time.perf_counter()
-    history = run_local(RunSpec(cfg, p), transport=t)
-    print(f"   {tag}: FID {history[-1]['fid']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return out / "run", history
+def train(runs: Path, settings: list[str], seeds: list[int], steps: int) -> None:
+    runs.mkdir(parents=True, exist_ok=True)
+    if not (runs / "plan.json").exists():
+        subprocess.run(["fsl", "plan", "--devices", PROFILE, "--out", str(runs / "plan.json")], check=True,
+                       stdout=subprocess.DEVNULL)
+    for seed in seeds:  # seed-major: every setting gets its first seed before any gets a third
+        for setting in settings:
+            out = runs / f"{setting}-seed{seed}"
+            if (out / "done").exists():
+                continue
+            cmd = train_command(runs, setting, seed, steps)
+            t0 = time.perf_counter()
+            with open(runs / f"{setting}-seed{seed}.log", "w") as log:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=3 * 3600).returncode
+            print(f"{setting} seed {seed}: exit {rc} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if rc == 0:
+                (out / "done").write_text(" ".join(cmd) + "\n")
+
+
+def last_row(run: Path) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
 
 
 def generator_of(run: Path) -> Generator:
@@ -96,9 +96,10 @@ def generator_of(run: Path) -> Generator:
     return g
 
 
-def first_segment(run: Path, p: Plan) -> torch.nn.Module:
+def first_segment(run: Path) -> torch.nn.Module:
     """Client 0's first segment with the weights its run ended with (training mode: the
-    data device sends activations with dropout on)."""
+    data device sends activations with dropout on, if its segment has any)."""
+    p = load_plan(run / "plan.json")
     c = p.planned[0]
     d = build_discriminator("dcgan")
     latest = sorted((run / "checkpoint").glob(f"client-{c.name}-r*.pt"))[-1]
@@ -107,143 +108,227 @@ def first_segment(run: Path, p: Plan) -> torch.nn.Module:
     return d.segment(0, p.model["layers"][last].get("model_layers", [last, last + 1])[1]).train()
 
 
-def mean_sd(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs):.2g}" if len(xs) > 1 else f"{xs[0]:.3g}"
+def client_zero(run: Path, seed: int) -> torch.Tensor:
+    p = load_plan(run / "plan.json")
+    return DataSource("digits", seed=seed).client_data([c.data_weight for c in p.planned], 0,
+                                                       p.planned[0].name).images
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script end to end")
-    args = ap.parse_args(argv)
-    size = QUICK if args.quick else FULL
-    t_start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="fsl-privacy-"))
-    plans = make_plans()
-    fsl, central = plans["fsl"], plans["central"]
-    steps = size["rounds"] * size["steps"]
-    src = DataSource("digits")
-    pool = src.client_data([1.0], 0, "all").images  # one client's shard of one: every client's together
-    held_out = src.held_out().images
-
-    print("1. FID against epsilon", flush=True)
-    runs, norms = {}, []
-    for sigma in size["sigmas"]:
-        for seed in size["seeds"]:
-            dp = dict(dp_clip=CLIP, dp_noise=sigma) if sigma else {}
-            runs["fsl", sigma, seed] = train_run(tmp, fsl, f"fsl-s{sigma}-seed{seed}", size, seed=seed,
-                                                 norms=norms if not sigma and seed == 0 else None, **dp)
-    norm_q = torch.quantile(torch.cat(norms), torch.tensor([0.1, 0.5, 0.9])).tolist()
-    rows, curve = [], []
-    for sigma in size["sigmas"]:
-        hs = [runs["fsl", sigma, s][1][-1] for s in size["seeds"]]
-        eps = [h["clients"][c]["epsilon"] for h in hs[:1] for c in sorted(h["clients"])] if sigma else []
-        fids = [h["fid"] for h in hs]
-        curve.append((sigma, eps[0] if eps else float("inf"), fids))
-        rows.append([f"{sigma:g}" + ("" if sigma else " (no DP)"), " / ".join(f"{e:.3g}" for e in eps) or "∞",
-                     mean_sd(fids), " / ".join(f"{f:.1f}" for f in fids), mean_sd([h["kid"] for h in hs])])
-
-    print("2. membership inference", flush=True)
-    for seed in size["seeds"]:
-        runs["central", 0.0, seed] = train_run(tmp, central, f"central-seed{seed}", size, seed=seed)
-    mia = []
-    for label, key, sigma in (("centralized (1 client, 1 device)", "central", 0.0), ("FSL-GAN, no DP", "fsl", 0.0),
-                              ("FSL-GAN, SIGMA = 1", "fsl", 1.0)):
-        if (key, sigma, size["seeds"][0]) not in runs:
-            continue
-        aucs = [gan_leaks_auc(pool, held_out, sample_images(generator_of(runs[key, sigma, s][0]),
-                                                            size["mia_samples"], seed=1000 + s))
-                for s in size["seeds"]]
-        fids = [runs[key, sigma, s][1][-1]["fid"] for s in size["seeds"]]
-        eps = runs[key, sigma, size["seeds"][0]][1][-1]["clients"]
-        eps_txt = " / ".join(f"{v['epsilon']:.3g}" for v in eps.values()) if sigma else "∞"
-        mia.append([label, eps_txt, " / ".join(f"{a:.3f}" for a in aucs), mean_sd(aucs), mean_sd(fids)])
-
-    print("3. inversion from the first cut", flush=True)
-    target = src.client_data([c.data_weight for c in fsl.planned], 0, fsl.planned[0].name).images
-    inv, examples = [], {"original": target[:8]}
-    for sc in (0.0, *size["cut_noises"]):
-        run, hist = runs["fsl", 0.0, 0] if sc == 0 else train_run(tmp, fsl, f"fsl-cut{sc}", size, seed=0, cut_noise=sc)
-        seg, noise = first_segment(run, fsl), Privacy(cut_noise=sc)
+def attack(run: Path, seed: int, size: dict, *, cut_noises: tuple[float, ...]) -> dict:
+    """Every score of one run (see the module docstring), as a JSON-able dict."""
+    members, held_out = client_zero(run, seed), DataSource("digits", seed=seed).held_out().images
+    pick = torch.Generator().manual_seed(seed)
+    q_in = members[torch.randperm(len(members), generator=pick)[:size["queries"]]]
+    q_out = held_out[torch.randperm(len(held_out), generator=pick)[:size["queries"]]]
+    g = generator_of(run)
+    t0 = time.perf_counter()
+    frozen = frozen_for_queries(g, seed=seed)
+    kw = {k: size[k] for k in ("candidates", "restarts", "steps")}
+    white = membership_auc(reconstruction_distance(frozen, q_in, seed=seed, **kw),
+                           reconstruction_distance(frozen, q_out, seed=seed, **kw))
+    black = gan_leaks_auc(members, held_out, sample_images(g, size["black_box_samples"], seed=1000 + seed))
+    out = {"white_box_auc": white, "black_box_auc": black, "mia_s": time.perf_counter() - t0, "inversion": {}}
+    seg = first_segment(run)
+    for sc in (0.0, *cut_noises):
+        noise = Privacy(cut_noise=sc)
 
         def send(x, seg=seg, noise=noise):
             return noise.activation(seg(x))
 
-        with torch.no_grad():
-            scale = seg(target).std().item()
-        recon = invert(send, held_out, target, iters=size["decoder_iters"])
-        mse, ss = reconstruction_scores(target, recon)
-        name = f"--cut-noise {sc:g}" if sc else "no noise"
-        examples[name] = recon[:8]
-        inv.append([name, f"{scale:.3g}", f"{mse:.4f}", f"{ss:.3f}", f"{hist[-1]['fid']:.1f}"])
-        print(f"   {name}: MSE {mse:.4f}, SSIM {ss:.3f}", flush=True)
-    baseline = reconstruction_scores(target, held_out.mean(0, keepdim=True).expand_as(target))
+        recon = invert(send, held_out, members, iters=size["decoder_iters"], seed=seed, batch=64)
+        mse, s, psnr = reconstruction_scores(members, recon)
+        out["inversion"][f"{sc:g}"] = {"mse": mse, "ssim": s, "psnr": psnr}
+        if seed == 0 and sc == 0:
+            torch.save({"original": members[:8], "recon": recon[:8]}, run / "inversion-examples.pt")
+    row = last_row(run)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    out["generator_steps"] = sum(max(c.get("steps", 0) for c in r["clients"].values()) for r in rows)
+    out |= {k: row.get(k) for k in ("round", "fid", "kid", "confidence", "class_score")}
+    out["clients"] = {c: {k: v for k, v in r.items() if k.startswith("dp_") or k in ("epsilon", "delta", "steps")}
+                      for c, r in row["clients"].items()}
+    return out
 
-    fig_fid = fid_figure(curve)
-    fig_inv = inversion_figure(examples)
-    cut = fsl.planned[0].stages[0]
-    minutes = (time.perf_counter() - t_start) / 60
-    body = (f"Command: `python benchmarks/privacy.py{' --quick' if args.quick else ''}` ({minutes:.0f} min). "
-            f"Machine: {machine()}.\n\n"
-            f"Every run: batch {BATCH} per client, {size['rounds']} rounds x {size['steps']} steps = {steps} "
-            f"generator steps, `--emulate none`, FID and KID at the end on 500 samples against the held-out split. "
-            f"FSL-GAN: `synthetic_profile(2)` planned by the ILP (2 clients, the digits pool split IID, "
-            f"{len(target)} records each; client 0's first segment ends after layer {cut.end - 1} "
-            f"({fsl.model['layers'][cut.end - 1]['name']})). "
-            f"`--dp-clip {CLIP}`: in the seed-0 run without DP the per-sample feedback norms had 10th / 50th / 90th "
-            f"percentiles {norm_q[0]:.3f} / {norm_q[1]:.3f} / {norm_q[2]:.3f}"
-            + (", so the DP runs clip nearly every sample's feedback: they also normalise it.\n\n"
-               if norm_q[0] > CLIP else ".\n\n")
-            + "### FID against epsilon\n\nEpsilon per client (delta = 1 / its records) after the run, from "
-            "`metrics.jsonl`.\n\n"
-            + md_table(["SIGMA", "epsilon (client 0 / 1)", "FID (mean ± sd)", "FID per seed", "KID (mean ± sd)"], rows)
-            + f"\n\n{fig_fid}\n\n### Membership inference (GAN-Leaks, full black-box)\n\n"
-            f"{size['mia_samples']} generated samples per run; members: the whole training pool ({len(pool)} "
-            f"records), non-members: the held-out split ({len(held_out)}). AUC 0.5 is chance.\n\n"
-            + md_table(["training", "epsilon", "AUC per seed", "AUC (mean ± sd)", "FID (mean ± sd)"], mia)
+
+def scores(runs: Path, setting: str, seed: int, size: dict, quick: bool) -> dict | None:
+    run = runs / f"{setting}-seed{seed}"
+    if not (run / "done").exists():
+        return None
+    cache = run / ("attacks-quick.json" if quick else "attacks.json")
+    if not cache.exists():
+        t0 = time.perf_counter()
+        res = attack(run, seed, size, cut_noises=CUT_NOISES if setting == "nodp" and seed == 0 else ())
+        cache.write_text(json.dumps(res, indent=1))
+        print(f"{setting} seed {seed}: scored in {time.perf_counter() - t0:.0f} s", flush=True)
+    return json.loads(cache.read_text())
+
+
+def mean_sd(xs: list[float], fmt: str = ".3g") -> str:
+    if len(xs) > 1:
+        return f"{statistics.mean(xs):{fmt}} ± {statistics.stdev(xs):.2g}"
+    return f"{xs[0]:{fmt}}" if xs else "—"
+
+
+def eps_text(res: list[dict]) -> str:
+    eps = [c.get("epsilon") for r in res for c in r["clients"].values()]
+    if not eps or any(e is None for e in eps):
+        return "∞ (no DP)"
+    return f"{min(eps):.3g}–{max(eps):.3g}" if max(eps) - min(eps) > 5e-3 else f"{eps[0]:.3g}"
+
+
+def opacus_epsilon(res: list[dict]) -> str:
+    """Epsilon recomputed from each client's (q, SIGMA, steps, delta) in ``metrics.jsonl``
+    by Opacus's RDP analysis of the Poisson-subsampled Gaussian mechanism, independently
+    of the trainer's accountant: the largest over clients and seeds."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    eps = []
+    for r in res:
+        for c in r["clients"].values():
+            if c.get("dp_q") is None or not c.get("dp_noise"):
+                return "—"
+            orders = RDPAccountant.DEFAULT_ALPHAS
+            # a resumed run may have changed SIGMA: each (q, SIGMA, steps) segment composes
+            segments = c.get("dp_segments") or [(c["dp_q"], c["dp_noise"], c["dp_steps"])]
+            rdp = sum(np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=int(n), orders=orders))
+                      for q, sigma, n in segments)
+            eps.append(get_privacy_spent(orders=orders, rdp=rdp, delta=c["delta"])[0])
+    return f"{max(eps):.3g}"
+
+
+def dp_params(res: list[dict]) -> str:
+    c = next(iter(res[0]["clients"].values()))
+    keys = [("dp_noise", "SIGMA"), ("dp_clip", "C"), ("dp_q", "q"), ("delta", "delta")]
+    return ", ".join(f"{name} {c[k]:.3g}" for k, name in keys if c.get(k) is not None) or "—"
+
+
+def generator_steps(r: dict) -> int:
+    return r.get("generator_steps") or r["round"] * ROUND_STEPS
+
+
+def report(runs: list[Path], settings: list[str], seeds: list[int], size: dict, *, quick: bool,
+           write: bool) -> None:
+    done = {}
+    for d in runs:
+        for s in settings:
+            if rs := [r for seed in seeds if (r := scores(d, s, seed, size, quick)) is not None]:
+                done[d, s] = rs
+    quality, mia, inv = [], [], []
+    for (d, s), rs in done.items():
+        steps = generator_steps(rs[0])
+        flags = SETTINGS[s] or "(no DP)"
+        quality.append([f"`{flags}`", steps, len(rs), eps_text(rs), opacus_epsilon(rs), dp_params(rs),
+                        mean_sd([r["fid"] for r in rs], ".1f"), " / ".join(f"{r['fid']:.1f}" for r in rs),
+                        mean_sd([r["kid"] for r in rs]), mean_sd([r["confidence"] for r in rs])])
+        mia.append([f"`{flags}`", steps, eps_text(rs), " / ".join(f"{r['white_box_auc']:.3f}" for r in rs),
+                    mean_sd([r["white_box_auc"] for r in rs]), mean_sd([r["black_box_auc"] for r in rs])])
+        for sc in sorted({k for r in rs for k in r["inversion"]}, key=float):
+            v = [r["inversion"][sc] for r in rs if sc in r["inversion"]]
+            cut = "none" if sc == "0" else f"`--cut-noise {sc}` (at attack time)"
+            inv.append([f"`{flags}`", steps, cut, len(v), mean_sd([x["ssim"] for x in v]),
+                        mean_sd([x["psnr"] for x in v], ".1f"), mean_sd([x["mse"] for x in v])])
+            print(f"{d.name} {s} cut {sc}: SSIM {inv[-1][4]}", flush=True)
+        print(f"{d.name} {s}: FID {quality[-1][6]}, white-box AUC {mia[-1][4]}, black-box AUC {mia[-1][5]}",
+              flush=True)
+    if not write:
+        return
+    (FIGURES / "privacy-fid.png").unlink(missing_ok=True)  # the former section's figure
+    grids = []
+    for d in runs:
+        for s in ("nodp", "eps10"):
+            src = d / f"{s}-seed0" / "samples"
+            if (d, s) in done and (pngs := sorted(src.glob("round_*.png"))):
+                name = f"privacy-samples-{s}-{generator_steps(done[d, s][0])}"
+                shutil.copyfile(pngs[-1], FIGURES / f"{name}.png")
+                grids.append(f"![{SETTINGS[s] or 'no DP'}, seed 0, {name.split('-')[-1]} steps]"
+                             f"(benchmarks/figures/{name}.png)")
+    first = {d: rs[0] for (d, _), rs in reversed(done.items())}  # each folder's first scored run
+    train_cmds = "; ".join(
+        "`" + " ".join(train_command(Path("runs") / d.name, "nodp", 0, generator_steps(r))).replace(
+            "--seed 0 ", "").replace("nodp-seed0", "SETTING-seedSEED") + " --seed SEED`" for d, r in first.items())
+    held = len(DataSource("digits").held_out())
+    body = (f"Commands: `python benchmarks/privacy.py train --settings {','.join(settings)} --seeds "
+            f"{','.join(map(str, seeds))}` then `python benchmarks/privacy.py report --write` "
+            f"({time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit()}); each run is {train_cmds} "
+            "plus the setting's options (shown in each table). "
+            f"Machine: {machine()}. Plan: `fsl plan --devices {PROFILE}` (3 clients; each data device holds "
+            "only `a_conv`, so what crosses its cut is a 64x14x14 convolution of the image).\n\n"
+            "### Quality with and without DP\n\nFID and KID on the digits classifier's features (500 samples "
+            f"against the {held} held-out digits), classifier confidence (mean top softmax), at the end of the "
+            "run. Epsilon: the range over clients and seeds of the last row of `metrics.jsonl`, and the largest "
+            "recomputed from that row's q, SIGMA, steps and delta by Opacus's `compute_rdp` / `get_privacy_spent` "
+            "(the Poisson-subsampled Gaussian mechanism), independently of the trainer's accountant.\n\n"
+            + md_table(["options", "generator steps", "seeds", "epsilon (metrics.jsonl)",
+                        "epsilon (Opacus RDP from q, SIGMA, steps, delta)", "DP parameters", "FID (mean ± sd)",
+                        "FID per seed", "KID (mean ± sd)", "confidence (mean ± sd)"], quality)
+            + "\n\n" + " ".join(grids)
+            + "\n\n### Membership inference on the server's generator (GAN-Leaks)\n\n"
+            f"White-box (Chen et al. 2020, Sec. 5.3): reconstruction distance min_z ||G(z) - x|| from "
+            f"`checkpoint/server.pt`, {size['restarts']} Adam restarts of {size['steps']} steps from the nearest "
+            f"of {size['candidates']} samples, batch norm frozen at the statistics of 1,000 samples; "
+            f"{size['queries']} members (client 0's training records) against {size['queries']} held-out digits "
+            f"per seed. Full black-box: nearest of {size['black_box_samples']} samples, all of client 0's records "
+            f"against all {held} held-out digits. AUC 0.5 is chance.\n\n"
+            + md_table(["options", "generator steps", "epsilon", "white-box AUC per seed", "white-box AUC (mean ± sd)",
+                        "black-box AUC (mean ± sd)"], mia)
             + "\n\n### Inversion from the first cut\n\n"
-            f"Decoder (`benchmarks.attacks.Decoder`) trained for {size['decoder_iters']} Adam steps on the "
-            f"{len(held_out)} held-out images passed through client 0's trained first segment (and the same "
-            f"noise), then applied to what the segment sends for client 0's {len(target)} training images. "
-            "With noise the segment is the one of a run trained with that `--cut-noise` (seed 0). MSE and SSIM on "
-            f"images in [0, 1]; guessing the mean held-out image scores MSE {baseline[0]:.4f}, SSIM "
-            f"{baseline[1]:.3f}.\n\n"
-            + md_table(["what crosses the cut", "activation std (clean)", "MSE", "SSIM", "FID of that run"], inv)
-            + f"\n\n{fig_inv}")
-    write_section("privacy", "## Privacy\n\n" + body)
-    print(f"wrote the privacy section of BENCHMARKS.md ({minutes:.1f} min)")
+            "Decoder (`benchmarks.attacks.decoder_for`: a transposed convolution and a convolution) trained for "
+            f"{size['decoder_iters']} Adam steps (batch 64) on "
+            f"the {held} held-out digits passed through client 0's final first segment (and the same noise), "
+            "then applied to what the segment sends for all of client 0's training images: what the next device "
+            "could do if it also knew the segment's weights. SSIM and PSNR on images in [0, 1]. DP-SGD trains "
+            "the weights privately but sends each activation as it is, so it is not meant to protect this channel; "
+            "the `--cut-noise` rows show what noise at the cut does against this passive attacker, the fsha "
+            "section against one who steers the segment.\n\n"
+            + md_table(["options", "generator steps", "what crosses the cut", "seeds", "SSIM (mean ± sd)",
+                        "PSNR dB (mean ± sd)", "MSE (mean ± sd)"], inv) + "\n\n" + inversion_figure(runs, settings))
+    write_section("privacy", "## Privacy: DP against no DP, and the attacks\n\n" + body)
 
 
-def fid_figure(curve: list[tuple[float, float, list[float]]]) -> str:
-    """FID (mean and sd over the seeds) against epsilon; no DP at the right edge."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    finite = [e for _, e, _ in curve if e != float("inf")]
-    right = max(finite) * 2 if finite else 10.0
-    for sigma, eps, fids in curve:
-        x = eps if eps != float("inf") else right
-        ax.errorbar([x], [statistics.mean(fids)], yerr=[statistics.pstdev(fids)], marker="o", capsize=3,
-                    label=f"SIGMA {sigma:g}" + (" (no DP, plotted at the right)" if not sigma else ""))
-    ax.set(xscale="log", xlabel="epsilon per client (delta = 1 / records)", ylabel="FID (lower is better)",
-           title=f"FID against epsilon ({len(curve[0][2])} seed(s))")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xticks([t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if t <= right * 1.5])
-    ax.legend(fontsize=8)
-    return save_figure(fig, "privacy-fid")
-
-
-def inversion_figure(examples: dict[str, torch.Tensor]) -> str:
-    """One row of 8 images per entry: the originals, then each attack's reconstructions."""
-    rows = list(examples)
-    fig, axes = plt.subplots(len(rows), 8, figsize=(8, 1.1 * len(rows)))
-    for r, name in enumerate(rows):
+def inversion_figure(runs: list[Path], settings: list[str]) -> str:
+    """Client 0's first 8 training images (seed 0) and each setting's reconstructions."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = {}
+    for d in runs:
+        for s in settings:
+            f = d / f"{s}-seed0" / "inversion-examples.pt"
+            if f.exists():
+                ex = torch.load(f, weights_only=True)
+                rows.setdefault("original", ex["original"])
+                rows[f"{SETTINGS[s] or 'no DP'} ({d.name})"] = ex["recon"]
+    if not rows:
+        return ""
+    fig, axes = plt.subplots(len(rows), 8, figsize=(8, 1.1 * len(rows)), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
         for i in range(8):
-            ax = axes[r][i]
-            ax.imshow(examples[name][i, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            axes[r][i].imshow(imgs[i, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+            axes[r][i].set_xticks([])
+            axes[r][i].set_yticks([])
         axes[r][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle("Client 0's training images, and what a decoder recovers from its first cut", fontsize=9)
-    return save_figure(fig, "privacy-inversion")
+    fig.suptitle("Client 0's training images (seed 0), and what a decoder recovers from its first cut", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(FIGURES / "privacy-inversion.png", dpi=110)
+    plt.close(fig)
+    return "![privacy-inversion](benchmarks/figures/privacy-inversion.png)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["train", "report"])
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "dp-sweep"), help="run folder(s), comma-separated")
+    ap.add_argument("--settings", default="nodp,eps10,eps3,eps1")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=600, help="generator steps per run (train)")
+    ap.add_argument("--quick", action="store_true", help="report: tiny attack sizes, to check the script")
+    ap.add_argument("--write", action="store_true", help="report: write the section into BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    settings, seeds = args.settings.split(","), [int(s) for s in args.seeds.split(",")]
+    if args.what == "train":
+        train(Path(args.runs), settings, seeds, args.steps)
+    else:
+        report([Path(d) for d in args.runs.split(",")], settings, seeds, QUICK_ATTACK if args.quick else ATTACK,
+               quick=args.quick, write=args.write)
 
 
 if __name__ == "__main__":
