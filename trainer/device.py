@@ -23,9 +23,10 @@ sample from the whole batch's seed (``SeededDropout.window``), so they agree too
 micro-batch's forward and backward and runs the forward again in the backward pass.
 
 Real images never leave ``d0``: only the activation of its first segment does (with
-``--cut-noise``, noised), and the gradient w.r.t. the fake images (with ``--dp-noise``,
-clipped and noised per sample): ``trainer.privacy``. The
-generator phase uses the discriminator as updated in the same step, like DCGAN. Losses:
+``--cut-noise``, noised: ``trainer.privacy``), and the gradient w.r.t. the fake images.
+Under DP-SGD (``trainer.dpsgd``) the real batch is a Poisson sample of varying size, phase
+d ends with the client's private gradient, and the loss device reports only the fake
+half of the discriminator loss. The generator phase uses the discriminator as updated in the same step, like DCGAN. Losses:
 discriminator ``BCE(D(real), 1) + BCE(D(fake), 0)``; generator the non-saturating
 ``BCE(D(G(z)), 1)``.
 """
