@@ -174,7 +174,7 @@ def test_failed_and_resumed_rounds_are_charged_and_the_budget_ends_the_run(tmp_p
     assert steps == 8 == last["clients"]["client0"]["dp_steps"]
     assert epsilon([(q, sigma, 8)], delta=1e-5) <= 4.0 < epsilon([(q, sigma, 11)], delta=1e-5)
     assert last["clients"]["client0"]["epsilon"] == pytest.approx(epsilon([(q, sigma, 8)], delta=1e-5))
-    assert "client0" not in last["d_loss"] and "client0" in last["d_loss_fake"]
+    assert last["d_loss"] == {"client0": None} and "client0" in last["d_loss_fake"]  # withheld, SPEC's key kept
     again = run(tmp_path, plan, rounds=3, steps_per_round=3, dp_epsilon=4.0, resume=True)  # no room left: no step
     assert again[-1]["round"] == 2 and json.loads((tmp_path / "run" / "privacy" / "client0.json").read_text())[
         "segments"][0][2] == 8

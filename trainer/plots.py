@@ -24,9 +24,11 @@ def plot_losses(history: list[dict], path: Path) -> None:
     rounds = [h["round"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(rounds, [h["g_loss"] for h in history], "k-o", ms=3, label="generator")
-    for c in sorted({c for h in history for c in h["d_loss"]}):
-        ax.plot([h["round"] for h in history if c in h["d_loss"]],
-                [h["d_loss"][c] for h in history if c in h["d_loss"]], "--", label=f"D {c}")
+    for key, name in (("d_loss", "D"), ("d_loss_fake", "D on fakes")):  # under DP only the fake half is known
+        d = [h.get(key) or {} for h in history]
+        for c in sorted({c for row in d for c, v in row.items() if v is not None}):
+            pts = [(h["round"], row[c]) for h, row in zip(history, d) if row.get(c) is not None]
+            ax.plot(*zip(*pts), "--", label=f"{name} {c}")
     ax.set_xlabel("round")
     ax.set_ylabel("loss (BCE)")
     ax.grid(alpha=0.3)

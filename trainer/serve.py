@@ -83,7 +83,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         stop = None
         if cfg.dp:
             m["d_loss_fake"] = m.pop("d_loss")  # the real half never leaves a client under DP
-            m["d_loss"] = {}
+            m["d_loss"] = {c: None for c in m["d_loss_fake"]}
             stop = dprun.round_privacy(cfg, ledgers, m)
             if stop:
                 m["privacy_stop"] = stop
