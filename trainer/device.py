@@ -143,6 +143,8 @@ class DeviceRole:
         fake = self.batch_size // self.micro_batches
         if i == 0:
             self._rows, self._counts = [], []
+            if self.dp is not None:  # a step the server stopped may have left captures behind
+                self.dp.per_sample.clear()
         if phase == "g":
             self._rows.append(micro_rows("g", fake, i))
             return
