@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -201,3 +202,18 @@ def test_dp_trains_a_pipelined_recomputing_compressed_plan_on_both_backends(tmp_
         acc.compose(dp_accounting.PoissonSampledDpEvent(c["dp_q"], dp_accounting.GaussianDpEvent(c["dp_noise"])), 4)
         assert c["epsilon"] == pytest.approx(acc.get_epsilon(c["delta"]), rel=1e-3)
         assert c["epsilon"] <= 10.0 and c["delta"] == 1e-5
+
+
+@pytest.mark.slow
+def test_a_client_dropped_by_the_deadline_under_dp_is_charged_and_the_others_go_on(tmp_path):
+    """Client 1 (20x slower) is dropped at its first step: its ledger holds the step it
+    began, client 0 finishes every step, and both report epsilon."""
+    plan = chain_plan("dcgan", [5], n_clients=2)
+    fast, slow = plan.clients
+    plan = replace(plan, clients=(replace(fast, processing_time_factor={d: 1.0 for d in fast.processing_time_factor}),
+                                  replace(slow, processing_time_factor={d: 20.0 for d in slow.processing_time_factor})))
+    (m,) = run(tmp_path, plan, rounds=1, steps_per_round=4, emulate="sleep", deadline_s=6.0, timeout_s=30.0,
+               dp_epsilon=10.0)
+    assert m["clients"]["client1"]["dropped_at_step"] == 0 and m["clients"]["client0"]["steps"] == 4
+    assert m["clients"]["client0"]["dp_steps"] == 4 and m["clients"]["client1"]["dp_steps"] >= 1
+    assert all(0 < c["epsilon"] <= 10 for c in m["clients"].values())

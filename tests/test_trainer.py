@@ -162,6 +162,7 @@ def test_raw_images_never_leave_the_data_device(tmp_path):
                 assert tuple(img.flatten()[:64].tolist()) not in real
 
 
+@pytest.mark.slow  # timing: a 30 s round against 1 s timeouts
 def test_deadline_releases_a_dropped_client_at_once(tmp_path):
     """A client slower than the deadline allows (each of its compute phases within
     --timeout-s, its step not) is dropped at its first step; its devices stop at once, so
