@@ -170,7 +170,7 @@ def test_failed_and_resumed_rounds_are_charged_and_the_budget_ends_the_run(tmp_p
     monkeypatch.setattr(DeviceRole, "step", step)
     history = run(tmp_path, plan, rounds=3, steps_per_round=3, dp_epsilon=4.0, resume=True)
     last = history[-1]
-    assert last["round"] == 2 and "would reach epsilon" in last["privacy_stop"]
+    assert last["round"] == 2 and "another round would reach" in last["privacy_stop"]
     q, sigma, steps = json.loads((tmp_path / "run" / "privacy" / "client0.json").read_text())["segments"][0]
     assert steps == 8 == last["clients"]["client0"]["dp_steps"]
     assert epsilon([(q, sigma, 8)], delta=1e-5) <= 4.0 < epsilon([(q, sigma, 11)], delta=1e-5)

@@ -68,32 +68,30 @@ def receive(cfg, t: Transport, heads: dict[str, str], late: set[str]) -> dict[st
                                  source=f"privacy ledger of {client}") for client, head in heads.items()}
 
 
+def _over(client: str, summary: dict, steps: int) -> str | None:
+    """Why ``steps`` more steps would take ``client`` past its ``--dp-epsilon``, or None."""
+    target = summary["dp_target_epsilon"]
+    if target is None or not summary["dp_steps"]:
+        return None
+    nxt = Ledger.of_summary(client, summary).epsilon(steps)
+    if nxt <= target * (1 + 1e-9):
+        return None
+    return (f"{client} has spent epsilon {summary['epsilon']:.3g} in {summary['dp_steps']} steps; another round "
+            f"would reach {nxt:.3g} > --dp-epsilon {target:g}")
+
+
 def round_privacy(cfg, ledgers: dict[str, dict], m: dict) -> str | None:
     """The server, after a round: each DP client's privacy into ``m``; returns why the run
     must stop (another round would exceed ``--dp-epsilon``), or None."""
-    stop = []
     for client, summary in ledgers.items():
         m["clients"][client].update(summary)
-        target = summary["dp_target_epsilon"]
-        if target is None or m["round"] >= cfg.rounds:
-            continue
-        nxt = Ledger.of_summary(client, summary).epsilon(cfg.steps_per_round)
-        if not nxt <= target * (1 + 1e-9):
-            stop.append(f"{client} would reach epsilon {nxt:.3g} > --dp-epsilon {target:g} in round {m['round'] + 1} "
-                        f"({summary['dp_steps']} steps charged so far)")
-    return "; ".join(stop) or None
+    if m["round"] >= cfg.rounds:
+        return None
+    return "; ".join(filter(None, (_over(c, s, cfg.steps_per_round) for c, s in ledgers.items()))) or None
 
 
 def exhausted(cfg, processes: list[dict]) -> str | None:
     """On resume: why no round can start (a client's ledger leaves no room for one more
     round within ``--dp-epsilon``), or None."""
-    out = []
-    for row in processes:
-        p = row.get("privacy")
-        if not p or p["dp_target_epsilon"] is None or not p["dp_steps"]:
-            continue
-        nxt = Ledger.of_summary(row["client"], p).epsilon(cfg.steps_per_round)
-        if nxt > p["dp_target_epsilon"] * (1 + 1e-9):
-            out.append(f"{row['client']} has spent epsilon {p['epsilon']:.3g} in {p['dp_steps']} steps; one more round "
-                       f"would reach {nxt:.3g} > --dp-epsilon {p['dp_target_epsilon']:g}")
-    return "; ".join(out) or None
+    rows = [r for r in processes if r.get("privacy")]
+    return "; ".join(filter(None, (_over(r["client"], r["privacy"], cfg.steps_per_round) for r in rows))) or None
