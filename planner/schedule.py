@@ -74,6 +74,9 @@ CONTROL_TAGS = frozenset([
     "dp_scale",  # DP-SGD, each step: the data device's per-sample clip factors back
     "ledger",  # DP-SGD, each round: the data device's privacy ledger summary to the server
 ])
+# Messages of one step that are not planned (no link delay, counted as control bytes) but,
+# like the step's own, are dropped unread when their receiver was stopped mid-step: DP-SGD's.
+UNPLANNED_STEP_TAGS = frozenset(["dp_norms", "dp_scale"])
 TAGS = tuple(sorted(STEP_TAGS)) + tuple(sorted(CONTROL_TAGS))
 
 

@@ -39,16 +39,16 @@ def open_ledger(spec, role, data, *, head: bool) -> Ledger | None:
     ledger = Ledger.open(path, client=role.client, records=len(data), batch_size=spec.plan.batch_size,
                          delta=cfg.dp_delta, clip=cfg.clip, target_epsilon=cfg.dp_epsilon)
     role.charge = lambda: ledger.charge(role.dp.sigma, path)
+    # SIGMA now, not once the rounds start: the search takes seconds, which the first round's deadline would pay
+    role.dp.sigma = planned_noise(ledger, sigma=cfg.dp_noise, planned_steps=cfg.rounds * cfg.steps_per_round)
     return ledger
 
 
 def share_noise(spec, role, ledger: Ledger | None, me: str, head: str, t: Transport, *, timeout_s: float) -> None:
-    """Once the run starts: the data device decides SIGMA and tells the client's other devices."""
-    cfg = spec.cfg
+    """Once the run starts: the data device tells the client's other devices its SIGMA."""
     if ledger is None:
         role.dp.sigma = float(t.recv(me, head, tag=SIGMA, timeout_s=timeout_s).item())
         return
-    role.dp.sigma = planned_noise(ledger, sigma=cfg.dp_noise, planned_steps=cfg.rounds * cfg.steps_per_round)
     for d in role.dp.peers:
         t.send(me, d, torch.tensor([role.dp.sigma], dtype=torch.float64), tag=SIGMA)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from planner.schedule import STEP_TAGS, TAGS
+from planner.schedule import STEP_TAGS, TAGS, UNPLANNED_STEP_TAGS
 from trainer import protocol
 from trainer.errors import PeerLost, PeerTimeout, ProtocolError, ProtocolViolation, RunAborted, StopRound
 from trainer.links import EmulatedLink, LinkTable
@@ -192,6 +192,8 @@ class Transport:
         t0 = time.perf_counter()
         deadline = None if timeout_s is None else t0 + timeout_s
         tags = dict(wanted)
+        if stoppable and self.stopped(dst):  # stopped before this round's work began (see "stop" below)
+            raise StopRound(SERVER)
         while True:
             if dst in self._aborted:
                 raise RunAborted(self._aborted[dst])
@@ -204,14 +206,15 @@ class Transport:
             if env.tag == LOST:
                 self._aside[(dst, env.src)].appendleft(env)  # every later recv fails the same way
                 raise PeerLost(dst, env.src, env.payload)
-            if env.epoch < self._epoch[dst] or (env.tag in STEP_TAGS and late_ok and tags[env.src] not in STEP_TAGS):
+            step_only = STEP_TAGS | UNPLANNED_STEP_TAGS
+            if env.epoch < self._epoch[dst] or (env.tag in step_only and late_ok and tags[env.src] not in step_only):
                 with self.log.lock:
                     self.log.discarded[dst] += 1
                 continue
-            if env.tag == "stop":
-                if env.epoch == self._epoch[dst] and self._stopped.get(dst) != env.epoch:
+            if env.tag == "stop":  # kept even when it comes before the round it ends has begun here
+                if self._stopped.get(dst, -1) < env.epoch:
                     self._stopped[dst] = env.epoch
-                    if stoppable:
+                    if stoppable and env.epoch == self._epoch[dst]:
                         raise StopRound(env.src)
                 continue
             if env.tag != tags[env.src]:
