@@ -189,7 +189,7 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
     d = client_discriminator(spec, k)
     seg = d.segment(spans[st.start][0], spans[st.end - 1][1])
     data, sampler = None, None
-    privacy = Privacy(cfg.clip if cfg.dp else 0.0, cut_noise=cfg.cut_noise if i == 0 else 0.0)
+    privacy = Privacy(cut_noise=cfg.cut_noise if i == 0 else 0.0)
     if i == 0:
         data = spec.data.client_data([x.data_weight for x in plan.planned], k, c.name)
         images = fit_images(data.images, template.input_shape)

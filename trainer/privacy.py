@@ -53,16 +53,11 @@ class SecureRandom:
 
 @dataclass
 class Privacy:
-    """One device's privacy options; all zero (the default): train and send as is."""
+    """One device's noise on what it sends, and its secure random source (DP-SGD's own
+    settings live in ``trainer.dpsgd.DeviceDP``); zero noise (the default): send as is."""
 
-    dp_clip: float = 0.0  # C: per-sample L2 bound of the discriminator's gradient; 0 = no DP
-    dp_noise: float | None = None  # SIGMA (the data device decides it at the start of a run)
     cut_noise: float = 0.0  # std of the Gaussian noise on the first cut's activations; 0 = none
-    random: SecureRandom = field(default_factory=SecureRandom)
-
-    @property
-    def dp(self) -> bool:
-        return self.dp_clip > 0
+    random: SecureRandom = field(default_factory=SecureRandom)  # also DP-SGD's batches and noise
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """An activation of the first cut as it may leave the device."""
