@@ -192,7 +192,7 @@ def profile_cmd(model: str = typer.Option("dcgan", help=MODEL_HELP),
                 fmt: Fmt = typer.Option(Fmt.table, "--format")) -> None:
     """Per-layer FLOPs, parameters, memory and measured time of one GAN training step."""
     from planner.graph import build_graph, legal_cuts
-    from planner.profile import profile_model
+    from planner.profile_cache import profile_model
 
     def run():
         _check_batch(batch_size)
@@ -231,7 +231,7 @@ def calibrate_cmd(
     from planner.calibration import calibrated_path, calibrated_profile
     from planner.devices import load_profile, parse_profile
     from planner.jsonio import check_output_file, read_json, write_json
-    from planner.profile import profile_model
+    from planner.profile_cache import profile_model
     from trainer import DeviceFailure
     from trainer.calibrate import CalibrationJob, calibrate
 

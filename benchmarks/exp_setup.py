@@ -13,7 +13,7 @@ from planner import client_result, plan, solve_client
 from planner.devices import parse_profile
 from planner.models import SEED_PARTS, build_discriminator
 from planner.planfile import Plan, write_plan
-from planner.profile import profile_model
+from planner.profile_cache import profile_model
 from trainer.config import TrainConfig
 from trainer.run import train
 

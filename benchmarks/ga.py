@@ -39,7 +39,7 @@ from planner.ga import DEFAULT_GENERATIONS, DEFAULT_POPULATION, PUBLISHED, GASet
 from planner.ilp import solve_ilp  # noqa: E402
 from planner.models import LayeredModel, build_discriminator  # noqa: E402
 from planner.problem import ClientProblem  # noqa: E402
-from planner.profile import profile_model  # noqa: E402
+from planner.profile_cache import profile_model  # noqa: E402
 
 SWEEP = ((20, 20), (50, 50), (100, 100), (200, 100), (200, 200), (300, 300), (500, 500), (1000, 1000))
 RTOL = 1e-6

@@ -38,7 +38,7 @@ from planner import plan  # noqa: E402
 from planner.devices import load_profile, parse_profile  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
-from planner.profile import profile_model  # noqa: E402
+from planner.profile_cache import profile_model  # noqa: E402
 from trainer import TrainConfig, train  # noqa: E402
 
 FIGURES = ROOT / "benchmarks" / "figures"

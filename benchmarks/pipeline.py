@@ -42,7 +42,7 @@ from planner.devices import parse_profile  # noqa: E402
 from planner.jsonio import read_json  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
-from planner.profile import micro_batch_profile, profile_model  # noqa: E402
+from planner.profile_cache import micro_batch_profile, profile_model  # noqa: E402
 from trainer import TrainConfig, train  # noqa: E402
 
 PROFILE = ROOT / "profiles" / "pipeline.json"
@@ -138,7 +138,7 @@ def main() -> None:
             + "Sweep over M (throughput plan with `--micro-batches M`): predicted / measured step s, and in "
               "brackets the devices' measured compute against the plan's (median over the client's devices). "
               "'tables: M x batch/M': the model's step in the tables each M is planned on (its layers timed at "
-              "batch 64 / M, times M: `planner.profile.micro_batch_profile`) against its step at 64 (1.00: "
+              "batch 64 / M, times M: `planner.profile_cache.micro_batch_profile`) against its step at 64 (1.00: "
               "micro-batches cost their share).\n\n"
             + md_table(["M", "tables: M x batch/M"] + list(sweep[SWEEP[0]]), srows)
             + f"\n\nmedian |error| over the sweep {median(sweep_err):.1%}.\n\n"

@@ -99,7 +99,7 @@ def bench_fleet(tmp: Path) -> str:
 
     from planner.devices import parse_profile
     from planner.planfile import write_plan
-    from planner.profile import micro_batch_profile, profile_model
+    from planner.profile_cache import micro_batch_profile, profile_model
 
     model = LayeredModel.from_module("chain32", deep_chain(), torch.zeros(1, 1, 28, 28))
     profile = parse_profile(random_fleet(20, 8))
@@ -107,7 +107,7 @@ def bench_fleet(tmp: Path) -> str:
     mp = profile_model(model, batch_size=64, use_cache=False)
     prof_s = time.perf_counter() - t0
     # `fsl plan --objective throughput` also measures the model at each M's micro-batch size
-    # (planner.profile.micro_batch_profile); timed here, cold, and cached for the plans below
+    # (planner.profile_cache.micro_batch_profile); timed here, cold, and cached for the plans below
     t0 = time.perf_counter()
     for m in (2, 4, 8, 16):
         micro_batch_profile(model, mp, m, use_cache=True)

@@ -52,7 +52,7 @@ from planner import plan  # noqa: E402
 from planner.devices import parse_profile  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
-from planner.profile import profile_model  # noqa: E402
+from planner.profile_cache import profile_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.run import train  # noqa: E402
 

@@ -130,7 +130,7 @@ def limit_rows(tmp: Path) -> list[list]:
     from planner import plan
     from planner.devices import parse_profile
     from planner.models import LayeredModel, dcgan_discriminator
-    from planner.profile import profile_model
+    from planner.profile_cache import profile_model
 
     rows = []
     model = dcgan_discriminator()

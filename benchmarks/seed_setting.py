@@ -48,7 +48,7 @@ from planner.ilp import solve_ilp  # noqa: E402
 from planner.models import SEED_PARTS, build_discriminator  # noqa: E402
 from planner.planfile import load_plan, write_plan  # noqa: E402
 from planner.problem import ClientProblem, Solution  # noqa: E402
-from planner.profile import profile_model  # noqa: E402
+from planner.profile_cache import profile_model  # noqa: E402
 
 PAPER = ROOT / "profiles" / "fsl-gan-paper.json"
 SEED_KEEPS = 3  # the seed's preprocessing returns the first three devices

@@ -32,7 +32,7 @@ from planner import plan  # noqa: E402
 from planner.devices import load_profile, parse_profile  # noqa: E402
 from planner.models import Generator, build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
-from planner.profile import profile_model  # noqa: E402
+from planner.profile_cache import profile_model  # noqa: E402
 from trainer import TrainConfig, train  # noqa: E402
 from trainer.data import load_digits_28  # noqa: E402
 

@@ -26,7 +26,8 @@ from planner.ga import GASettings
 from planner.models import SEED_PARTS, LayeredModel
 from planner.planfile import Plan, PlannedClient, PlannedStage, round_time_s
 from planner.problem import ClientProblem, Solution
-from planner.profile import ModelProfile, micro_batch_profile, profile_model
+from planner.profile import ModelProfile
+from planner.profile_cache import micro_batch_profile, profile_model
 from planner.usermodel import model_record
 
 SOLVERS = ("ilp", "fsl-gan", "uniform", "params", "reference", "ga")
@@ -190,7 +191,7 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     settings of ``solver="ga"`` (recorded in the plan's ``solver.ga``).
 
     ``measure_micro_batches``: solve each allowed ``M`` on tables measured at its
-    micro-batch size (:func:`planner.profile.micro_batch_profile`; the plan keeps the best
+    micro-batch size (:func:`planner.profile_cache.micro_batch_profile`; the plan keeps the best
     ``M``'s tables, and ``micro_batch_steps_s`` every ``M``'s best step). Default: when
     ``plan`` profiles the model itself; a caller that hands in ``model_profile`` gets every
     ``M`` solved together on that profile's tables (``C / M``) unless it asks.

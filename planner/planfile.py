@@ -54,7 +54,7 @@ class PlannedClient:
     micro_batches: int = 1  # M: the step runs as M pipelined micro-batches
     time_source: dict[str, str] = field(default_factory=dict)  # device -> "calibration" | "factor"
     # throughput: each allowed M's best step on tables measured at that M's micro-batch size
-    # (None: no plan fits); ``costs`` are the chosen M's tables (planner.profile.micro_batch_profile)
+    # (None: no plan fits); ``costs`` are the chosen M's tables (planner.profile_cache.micro_batch_profile)
     micro_batch_steps_s: dict[int, float | None] = field(default_factory=dict)
 
     def solver_stages(self) -> list[Stage]:

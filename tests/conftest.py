@@ -27,7 +27,8 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from planner.jsonio import write_json  # noqa: E402
 from planner.models import dcgan_discriminator  # noqa: E402
-from planner.profile import BYTES_PER_PARAM_TRAINING, LayerProfile, ModelProfile, cache_path, measure
+from planner.profile import BYTES_PER_PARAM_TRAINING, LayerProfile, ModelProfile, measure
+from planner.profile_cache import cache_path
 
 SEED = 0
 BATCH = 64

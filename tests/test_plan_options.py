@@ -24,7 +24,8 @@ from planner.devices import parse_profile
 from planner.errors import InputError, NoFeasiblePlan
 from planner.models import LayeredModel, dcgan_discriminator
 from planner.planfile import load_plan, parse_plan, write_plan
-from planner.profile import cache_path, measure
+from planner.profile import measure
+from planner.profile_cache import cache_path
 from planner.reference import solve_reference
 from planner.timeline import predicted_boxes
 

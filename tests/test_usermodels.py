@@ -23,7 +23,7 @@ from cli import app
 from planner.check import step_time_s, violations
 from planner.errors import InputError
 from planner.planfile import load_plan
-from planner.profile import profile_model
+from planner.profile_cache import profile_model
 from planner.reference import solve_reference
 from planner.usermodel import build_model, generator_for
 from trainer.build import check_plan_model

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from planner.profile import cache_dir
+from planner.profile_cache import cache_dir
 from trainer.data import DataSource
 from trainer.errors import Diverged
 from trainer.quality import QualityEvaluator

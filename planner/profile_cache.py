@@ -1,0 +1,94 @@
+"""The profiles this machine measured before: ``planner.profile``'s measurements cached on
+disk (``FSL_CACHE_DIR``, default ``~/.cache/fsl-gan``), keyed by what changes them, and
+each micro-batch size's tables (SPEC §2.1 ``per_micro_batch``) measured once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from planner.jsonio import write_json
+from planner.models import LayeredModel
+from planner.profile import (DEVICE_THREADS, PROFILE_VERSION, ModelProfile, device_threads, layer_args, layer_codecs,
+                             layer_outputs, measure, time_layers)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FSL_CACHE_DIR", Path.home() / ".cache" / "fsl-gan"))
+
+
+def cache_path(model: LayeredModel, batch_size: int) -> Path:
+    key = json.dumps([PROFILE_VERSION, model.fingerprint(), batch_size, torch.__version__,
+                      platform.node(), DEVICE_THREADS])
+    return cache_dir() / "profiles" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+def profile_model(model: LayeredModel, *, batch_size: int = 64, use_cache: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> ModelProfile:
+    """The model's profile, from the cache when this machine measured it before.
+
+    The cache is keyed by model fingerprint, batch size, torch version, host and thread
+    count; a corrupt cache entry is measured again.
+    """
+    path = cache_path(model, batch_size)
+    if use_cache and path.is_file():
+        try:
+            cached = ModelProfile.from_json(json.loads(path.read_text()))
+            return ModelProfile(**{**asdict(cached), "layers": cached.layers, "seconds": 0.0})
+        except (ValueError, TypeError, KeyError):
+            pass
+    prof = measure(model, batch_size=batch_size, progress=progress)
+    if use_cache:
+        write_json(path, prof.to_json())
+    return prof
+
+
+def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batches: int, *, use_cache: bool = True,
+                        progress: Callable[[int, int], None] | None = None) -> ModelProfile:
+    """``profile`` with each layer's times as the step takes them in ``micro_batches``
+    pieces: measured at batch ``batch_size / micro_batches`` and multiplied back.
+
+    SPEC §2.1 runs a stage's compute as ``M`` units of ``C / M``; on a CPU a small batch
+    costs more than its share (a 2-core VM, one thread: 16 micro-batches of 4 samples took
+    2.0x one batch of 64, ``benchmarks/pipeline.py``), so tables for ``M`` are
+    measured at ``B / M``: the layers' step times and the codecs, nothing else (FLOPs,
+    memory and bytes stay the whole batch's, since a fill-drain holds every micro-batch,
+    as do ``overhead_s``, the generator and the batch size the tables are for). Cached
+    beside the profiles."""
+    if micro_batches == 1:
+        return profile
+    small = profile.batch_size // micro_batches
+    path = cache_path(model, small).with_suffix(".times.json")
+    times = None
+    if use_cache and path.is_file():
+        try:
+            times = [(float(t), float(f), {k: float(v) for k, v in c.items()})
+                     for t, f, c in json.loads(path.read_text())["layers"]]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            times = None
+    if times is None or len(times) != len(profile.layers):
+        times = _measure_times(model, small, progress=progress)
+        if use_cache:
+            write_json(path, {"batch_size": small, "layers": [[t, f, c] for t, f, c in times]})
+    m = micro_batches
+    layers = tuple(replace(big, time_s=m * t, forward_s=m * f, codec_s={k: m * v for k, v in c.items()})
+                   for big, (t, f, c) in zip(profile.layers, times))
+    return replace(profile, layers=layers)
+
+
+def _measure_times(model: LayeredModel, batch_size: int, *,
+                   progress: Callable[[int, int], None] | None) -> list[tuple[float, float, dict[str, float]]]:
+    """Per layer, ``(time_s, forward_s, codec_s)`` at ``batch_size`` on one core (as :func:`measure`,
+    with fewer repeats: the medians of 7)."""
+    with device_threads():
+        args = layer_args(model, batch_size)
+        timings = time_layers(model, args, repeats=7, warmup=1, progress=progress)  # 4 more tables: keep fsl plan quick
+        codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], batch_size)
+    return [(t, f, c) for (t, f), c in zip(timings, codecs)]
