@@ -25,9 +25,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from planner.errors import InputError, NoFeasiblePlan
 from planner.ga import DEFAULT_GENERATIONS, DEFAULT_POPULATION
-from plan_view import plan_options, render_plan, write_plan_table
-from profile_view import render_profile
-from train_view import TrainProgress, render_summary
+from views.plan import plan_options, render_plan, write_plan_table
+from views.profile import render_profile
+from views.train import TrainProgress, render_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated split learning for GANs: plan discriminator segments on devices, then train.")
@@ -227,13 +227,13 @@ def calibrate_cmd(
 ) -> None:
     """Measure the model's layers on each device itself (a process per device, as --backend
     dist) and the links between them; write the profile back with each device's calibration."""
-    from calibration_view import render_calibration
+    from views.calibration import render_calibration
     from planner.calibration import calibrated_path, calibrated_profile
     from planner.devices import load_profile, parse_profile
     from planner.jsonio import check_output_file, read_json, write_json
     from planner.profile_cache import profile_model
     from trainer import DeviceFailure
-    from trainer.calibrate import CalibrationJob, calibrate
+    from trainer.adapt.calibrate import CalibrationJob, calibrate
 
     def run():
         _warn_ranks()

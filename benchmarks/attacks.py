@@ -51,7 +51,7 @@ def gan_leaks_auc(members: torch.Tensor, non_members: torch.Tensor, samples: tor
 
 def frozen_for_queries(generator: nn.Module, *, n: int = 1000, seed: int = 0) -> nn.Module:
     """A copy of ``generator`` in eval mode whose batch-norm statistics are those of
-    ``n`` random samples (what ``trainer.evaluation.sample_images`` normalises by), so
+    ``n`` random samples (what ``trainer.quality.evaluation.sample_images`` normalises by), so
     each query is reconstructed on its own rather than through its batch's statistics."""
     g = copy.deepcopy(generator)
     norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

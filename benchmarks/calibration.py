@@ -56,7 +56,7 @@ from planner.models import dcgan_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
 from planner.profile import measure  # noqa: E402
 from trainer import TrainConfig, train  # noqa: E402
-from trainer.calibrate import CalibrationJob, calibrate  # noqa: E402
+from trainer.adapt.calibrate import CalibrationJob, calibrate  # noqa: E402
 
 BATCH = 8
 LAB = ROOT / "profiles" / "lab.json"

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from planner.schedule import CUT_MESSAGES
 from trainer.backends.dist import torchrun_role
-from trainer.wire import DistTransport
+from trainer.comm.wire import DistTransport
 
 REPEATS = 3
 

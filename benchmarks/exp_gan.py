@@ -10,7 +10,7 @@ import numpy as np
 from benchmarks.common import md_table, median, synthetic_profile
 from benchmarks.exp_context import Context, save_figure
 from benchmarks.exp_setup import make_plan, run_plan
-from trainer.data import DataSource, digits_labels
+from trainer.data.datasets import DataSource, digits_labels
 
 ALPHAS = (0.1, 1.0, 100.0)
 AGGREGATES = ("none", "fedavg", "swap")

@@ -15,7 +15,7 @@ from planner.models import SEED_PARTS, build_discriminator
 from planner.planfile import Plan, write_plan
 from planner.profile_cache import profile_model
 from trainer.config import TrainConfig
-from trainer.run import train
+from trainer.run.train import train
 
 SOLVERS = ("ilp", "fsl-gan", "uniform", "params")
 BASELINES = SOLVERS[1:]

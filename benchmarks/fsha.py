@@ -17,8 +17,8 @@ This is a **simulation in one process**, not an ``fsl train`` run: the victim is
 project's real first segment (``planner.models`` discriminator, cut where the plan of
 ``profiles/lab.json`` cuts client 0, DCGAN initialisation, the trainer's Adam with lr 2e-4
 and betas (0.5, 0.999)) on client 0's shard, and the noise is the data device's own
-``trainer.privacy.Privacy.activation`` (its backward is the identity: the malicious
-gradient reaches the clean activation, as in ``trainer.device``). The attacker knows the
+``trainer.privacy.options.Privacy.activation`` (its backward is the identity: the malicious
+gradient reaches the clean activation, as in ``trainer.roles.device``). The attacker knows the
 noise level (it is a run option) and trains its autoencoder and critic through the same
 noise: the strongest attacker of this kind. Reported: SSIM of the decoded private images
 over the victim's iterations (``benchmarks.attacks.ssim``).
@@ -43,11 +43,11 @@ from torch import nn  # noqa: E402
 from benchmarks.attacks import decoder_for, reconstruction_scores  # noqa: E402
 from benchmarks.common import commit, machine, md_table, write_section  # noqa: E402
 from planner.models import build_discriminator, dcgan_init  # noqa: E402
-from trainer.privacy import Privacy, SecureRandom  # noqa: E402
+from trainer.privacy.options import Privacy, SecureRandom  # noqa: E402
 
 BATCH = 32
 WARMUP = 200  # autoencoder steps on the auxiliary images before the victim's first step
-VICTIM_LR, BETAS = 2e-4, (0.5, 0.999)  # trainer.config / trainer.build
+VICTIM_LR, BETAS = 2e-4, (0.5, 0.999)  # trainer.config / trainer.roles.build
 ATTACK_LR, CRITIC_LR, GP = 1e-3, 1e-4, 500.0
 
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.iters, args.eval_every, args.noises, args.seeds = 4, 2, "0,0.5", "0"
-    from trainer.data import DataSource
+    from trainer.data.datasets import DataSource
     src = DataSource("digits")
     import json
     weights = [c["data_weight"] for c in json.loads(args.plan.read_text())["clients"]] if args.plan else [1.0, 1.0]

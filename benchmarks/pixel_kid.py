@@ -1,7 +1,7 @@
-"""What the image folders' quality measure sees (issue 16): ``trainer.pixelkid.PixelKID``
+"""What the image folders' quality measure sees (issue 16): ``trainer.quality.pixelkid.PixelKID``
 against the held-out split of ``examples/make_shapes.py`` folders, scoring sets whose
 faults are known: other real shapes, one class only, blurred, grayscale, dimmed, noise,
-blank. The numbers quoted in ``trainer/pixelkid.py`` and README come from here.
+blank. The numbers quoted in ``trainer/quality/pixelkid.py`` and README come from here.
 
     python benchmarks/pixel_kid.py
 
@@ -23,8 +23,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import ROOT, machine, md_table, write_section  # noqa: E402
-from trainer.data import DataSource  # noqa: E402
-from trainer.pixelkid import PixelKID  # noqa: E402
+from trainer.data.datasets import DataSource  # noqa: E402
+from trainer.quality.pixelkid import PixelKID  # noqa: E402
 
 
 def _make_shapes():
@@ -61,7 +61,7 @@ def main() -> None:
     body = (f"## Image folders: what KID on pixel statistics sees\n\n`python benchmarks/pixel_kid.py` on "
             f"{machine()}. Held-out split: {len(held_out)} shapes of `examples/make_shapes.py` (seed 0); "
             "each row a set from another folder (seed 2); KID mean and std over 50 subsets "
-            f"(`trainer/pixelkid.py`: {kid.evaluate(real)['quality_features']}).\n\n"
+            f"(`trainer/quality/pixelkid.py`: {kid.evaluate(real)['quality_features']}).\n\n"
             + md_table(["scored set", "images", "KID", "std"], rows))
     write_section("pixel-kid", body)
 

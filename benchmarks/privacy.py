@@ -45,9 +45,9 @@ from benchmarks.attacks import (frozen_for_queries, gan_leaks_auc, invert, membe
 from benchmarks.common import ROOT, commit, machine, md_table, write_section  # noqa: E402
 from planner.models import Generator, build_discriminator  # noqa: E402
 from planner.planfile import load_plan  # noqa: E402
-from trainer.data import DataSource  # noqa: E402
-from trainer.evaluation import sample_images  # noqa: E402
-from trainer.privacy import Privacy  # noqa: E402
+from trainer.data.datasets import DataSource  # noqa: E402
+from trainer.quality.evaluation import sample_images  # noqa: E402
+from trainer.privacy.options import Privacy  # noqa: E402
 
 PROFILE = "profiles/lab.json"
 ROUND_STEPS = 100

@@ -21,7 +21,7 @@ this 2-core machine the threads and messages of the cuts):
 Every setting trains the same generator for the same number of steps at the same batch
 per client, ``--emulate none`` (quality does not depend on timing), with each seed in
 0..2. The server scores FID, KID and the class score on 500 samples every 100 steps,
-against the held-out split no client trains on (``trainer.evaluation``). The settings
+against the held-out split no client trains on (``trainer.quality.evaluation``). The settings
 run seed by seed, so a partial study is balanced; each finished run is appended to
 ``--results`` (JSON lines) and skipped when the script is started again.
 
@@ -54,7 +54,7 @@ from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
 from planner.profile_cache import profile_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.run import train  # noqa: E402
+from trainer.run.train import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
 TARGET = 1.15  # the target: 4 IID within 15% of centralized FID

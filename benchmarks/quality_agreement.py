@@ -1,5 +1,5 @@
 """One-off check (issue 15): torchmetrics' FID and KID against the hand-written statistics
-that ``trainer/quality.py`` had before it used torchmetrics, on the same features.
+that ``trainer/quality/fid.py`` had before it used torchmetrics, on the same features.
 
 The former module is read from git (``BEFORE``, the last commit with the hand-written
 code) into a throwaway module; both evaluators use the same cached classifier, the same
@@ -29,14 +29,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import ROOT, machine, md_table, write_section  # noqa: E402
-from trainer.data import load_digits_28  # noqa: E402
-from trainer.quality import QualityEvaluator, kernel_inception_distance  # noqa: E402
+from trainer.data.datasets import load_digits_28  # noqa: E402
+from trainer.quality.fid import QualityEvaluator, kernel_inception_distance  # noqa: E402
 
-BEFORE = "fd9672f"  # main when issue 15 started: trainer/quality.py computed FID/KID by hand
+BEFORE = "fd9672f"  # main when issue 15 started: trainer/quality/fid.py computed FID/KID by hand
 
 
 def _old_module():
-    source = subprocess.run(["git", "show", f"{BEFORE}:trainer/quality.py"], cwd=ROOT, check=True,
+    source = subprocess.run(["git", "show", f"{BEFORE}:trainer/quality/fid.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "quality_before.py"
     path.write_text(source)
@@ -88,7 +88,7 @@ def main() -> None:
                       "class score before / now"], rows)
     body = (f"## FID and KID: torchmetrics against the former hand-written statistics\n\n"
             f"Machine: {machine()}. Command: `python benchmarks/quality_agreement.py` (the former code is "
-            f"`git show {BEFORE}:trainer/quality.py`). Same classifier, same 1000 real images, same fakes.\n\n"
+            f"`git show {BEFORE}:trainer/quality/fid.py`). Same classifier, same 1000 real images, same fakes.\n\n"
             f"{table}\n\nLargest FID relative difference: {worst_fid:.1e}. KID with 50 random subsets differs "
             "only by which rows the subsets draw (numpy before, torch now); with one subset of every row "
             "both compute the same unbiased MMD^2 (to float32 rounding: KID now runs in float32).\n\n"

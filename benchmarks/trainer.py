@@ -34,7 +34,7 @@ from planner.models import Generator, build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
 from planner.profile_cache import profile_model  # noqa: E402
 from trainer import TrainConfig, train  # noqa: E402
-from trainer.data import load_digits_28  # noqa: E402
+from trainer.data.datasets import load_digits_28  # noqa: E402
 
 
 def unsplit_step(d, g, opt_d, opt_g, real, z):

@@ -1,7 +1,7 @@
 """Device calibrations (SPEC §1 ``calibration``): a device's own measured times, and their
 use in the cost tables in place of ``processing_time_factor`` x the host's profile.
 
-``fsl calibrate`` (``trainer.calibrate``) runs on each device and measures there what
+``fsl calibrate`` (``trainer.adapt.calibrate``) runs on each device and measures there what
 :mod:`planner.profile` and :mod:`planner.profile_options` measure on the host. A device
 of a profile may carry a list of calibrations, one per (model fingerprint, batch size,
 torch version)::
@@ -198,7 +198,7 @@ def calibrated_path(profile: str | Path) -> Path:
 
 def _link_entry(a: str, b: str, fit: dict, messages: int) -> dict:
     """A measured link as the profile writes it: Mbps, and the fixed cost of ``messages``
-    messages (``trainer.linkprobe``: the intercept is two)."""
+    messages (``trainer.comm.linkprobe``: the intercept is two)."""
     return {"a": a, "b": b, "bandwidth_mbps": round(fit["bytes_per_s"] * 8 / 1e6, 3),
             "latency_ms": round(fit["intercept_s"] * 1e3 * messages / 2, 4)}
 
@@ -209,7 +209,7 @@ SERVER_MESSAGES = len((FAKE, FAKE_GRAD))  # the server exchange of a step: fake 
 def calibrated_profile(raw: dict, result: dict, *, cut_messages: int = MESSAGES_PER_CUT_PER_MICRO_BATCH,
                        server_messages: int = SERVER_MESSAGES) -> dict:
     """The device profile ``raw`` (as JSON) with what ``fsl calibrate`` measured
-    (``trainer.calibrate.calibrate``'s result): each device's calibration (replacing an
+    (``trainer.adapt.calibrate.calibrate``'s result): each device's calibration (replacing an
     entry of the same fingerprint, batch size and torch version), each client's links
     (replacing the listed ones between the same two devices; latency for a cut crossing
     of ``cut_messages`` messages) and each device's own ``bandwidth_mbps``/``latency_ms``

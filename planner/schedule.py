@@ -1,8 +1,8 @@
 """What crosses the network in one GAN training step: the message schedule, written once.
 
 Nothing here imports torch. The plan's ``cut_bytes`` factor (``planner.costs``), the
-trainer's roles and transports (which tags exist, which are checked, how a link's latency
-is spread over its messages) and every benchmark's expected bytes derive from it.
+trainer's roles and transports (a step's tags, how a link's latency is spread over its
+messages; the trainer's own tags are ``trainer.comm.tags``) and every benchmark's expected bytes derive from it.
 
 One step of a client whose discriminator runs on devices ``d0`` (holds the data) ->
 ``d1`` -> ... -> ``dk`` (computes the loss), batch ``B``; the server holds the generator::
@@ -51,33 +51,7 @@ LOSS_VALUES = 2
 SAMPLES_CROSSING_PER_STEP = sum(m.samples for m in CUT_MESSAGES)  # 6: x batch per cut and step
 MESSAGES_PER_CUT_PER_MICRO_BATCH = len(CUT_MESSAGES)  # a link's latency is spread over these
 
-STEP_TAGS = frozenset([m.tag for m in CUT_MESSAGES] + [FAKE.tag, FAKE_GRAD.tag, LOSSES])
-CONTROL_TAGS = frozenset([
-    "stop",  # server -> a dropped client's devices: the round's steps are over for you
-    "hello",  # role -> server, once: what this process holds (processes.json)
-    "start",  # server -> role, once: the round to start after
-    "round",  # server -> role: start round r (0: the run ends here, a new plan follows)
-    "plan",  # server -> role, after round [0] (--adapt): the new plan's JSON file (trainer.switch)
-    "report",  # device -> server, each round: compute, bytes, waits
-    "trace",  # device -> server, last round: timestamps of the last step (timeline.png)
-    "state",  # checkpoint state: device -> its data device, or data device -> device on resume
-    "saved",  # data device -> server: the client's checkpoint of this round is on disk
-    "weights",  # aggregation: a segment's parameters to the server and back
-    "secagg",  # --secure-agg: each round's public keys and sealed key shares via the server; a data
-    #            device's shares of self masks and of the keys of devices whose weights did not arrive
-    "bye",  # closing a connection
-    "calib",  # fsl calibrate: the server's orders to a device, and what it measured
-    "probe",  # fsl calibrate: a link probe's payload (trainer.linkprobe)
-    "probe_ack",  # fsl calibrate: its acknowledgement
-    "dp_sigma",  # DP-SGD, once: the data device's noise multiplier to its client's other devices
-    "dp_norms",  # DP-SGD, each step: a device's per-sample squared gradient norms to its data device
-    "dp_scale",  # DP-SGD, each step: the data device's per-sample clip factors back
-    "ledger",  # DP-SGD, each round: the data device's privacy ledger summary to the server
-])
-# Messages of one step that are not planned (no link delay, counted as control bytes) but,
-# like the step's own, are dropped unread when their receiver was stopped mid-step: DP-SGD's.
-UNPLANNED_STEP_TAGS = frozenset(["dp_norms", "dp_scale"])
-TAGS = tuple(sorted(STEP_TAGS)) + tuple(sorted(CONTROL_TAGS))
+PLANNED_TAGS = frozenset([m.tag for m in CUT_MESSAGES] + [FAKE.tag, FAKE_GRAD.tag, LOSSES])  # a step's messages
 
 
 def cut_bytes_per_step(output_bytes: int) -> int:

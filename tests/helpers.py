@@ -15,9 +15,10 @@ import torch
 
 from benchmarks.handplans import B, chain_plan  # noqa: F401 - tests import them from here
 from planner.planfile import Plan, write_plan
-from trainer import TrainConfig, opened, train
-from trainer.data import DataSource, load_digits_28
-from trainer.shards import ShardSampler
+from trainer import TrainConfig, train
+from trainer.privacy import opened
+from trainer.data.datasets import DataSource, load_digits_28
+from trainer.data.shards import ShardSampler
 
 
 # A user factory (planner.usermodel) for 3x16x16 RGB images, small enough to train in seconds.
@@ -72,10 +73,10 @@ def first_real_batch(plan: Plan, k: int, *, seed: int = 0) -> torch.Tensor:
     return ShardSampler(load_digits_28(rows).images, batch_size=plan.batch_size, seed=seed * 31 + k).next_batch()
 
 
-# --- what a role opened (trainer.opened) ------------------------------------------------
+# --- what a role opened (trainer.privacy.opened) ------------------------------------------------
 
 def files_digest(paths) -> str:
-    """sha256 of the sorted real paths, one per line: ``trainer.opened.paths_digest``'s
+    """sha256 of the sorted real paths, one per line: ``trainer.privacy.opened.paths_digest``'s
     documented format, recomputed here."""
     return "sha256:" + hashlib.sha256("\n".join(sorted(os.path.realpath(p) for p in paths)).encode()).hexdigest()
 

@@ -16,9 +16,9 @@ from planner.devices import parse_profile
 from planner.errors import InputError
 from planner.models import dcgan_discriminator
 from planner.planfile import load_plan, write_plan
-from plan_view import write_plan_table
-from trainer.linkprobe import echo, fit_link, probe
-from trainer.transport import InProcessTransport
+from views.plan import write_plan_table
+from trainer.comm.linkprobe import echo, fit_link, probe
+from trainer.comm.transport import InProcessTransport
 
 
 def _entry(dcgan_profile, *, scale: float = 0.01, **kw) -> dict:

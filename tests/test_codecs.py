@@ -12,7 +12,7 @@ import torch
 from planner.models import build_discriminator
 from planner.schedule import CUT_MESSAGES
 from tests.helpers import B, chain_plan, run
-from trainer.codecs import INT8_SIDE_BYTES, decode, encode, encoded_bytes
+from trainer.comm.codecs import INT8_SIDE_BYTES, decode, encode, encoded_bytes
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 300.0])

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from trainer.errors import Diverged
-from trainer.evaluation import Evaluation
+from trainer.quality.evaluation import Evaluation
 from tests.helpers import chain_plan, run
-from trainer.rundir import finite_json
+from trainer.run.rundir import finite_json
 
 
 def _help(command: str) -> str:

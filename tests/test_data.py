@@ -1,4 +1,4 @@
-"""trainer.data and trainer.images: datasets, IDX validation, shards, samplers, grids."""
+"""trainer.data.datasets and trainer.run.images: datasets, IDX validation, shards, samplers, grids."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from planner.errors import InputError
-from trainer.data import DataSource, load_dataset, load_digits_28, load_mnist
-from trainer.shards import ShardSampler, shard_dirichlet, shard_iid, shard_sizes
-from trainer.images import grid_array, save_grid
+from trainer.data.datasets import DataSource, load_dataset, load_digits_28, load_mnist
+from trainer.data.shards import ShardSampler, shard_dirichlet, shard_iid, shard_sizes
+from trainer.run.images import grid_array, save_grid
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from tests.helpers import chain_plan, config, final_states
 from trainer import DeviceFailure, train
 from trainer.errors import PeerLost, RankFailure, root_cause
 from trainer.state import pack, unpack
-from trainer.wire import decode_header, encode_header
+from trainer.comm.wire import decode_header, encode_header
 
 pytestmark = pytest.mark.slow
 STEPS = 3

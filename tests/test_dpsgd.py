@@ -1,4 +1,4 @@
-"""DP-SGD of a split discriminator (trainer.dpsgd) against an unsplit reference computed with
+"""DP-SGD of a split discriminator (trainer.privacy.dpsgd) against an unsplit reference computed with
 torch.func, Poisson sampling against its binomial law, the ledger through a failed and a
 resumed run, and what leaves a client under DP."""
 
@@ -17,15 +17,16 @@ from typer.testing import CliRunner
 from cli import app
 from planner.errors import InputError
 from tests.helpers import B, chain_plan, config, run, write_factory
-from trainer.accountant import ORDERS
+from trainer.privacy.accountant import ORDERS
 from trainer.backends.local import run_local
-from trainer.build import RunSpec, client_discriminator
-from trainer.device import DeviceRole
-from trainer.dpsgd import SAMPLERS, DeviceDP, check_layers, layer_sq_norms
+from trainer.run.loop import run_role
+from trainer.roles.build import RunSpec, client_discriminator
+from trainer.roles.device import DeviceRole
+from trainer.privacy.dpsgd import SAMPLERS, DeviceDP, check_layers, layer_sq_norms
 from trainer.errors import DeviceFailure
-from trainer.privacy import SecureRandom
-from trainer.shards import PoissonSampler
-from trainer.transport import InProcessTransport
+from trainer.privacy.options import SecureRandom
+from trainer.data.shards import PoissonSampler
+from trainer.comm.transport import InProcessTransport
 
 
 def _google_epsilon(q: float, sigma: float, steps: int, delta: float = 1e-5) -> float:
@@ -87,7 +88,7 @@ def test_split_per_sample_clipping_equals_the_unsplit_reference(tmp_path, monkey
         return send(src, dst, tensor, tag=tag)
 
     t.send = spy
-    run_local(RunSpec(cfg, plan), transport=t)
+    run_local(RunSpec(cfg, plan), run_role, transport=t)
     model = client_discriminator(RunSpec(cfg, plan), 0)
     (real,) = drawn
     assert len(real) > 0
@@ -200,7 +201,7 @@ def test_dp_trains_a_pipelined_recomputing_compressed_plan_on_both_backends(tmp_
     import dp_accounting
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    from trainer.accountant import ORDERS
+    from trainer.privacy.accountant import ORDERS
 
     plan = chain_plan("dcgan", [2, 6], n_clients=2, micro_batches=2, recompute=(1,), codecs={0: "int8"})
     history = run(tmp_path, plan, rounds=2, steps_per_round=2, backend=backend, dp_epsilon=10.0, aggregate="fedavg")

@@ -13,10 +13,10 @@ import time
 import pytest
 import torch
 
-import trainer.clock as clock_module
-import trainer.transport as transport
-from trainer.clock import Clock
-from trainer.clock import paced_sleep
+import trainer.roles.clock as clock_module
+import trainer.comm.transport as transport
+from trainer.roles.clock import Clock
+from trainer.roles.clock import paced_sleep
 
 
 class FakeTime:

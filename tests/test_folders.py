@@ -18,9 +18,9 @@ from cli import app
 from planner.errors import InputError
 from tests.helpers import assert_opened_exactly, chain_plan, config, opened_by, write_factory
 from trainer import train
-from trainer.build import fit_images
-from trainer.data import DataSource, held_out_rows
-from trainer.folders import check_folder, list_folder, load_images
+from trainer.roles.build import fit_images
+from trainer.data.datasets import DataSource, held_out_rows
+from trainer.data.folders import check_folder, list_folder, load_images
 
 
 def _png(path: Path, colour, size=(16, 16), mode="RGB") -> Path:
@@ -83,7 +83,7 @@ def test_shards_are_disjoint_cover_the_pool_and_leave_the_held_out_split_alone(t
 
 
 def test_per_client_folders_are_read_by_their_own_client_and_the_server(tmp_path):
-    """From the files each reader opened (``trainer.opened``): a client's data opens every
+    """From the files each reader opened (``trainer.privacy.opened``): a client's data opens every
     file of its own folder and nothing else under ``DIR``; the held-out split, the
     server's folder."""
     for name, n in (("c0", 5), ("c1", 7), ("server", 3)):

@@ -1,5 +1,5 @@
 """Each process opens only its own data: measured from the files each process opened
-(``trainer.opened``'s audit hook, listed in ``processes.json``), checked against the
+(``trainer.privacy.opened``'s audit hook, listed in ``processes.json``), checked against the
 files this test wrote itself and shard sizes computed by hand, locally (a thread per
 role) and with a process per role."""
 
@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import assert_opened_exactly, chain_plan, digits_file, run
-from trainer import opened
-from trainer.data import SPLIT_SEED, DataSource
+from trainer.privacy import opened
+from trainer.data.datasets import SPLIT_SEED, DataSource
 
 BACKENDS = ["local", pytest.param("dist", marks=pytest.mark.slow)]
 DIGITS_FILE = digits_file()

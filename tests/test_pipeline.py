@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.helpers import chain_plan, final_states, run
-from trainer import build
+from trainer.roles import build
 
 CUTS = [2, 6]  # three stages: conv block A | block B | block C and the dense layer
 
@@ -83,8 +83,8 @@ def _one_step_gradients(tmp_path, m: int):
     """One device holding the whole model, stepped once by hand with a fake server; no
     optimizer, so the accumulated gradients stay for inspection."""
     from tests.helpers import config
-    from trainer.build import RunSpec, build_device
-    from trainer.transport import SERVER, InProcessTransport
+    from trainer.roles.build import RunSpec, build_device
+    from trainer.comm.transport import SERVER, InProcessTransport
 
     plan = chain_plan("dcgan", [], micro_batches=m)
     spec = RunSpec(config(tmp_path, plan, f"g{m}"), plan)
@@ -115,8 +115,8 @@ def test_each_device_takes_its_work_as_it_comes(tmp_path):
     the last device a backward after each forward, a device in between whatever its
     neighbours hand it first, and a waiting gradient before a waiting activation."""
     from tests.helpers import config
-    from trainer.build import RunSpec, build_device
-    from trainer.transport import InProcessTransport
+    from trainer.roles.build import RunSpec, build_device
+    from trainer.comm.transport import InProcessTransport
 
     plan = chain_plan("dcgan", CUTS, micro_batches=4)
     spec = RunSpec(config(tmp_path, plan), plan)

@@ -227,7 +227,7 @@ def test_fsl_plan_bad_option_values_exit_2_with_one_line(args, where, tmp_path, 
 
 
 def test_without_device_drops_every_per_device_table(options_plan):
-    """Re-planning around a lost device (trainer/replan.py) needs the §2.1 tables cut too."""
+    """Re-planning around a lost device (trainer/adapt/replan.py) needs the §2.1 tables cut too."""
     from planner.ilp import solve_ilp
 
     p = options_plan.clients[0].costs

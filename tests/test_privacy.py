@@ -1,5 +1,5 @@
-"""Epsilon (trainer.accountant) against independent accountants and closed forms, noise on
-the first cut (trainer.privacy), the secure random source, and which options are refused.
+"""Epsilon (trainer.privacy.accountant) against independent accountants and closed forms, noise on
+the first cut (trainer.privacy.options), the secure random source, and which options are refused.
 DP-SGD itself is tested in test_dpsgd.py."""
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from scipy import stats
 
 from planner.errors import InputError
 from tests.helpers import B, chain_plan, config, first_real_batch, run
-from trainer.accountant import ORDERS, Ledger, check_delta, epsilon, noise_for
+from trainer.privacy.accountant import ORDERS, Ledger, check_delta, epsilon, noise_for
 from trainer.backends.local import run_local
-from trainer.build import RunSpec, client_discriminator
+from trainer.run.loop import run_role
+from trainer.roles.build import RunSpec, client_discriminator
 from trainer.config import TrainConfig, privacy_warnings
-from trainer.privacy import SecureRandom
-from trainer.transport import InProcessTransport
+from trainer.privacy.options import SecureRandom
+from trainer.comm.transport import InProcessTransport
 
 
 def _google(q: float, sigma: float, steps: int, delta: float, *, pld: bool = False) -> float:
@@ -121,7 +122,7 @@ def _spy_run(tmp_path, plan, out: str, tags: set[str], **kw) -> tuple[list, list
         return send(src, dst, tensor, tag=tag)
 
     t.send = spy
-    return seen, run_local(RunSpec(cfg, plan), transport=t)
+    return seen, run_local(RunSpec(cfg, plan), run_role, transport=t)
 
 
 def test_cut_noise_is_gaussian_on_what_the_data_device_sends(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""trainer.quality: metrics against closed forms and references; trainer.classifier: the
+"""trainer.quality.fid: metrics against closed forms and references; trainer.quality.classifier: the
 cached classifier."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from planner.errors import InputError
-from trainer.data import Dataset, load_digits_28
-from trainer.classifier import Classifier, load_or_train_classifier
-from trainer.quality import (QualityEvaluator, classifier_score, confidence_score,
+from trainer.data.datasets import Dataset, load_digits_28
+from trainer.quality.classifier import Classifier, load_or_train_classifier
+from trainer.quality.fid import (QualityEvaluator, classifier_score, confidence_score,
                              frechet_distance, kernel_inception_distance)
 
 QUICK_EPOCHS = 3  # ~96% held-out accuracy on digits in a few seconds

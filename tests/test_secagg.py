@@ -1,4 +1,4 @@
-"""Secure aggregation (trainer.secagg, secagg_round, secagg_shares) against independent
+"""Secure aggregation (trainer.aggregate.secagg, secagg_round, secagg_shares) against independent
 references: every coordinate the server receives differs from its plain fixed-point
 value (computed here with numpy) while the sum is exact; the averages devices receive
 equal numpy's fedavg of the plain weights, over all clients when one was dropped after
@@ -19,15 +19,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tests.helpers import chain_plan, config
-from trainer.aggregate import device_exchange, server_combine
+from trainer.aggregate.combine import device_exchange, server_combine
 from trainer.backends.local import run_local
-from trainer.build import RunSpec
-from trainer.secagg import (MISSING, MOD, Layout, Masker, encode, join, mask_stream, public_bytes, shared_key,
+from trainer.run.loop import run_role
+from trainer.roles.build import RunSpec
+from trainer.aggregate.secagg import (MISSING, MOD, Layout, Masker, encode, join, mask_stream, public_bytes, shared_key,
                             unmask_average)
-from trainer import secagg_round
-from trainer.secagg_round import serve_keys
-from trainer.secagg_shares import PRIME, int_to_key, key_to_int, reconstruct, seal, split, threshold, unseal
-from trainer.transport import InProcessTransport, LinkTable
+from trainer.aggregate import secagg_round
+from trainer.aggregate.secagg_round import serve_keys
+from trainer.aggregate.secagg_shares import PRIME, int_to_key, key_to_int, reconstruct, seal, split, threshold, unseal
+from trainer.comm.transport import InProcessTransport, LinkTable
 
 CUTS = [[2], [5], [2, 6]]  # three clients cut differently: segments overlap in every pattern
 WEIGHTS = [1.0, 2.0, 3.0]
@@ -155,7 +156,7 @@ def _spied(tmp_path, plan, out: str, monkeypatch, **kw):
 
     t.send = spy
     monkeypatch.setattr(Masker, "send", spy_masker)
-    history = run_local(RunSpec(cfg, plan), transport=t)
+    history = run_local(RunSpec(cfg, plan), run_role, transport=t)
     rows = json.loads((tmp_path / out / "processes.json").read_text())["processes"]
     samples = {r["client"]: float(r["training_samples"]) for r in rows if r["training_samples"]}
     return history, plain, sent, answered, samples

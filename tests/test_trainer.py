@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from planner.models import Generator, SeededDropout, build_discriminator
 from tests.helpers import B, chain_plan, config, final_states, first_real_batch, run
 from trainer.backends.local import run_local
-from trainer.build import RunSpec
-from trainer.transport import InProcessTransport
+from trainer.run.loop import run_role
+from trainer.roles.build import RunSpec
+from trainer.comm.transport import InProcessTransport
 
 
 def reference_step(plan, *, seed: int = 0, feedback: str = "mean"):
@@ -149,7 +150,7 @@ def test_raw_images_never_leave_the_data_device(tmp_path):
         return send(src, dst, tensor, tag=tag)
 
     t.send = spy
-    run_local(RunSpec(cfg, plan), transport=t)
+    run_local(RunSpec(cfg, plan), run_role, transport=t)
     real = {tuple(img.flatten()[:64].tolist()) for k in range(2) for img in first_real_batch(plan, k)}
     tags = {tag for _, _, tag, _ in sent}
     assert {"act_d", "grad_d", "act_g", "grad_g", "fake", "fake_grad", "losses"} <= tags

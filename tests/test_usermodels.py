@@ -26,9 +26,9 @@ from planner.planfile import load_plan
 from planner.profile_cache import profile_model
 from planner.reference import solve_reference
 from planner.usermodel import build_model, generator_for
-from trainer.build import check_plan_model
+from trainer.roles.build import check_plan_model
 from tests.helpers import FACTORY, assert_opened_exactly, write_factory
-from trainer.data import DataSource, held_out_rows
+from trainer.data.datasets import DataSource, held_out_rows
 
 BATCH = 8
 CLASSES = ("red", "green", "blue")
@@ -149,7 +149,7 @@ def test_trained_one_round_on_an_image_folder_and_only_data_devices_hold_images(
     assert rows["server"]["training_samples"] == 0 and rows["server"]["eval_samples"] == len(held)
     files = sorted(images.rglob("*.png"))  # in the folder's order: class folders, then names
     assert_opened_exactly(rows["server"], [files[r] for r in held], out=out)
-    for k, c in enumerate(plan.planned):  # from the files each process opened (trainer.opened)
+    for k, c in enumerate(plan.planned):  # from the files each process opened (trainer.privacy.opened)
         head, *rest = [s.device for s in c.stages]
         assert rows[head]["training_samples"] == len(shards[k])
         assert_opened_exactly(rows[head], [files[r] for r in shards[k]], out=out)

@@ -1,4 +1,4 @@
-"""The wire does not trust its peers: who may send what, and how much (trainer.protocol).
+"""The wire does not trust its peers: who may send what, and how much (trainer.comm.protocol).
 
 Fast unit tests: an in-process transport for the senders, and the dist transport's
 receiving thread fed by a fake peer (a stand-in for ``torch.distributed``), which shows a
@@ -14,18 +14,19 @@ import threading
 import pytest
 import torch
 
-from planner.schedule import TAGS
+from trainer.comm.tags import TAGS
 from planner.usermodel import build_model
 from tests.helpers import chain_plan, config
-from trainer import protocol, wire
-from trainer.codecs import INT8_SIDE_BYTES
-from trainer.device import DeviceReport
+from trainer.comm import protocol
+from trainer.comm import wire
+from trainer.comm.codecs import INT8_SIDE_BYTES
+from trainer.roles.device import DeviceReport
 from trainer.errors import ProtocolViolation, RankFailure, StopRound, root_cause
-from trainer.linkprobe import MAX_BYTES
-from trainer.protocol import RULES, WireLimits
-from trainer.secagg import KEY_BYTES
-from trainer.transport import SERVER, InProcessTransport
-from trainer.wire import HEADER_LEN, DistTransport, encode_header
+from trainer.comm.linkprobe import MAX_BYTES
+from trainer.comm.protocol import RULES, WireLimits
+from trainer.aggregate.secagg import KEY_BYTES
+from trainer.comm.transport import SERVER, InProcessTransport
+from trainer.comm.wire import HEADER_LEN, DistTransport, encode_header
 
 PLAN = chain_plan("dcgan", [2, 6])  # c0-d0 (data) -> c0-d1 -> c0-d2, batch 8
 
@@ -182,12 +183,13 @@ def test_real_traffic_stays_within_the_bounds(tmp_path):
     """Every message of a real round (aggregation and checkpoint state included), as the
     transport logged it, is within its tag's bound; each cut's messages reach it exactly."""
     from trainer.backends.local import run_local
-    from trainer.build import RunSpec
+    from trainer.run.loop import run_role
+    from trainer.roles.build import RunSpec
 
     plan = chain_plan("dcgan", [[2, 6], [4]], n_clients=2)
     t = InProcessTransport(keep_messages=True, limits=WireLimits.from_plan(plan))
     spec = RunSpec(config(tmp_path, plan, aggregate="fedavg", rounds=1, steps_per_round=1), plan)
-    run_local(spec, transport=t)
+    run_local(spec, run_role, transport=t)
     t.close(5)
     limits = WireLimits.from_plan(plan)
     sizes: dict[str, int] = {}

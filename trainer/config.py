@@ -8,14 +8,14 @@ from pathlib import Path
 
 from planner.errors import InputError
 from planner.jsonio import check_output_dir
-from trainer.accountant import MIN_NOISE
+from trainer.privacy.accountant import MIN_NOISE
 
 BACKENDS = ("local", "dist")
 EMULATE = ("sleep", "none")
 AGGREGATE = ("none", "fedavg", "swap")
 FEEDBACK = ("mean", "sum")
 DATASETS = ("digits", "mnist", "images:DIR")
-IMAGES = "images:"  # --data images:DIR (trainer.folders)
+IMAGES = "images:"  # --data images:DIR (trainer.data.folders)
 # What --resume must find as the run saved it: every option that changes what is trained
 # (which records, which updates, what privacy). The others (rounds, eval cadence, timeouts,
 # backend) only change how the run is carried out or watched, and --lr may change so that
@@ -49,11 +49,11 @@ class TrainConfig:
     replan_on_failure: bool = False  # a lost device is planned around and training goes on
     adapt: bool = False  # re-solve on measured speeds after each round; switch plans when 10% faster
     slowdown: tuple[tuple[str, float, int], ...] = ()  # (device, factor, from round): emulated drift
-    dp_clip: float | None = None  # C: per-sample L2 bound of the discriminator's gradient (trainer.dpsgd); 1.0 under DP
+    dp_clip: float | None = None  # C: per-sample L2 bound of the discriminator's gradient (trainer.privacy.dpsgd); 1.0 under DP
     dp_noise: float | None = None  # SIGMA: DP-SGD's noise is SIGMA x C; epsilon in metrics.jsonl
     dp_epsilon: float | None = None  # E: DP-SGD with the SIGMA that keeps the planned steps within E
     dp_delta: float = 1e-5  # delta of epsilon; must be below 1 / N of every client
-    secure_agg: bool = False  # fedavg over pairwise-masked weights (trainer.secagg)
+    secure_agg: bool = False  # fedavg over pairwise-masked weights (trainer.aggregate.secagg)
     cut_noise: float = 0.0  # std of Gaussian noise on the data device's first-cut activations
 
     @property
@@ -118,7 +118,7 @@ class TrainConfig:
         check_output_dir(self.out_dir, "--out")
 
     def _validate_privacy(self, bad) -> None:
-        """The options of trainer.privacy and trainer.secagg, and which go together. Whether
+        """The options of trainer.privacy.options and trainer.aggregate.secagg, and which go together. Whether
         epsilon is finite depends on the shards; the server checks it once it knows them."""
         if self.dp_noise is not None and self.dp_epsilon is not None:
             raise bad("--dp-noise", "give --dp-epsilon E (the noise is chosen for it) or --dp-noise SIGMA "

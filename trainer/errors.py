@@ -48,7 +48,7 @@ class PeerLost(PeerFailure):
 
 
 class ProtocolViolation(PeerFailure):
-    """A peer sent what the protocol does not allow it (``trainer.protocol``): a tag it may
+    """A peer sent what the protocol does not allow it (``trainer.comm.protocol``): a tag it may
     not send, or a header whose dtype or size is past the bound the plan sets."""
 
     def __init__(self, dst: str, src: str, problem: str):

@@ -1,2 +1,2 @@
 """How roles start and how bytes move: ``local`` (threads of one process) and ``dist``
-(a process per role over ``torch.distributed``). Both run ``trainer.loop.run_role``."""
+(a process per role over ``torch.distributed``). Both run ``trainer.run.loop.run_role``."""

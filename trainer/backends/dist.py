@@ -12,7 +12,7 @@ file named by ``FSL_RANKS`` maps role names to ranks (default: server 0, then th
 devices in order), and the server's rank, whatever its number, reports the run.
 :func:`check_launch` checks all of it before any process group forms (exit 2, one line).
 A switch of plans (``--adapt``) re-forms the group under a fresh prefix of torchrun's
-store, every rank on the new plan (``trainer.switch``). README's several-machines block
+store, every rank on the new plan (``trainer.comm.switch``). README's several-machines block
 is what ``tests/test_multinode.py`` runs, on one machine with two torchrun agents.
 """
 
@@ -35,15 +35,14 @@ import torch.multiprocessing as mp
 
 from planner.errors import InputError
 from planner.profile import DEVICE_THREADS
-from trainer import opened
-from trainer.build import RunSpec
+from trainer.privacy import opened
+from trainer.roles.build import RunSpec
 from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
-from trainer.loop import run_role
-from trainer.protocol import WireLimits
-from trainer.roles import BETWEEN_ROUNDS_S
-from trainer.switch import in_torchrun
-from trainer.transport import SERVER, LinkTable
-from trainer.wire import DistTransport
+from trainer.comm.protocol import WireLimits
+from trainer.roles.where import BETWEEN_ROUNDS_S
+from trainer.comm.switch import in_torchrun
+from trainer.comm.transport import SERVER, LinkTable
+from trainer.comm.wire import DistTransport
 
 GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' reports
 _GROUPS = itertools.count()  # process groups this torchrun rank has formed (one per plan it followed)
@@ -68,7 +67,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
+def _play(spec: RunSpec, run_role: Callable, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
     """This process's role, from joining the group to leaving it."""
     opened.record_process(spec.data)  # first: every file this role's process opens from here on
     torch.set_num_threads(DEVICE_THREADS)  # a device is one core (planner.profile)
@@ -171,14 +170,14 @@ def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on
         _kill_all(procs)
 
 
-def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
-    """Train as ``spec`` says with a process per role; returns every round's metrics (on a
+def run_dist(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None) -> list[dict]:
+    """Train as ``spec`` says with a process per role, each running ``run_role`` (``trainer.run.loop``); returns every round's metrics (on a
     torchrun rank other than the server's: ``[]``, or after a switch of plans the record
-    to resume from, ``trainer.switch``)."""
+    to resume from, ``trainer.comm.switch``)."""
     if in_torchrun():
-        return _torchrun(spec, on_start=on_start, on_round=on_round)
+        return _torchrun(spec, run_role, on_start=on_start, on_round=on_round)
     quiet = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
-    return run_ranks(default_ranks(spec), partial(_play, spec), quiet_limit_s=quiet, on_start=on_start,
+    return run_ranks(default_ranks(spec), partial(_play, spec, run_role), quiet_limit_s=quiet, on_start=on_start,
                      on_round=on_round)
 
 
@@ -256,7 +255,7 @@ def check_launch(spec: RunSpec) -> None:
     torchrun_role(spec.roles())
 
 
-def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:
+def _torchrun(spec: RunSpec, run_role: Callable, *, on_start, on_round) -> list[dict]:
     me, ranks = torchrun_role(spec.roles())
 
     def report(kind: str, body: dict) -> None:
@@ -265,6 +264,6 @@ def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:
             hook(body)
 
     try:
-        return _play(spec, me, ranks, init_method="env://", report=report)
+        return _play(spec, run_role, me, ranks, init_method="env://", report=report)
     except RoleError as e:
         raise root_cause([RankFailure.of(me, e.round_no, e)], e.round_no) from e.cause

@@ -3,7 +3,7 @@
 Roles share this machine's cores; a lock lets one compute at a time, under ``--emulate
 sleep`` on one core as the profile measured (``planner.profile.DEVICE_THREADS``; with
 ``--emulate none`` on torch's threads, flat out), so the work each measures is what the
-profile measured (``trainer.clock``). The first role to fail aborts
+profile measured (``trainer.roles.clock``). The first role to fail aborts
 the others (their ``recv`` raises at once) and its error, classified like the dist
 backend's (``trainer.errors.root_cause``), is raised here.
 """
@@ -11,19 +11,21 @@ backend's (``trainer.errors.root_cause``), is raised here.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 
 from planner.profile import device_threads
-from trainer import opened
-from trainer.build import RunSpec
+from trainer.privacy import opened
+from trainer.roles.build import RunSpec
 from trainer.errors import RankFailure, RoleError, root_cause
-from trainer.loop import run_role
-from trainer.protocol import WireLimits
-from trainer.transport import SERVER, InProcessTransport, LinkTable, Transport
+from trainer.comm.protocol import WireLimits
+from trainer.comm.transport import SERVER, InProcessTransport, LinkTable, Transport
 
 
-def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transport | None = None) -> list[dict]:
-    """Train as ``spec`` says with a thread per role; returns every round's metrics."""
+def run_local(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None,
+              transport: Transport | None = None) -> list[dict]:
+    """Train as ``spec`` says with a thread per role, each running ``run_role`` (``trainer.run.loop``);
+    returns every round's metrics."""
     t = transport or InProcessTransport(LinkTable.from_plan(spec.plan), emulate=spec.cfg.emulate == "sleep",
                                         limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp))
     roles = spec.roles()
@@ -38,7 +40,7 @@ def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transpo
             hook(body)
 
     def play(name: str) -> None:
-        opened.record_thread(spec.data)  # every file this role's thread opens (trainer.opened)
+        opened.record_thread(spec.data)  # every file this role's thread opens (trainer.privacy.opened)
         try:
             result[name] = run_role(spec, name, t, lock=lock, report=report if name == SERVER else None)
             opened.save(spec.cfg.out_dir, name)

@@ -1,0 +1,3 @@
+"""Plans that follow the devices: measured speeds and links (``calibrate``, ``fsl
+calibrate``), cost tables corrected by what each round measured (``drift``, ``--adapt``) and
+the plan without a lost device (``replan``)."""

@@ -1,0 +1,2 @@
+"""Training data and who may hold it: data sets (``datasets``: digits, MNIST IDX files via
+``idx``, image folders via ``folders``) and per-client shards and batch samplers (``shards``)."""

@@ -1,0 +1,4 @@
+"""The programs' building blocks: a device's training step (``device``), the server's generator
+(``server``), building either from the plan (``build``), a device's compute clock
+(``clock``), the report a device sends after a round (``report``) and what every role says
+about where it runs (``where``)."""

@@ -1,0 +1,3 @@
+"""A run from start to end: ``train(cfg)`` (``train``), each role's whole run (``loop`` for
+devices, ``serve`` for the server), the run folder (``rundir``), metrics (``metrics``),
+plots (``plots``) and sample grids (``images``)."""
