@@ -89,3 +89,55 @@ class PrivateNamesContract(Contract):
         for line in check.metadata["uses"]:
             output.print_error(f"- {line}", bold=False)
         output.new_line()
+
+
+def face_of(package: str) -> tuple[str, ...] | None:
+    """The modules a subpackage offers to the rest of the project: its ``__init__``'s
+    ``__all__`` (read with ``ast``); None without one."""
+    path = _source(package)
+    if path is None:
+        return None
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+                and isinstance(node.value, (ast.List, ast.Tuple))):
+            return tuple(e.value for e in node.value.elts if isinstance(e, ast.Constant))
+    return None
+
+
+def behind_faces(graph: grimp.ImportGraph, containers: list[str], importers: tuple[str, ...]) -> list[str]:
+    """``"importer -> module"`` for every import, from a module of ``importers`` outside a
+    subpackage of a container, of a module that the subpackage's face does not name."""
+    found = []
+    for container in containers:
+        for package in sorted(graph.find_children(container)):
+            face = face_of(package)
+            if face is None:
+                continue
+            for module in sorted(graph.find_descendants(package)):
+                if module.split(".")[len(package.split("."))] in face:
+                    continue
+                for importer in sorted(graph.find_modules_that_directly_import(module)):
+                    if importer.split(".")[0] in importers and not importer.startswith(package + "."):
+                        found.append(f"{importer} -> {module} (the face of {package}: {', '.join(face)})")
+    return found
+
+
+class PublicFaceContract(Contract):
+    """Each subpackage of ``containers`` that declares ``__all__`` is used from outside only
+    through the modules it names there; ``importers`` are the root packages held to it."""
+
+    type_name = "public_face"
+
+    containers = fields.ListField(subfield=fields.StringField())
+    importers = fields.ListField(subfield=fields.StringField())
+
+    def check(self, graph: grimp.ImportGraph, verbose: bool) -> ContractCheck:
+        found = behind_faces(graph, list(self.containers), tuple(self.importers))  # type: ignore[arg-type]
+        return ContractCheck(kept=not found, metadata={"imports": found})
+
+    def render_broken_contract(self, check: ContractCheck) -> None:
+        output.print_error("Imports past a subpackage's face (its __init__'s __all__):", bold=False)
+        output.new_line()
+        for line in check.metadata["imports"]:
+            output.print_error(f"- {line}", bold=False)
+        output.new_line()

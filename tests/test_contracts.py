@@ -29,3 +29,25 @@ def test_private_names_of_another_module_are_found(tmp_path, monkeypatch):
     assert found == ["pkg.b:2 imports pkg.a._helper", "pkg.b:6 uses pkg.a._helper", "pkg.b:7 uses pkg.a._helper",
                      "pkg.b:8 uses pkg.a._other"]
     assert private_uses("pkg.c", ("pkg",)) == []  # public names, and other projects' privates, are fine
+
+
+def test_imports_past_a_subpackage_face_are_found():
+    """The face contract on this project's own ``trainer.comm`` (whose ``__all__`` leaves
+    ``links`` out): an import of ``links`` from another subpackage is reported, one from
+    inside ``comm`` or of a module of the face is not."""
+    import grimp
+
+    from tests.contracts import behind_faces, face_of
+
+    assert "transport" in face_of("trainer.comm") and "links" not in face_of("trainer.comm")
+    g = grimp.ImportGraph()
+    for m in ("trainer", "trainer.comm", "trainer.comm.links", "trainer.comm.transport", "trainer.run",
+              "trainer.run.loop", "tests", "tests.test_x"):
+        g.add_module(m)
+    g.add_import(importer="trainer.comm.transport", imported="trainer.comm.links")  # inside: fine
+    g.add_import(importer="trainer.run.loop", imported="trainer.comm.transport")  # the face: fine
+    g.add_import(importer="tests.test_x", imported="trainer.comm.links")  # not an importer held to it
+    assert behind_faces(g, ["trainer"], ("trainer",)) == []
+    g.add_import(importer="trainer.run.loop", imported="trainer.comm.links")
+    found = behind_faces(g, ["trainer"], ("trainer",))
+    assert len(found) == 1 and found[0].startswith("trainer.run.loop -> trainer.comm.links")

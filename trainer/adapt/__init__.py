@@ -1,3 +1,5 @@
 """Plans that follow the devices: measured speeds and links (``calibrate``, ``fsl
 calibrate``), cost tables corrected by what each round measured (``drift``, ``--adapt``) and
 the plan without a lost device (``replan``)."""
+
+__all__ = ["calibrate", "drift", "replan"]  # the modules the rest of the project may import

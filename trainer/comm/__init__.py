@@ -4,3 +4,5 @@ link probing (``linkprobe``), cut codecs on the wire (``codecs``), what each mes
 carry (``protocol``) and the plan-switch signal every role follows (``switch``).
 
 Change this package to change how bytes move; it knows nothing of models or training."""
+
+__all__ = ["transport", "wire", "protocol", "codecs", "switch", "linkprobe"]  # the modules the rest of the project may import

@@ -2,3 +2,5 @@
 (``server``), building either from the plan (``build``), a device's compute clock
 (``clock``), the report a device sends after a round (``report``) and what every role says
 about where it runs (``where``)."""
+
+__all__ = ["build", "checkpoint", "clock", "device", "report", "server", "where"]  # the modules the rest of the project may import
