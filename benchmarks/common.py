@@ -51,16 +51,18 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section between markers ``<!-- name -->`` in BENCHMARKS.md."""
+def write_section(name: str, body: str, *, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section between markers ``<!-- name -->`` in ``path``
+    (BENCHMARKS.md unless told)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n\nEvery number here was printed by the command shown with it.\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here was printed by the command shown with it.\n"
     if start in text and end in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def synthetic_profile(n_clients: int, *, devices: list[dict] | None = None, budget_s: float | None = None) -> dict:
