@@ -7,6 +7,7 @@ import platform
 import re
 import statistics
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -24,14 +25,19 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"{platform.node()}: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}; run {when} at commit {commit()}")
 
 
 def commit() -> str:
+    """The checkout's commit, with ``+changes`` when the code (not the results) differs from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
+        code = ["planner", "trainer", "benchmarks", "cli.py", "profiles", "examples"]
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=ROOT).returncode != 0
+        return head + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

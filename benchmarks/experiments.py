@@ -31,14 +31,13 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
 from benchmarks import exp_gan, exp_network, exp_plans  # noqa: E402
-from benchmarks.common import BENCHMARKS_MD, ROOT, commit, machine, write_section  # noqa: E402
+from benchmarks.common import BENCHMARKS_MD, ROOT, machine, write_section  # noqa: E402
 from benchmarks.exp_context import FIGURES, FULL, QUICK, Context  # noqa: E402
 
 SCRATCH = ROOT / "runs" / "experiments-quick"  # runs/ is git-ignored
@@ -99,9 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             body, image = experiments[name](ctx)
             took = time.perf_counter() - t0
             cmd = f"python benchmarks/experiments.py {name}{' --quick' if args.quick else ''}"
-            when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            section = (f"## Experiment: {name}\n\nCommand: `{cmd}` ({took:.0f} s; {when}, commit {commit()}). "
-                       f"Machine: {machine()}.\n\n{body.rstrip()}\n\n{image}\n")
+            section = (f"## Experiment: {name}\n\nCommand: `{cmd}` ({took:.0f} s). Machine: {machine()}.\n\n"
+                       f"{body.rstrip()}\n\n{image}\n")
             write_section(f"exp-{name}", section, path=md)
             print(section, flush=True)
     print(f"all done in {time.perf_counter() - t_all:.0f} s; sections in {md}, figures in {figures}", flush=True)
