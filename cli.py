@@ -36,7 +36,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 MODEL_HELP = ("discriminator: dcgan, dcgan64, resnet, or your own: path/to/file.py:factory or module.path:factory "
-              "(README: your own model; the file is executed)")
+              "(docs/own-data.md; the file is executed)")
 
 
 class Fmt(str, Enum):

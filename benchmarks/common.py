@@ -7,6 +7,7 @@ import platform
 import re
 import statistics
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -24,14 +25,19 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"{platform.node()}: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}; run {when} at commit {commit()}")
 
 
 def commit() -> str:
+    """The checkout's commit, with ``+changes`` when the code (not the results) differs from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
+        code = ["planner", "trainer", "benchmarks", "cli.py", "profiles", "examples"]
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=ROOT).returncode != 0
+        return head + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -51,16 +57,18 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section between markers ``<!-- name -->`` in BENCHMARKS.md."""
+def write_section(name: str, body: str, *, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section between markers ``<!-- name -->`` in ``path``
+    (BENCHMARKS.md unless told)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n\nEvery number here was printed by the command shown with it.\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here was printed by the command shown with it.\n"
     if start in text and end in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def synthetic_profile(n_clients: int, *, devices: list[dict] | None = None, budget_s: float | None = None) -> dict:

@@ -1,5 +1,5 @@
 """What every experiment of ``benchmarks/experiments.py`` is handed: its sizes, a scratch
-folder, results shared between experiments, and where its figure goes."""
+folder, results shared between experiments, and where its figure and section go."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from benchmarks.common import ROOT  # noqa: E402
+import os  # noqa: E402
+
+from benchmarks.common import BENCHMARKS_MD, ROOT  # noqa: E402
 
 FIGURES = ROOT / "benchmarks" / "figures"
 
@@ -39,20 +41,28 @@ class Context:
     tmp: Path
     size: dict
     cache: dict = field(default_factory=dict)  # results shared between experiments
+    md: Path = BENCHMARKS_MD  # the markdown file that receives each experiment's section
+    figures: Path = FIGURES  # the folder that receives each experiment's figure
 
     def out(self, name: str) -> Path:
         d = self.tmp / name
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def save_figure(self, fig, name: str) -> str:
+        """Save ``fig`` as ``FIGURES/NAME.png``; returns the image link, relative to ``md``."""
+        return save_figure(fig, name, folder=self.figures, md=self.md)
 
-def save_figure(fig, name: str) -> str:
-    """Save ``fig`` as ``benchmarks/figures/NAME.png``; returns the markdown image link."""
+
+def save_figure(fig, name: str, *, folder: Path = FIGURES, md: Path = BENCHMARKS_MD) -> str:
+    """Save ``fig`` as ``folder/NAME.png`` (``benchmarks/figures`` by default); returns the
+    markdown image link as seen from ``md`` (BENCHMARKS.md by default)."""
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    path = FIGURES / f"{name}.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return f"![{name}](benchmarks/figures/{name}.png)"
+    link = Path(os.path.relpath(path.resolve(), md.resolve().parent)).as_posix()
+    return f"![{name}]({link})"

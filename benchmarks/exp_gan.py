@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks.common import md_table, median, synthetic_profile
-from benchmarks.exp_context import Context, save_figure
+from benchmarks.exp_context import Context
 from benchmarks.exp_setup import make_plan, run_plan
 from trainer.data.datasets import DataSource, digits_labels
 
@@ -69,7 +69,7 @@ def clients(ctx: Context) -> tuple[str, str]:
     a1.set(xlabel="round", ylabel="FID (lower is better)", title="FID against round")
     a2.set(xlabel="round", ylabel="generator loss", title="G loss against round")
     a1.legend()
-    return body, save_figure(fig, "clients")
+    return body, ctx.save_figure(fig, "clients")
 
 
 # -- 4. non-IID data x aggregation --------------------------------------------------------
@@ -115,4 +115,4 @@ def non_iid(ctx: Context) -> tuple[str, str]:
         ax.set(title=f"alpha = {alpha:g}", xlabel="round")
     axes[0].set_ylabel("FID (lower is better)")
     axes[0].legend(title="aggregate")
-    return body, save_figure(fig, "non-iid")
+    return body, ctx.save_figure(fig, "non-iid")

@@ -10,7 +10,7 @@ import json
 import matplotlib.pyplot as plt
 
 from benchmarks.common import ROOT, md_table, median, synthetic_profile
-from benchmarks.exp_context import Context, save_figure
+from benchmarks.exp_context import Context
 from benchmarks.exp_setup import make_plan, run_plan
 from planner.planfile import Plan, PlannedClient
 from planner.schedule import bytes_per_step
@@ -76,7 +76,7 @@ def communication(ctx: Context) -> tuple[str, str]:
     ax2 = ax.twinx()
     ax2.plot([r["bw"] for r in sweep], [r["step"] for r in sweep], color="C1", ls="--", marker="s")
     ax2.set_ylabel("planned step time (s)", color="C1")
-    return body, save_figure(fig, "communication")
+    return body, ctx.save_figure(fig, "communication")
 
 
 # -- 6. straggler -------------------------------------------------------------------------
@@ -118,4 +118,4 @@ def straggler(ctx: Context) -> tuple[str, str]:
     ax.set(xlabel="round", ylabel="round time (s)", title="Straggler with and without a deadline")
     ax.set_xticks([i + width / 2 for i in range(rounds)], [str(i + 1) for i in range(rounds)])
     ax.legend()
-    return body, save_figure(fig, "straggler")
+    return body, ctx.save_figure(fig, "straggler")

@@ -10,7 +10,7 @@ import json
 import matplotlib.pyplot as plt
 
 from benchmarks.common import ROOT, md_table, median
-from benchmarks.exp_context import Context, save_figure
+from benchmarks.exp_context import Context
 from benchmarks.exp_setup import BASELINES, plans_for, random_fleet, run_plan
 from planner.planfile import PlannedClient
 
@@ -107,7 +107,7 @@ def plan_quality(ctx: Context) -> tuple[str, str]:
     ax.set(xscale="log", yscale="log", xlabel="predicted time / ILP's", ylabel="measured time / ILP's",
            title="Plan quality against the ILP")
     ax.legend(fontsize=8)
-    return body, save_figure(fig, "plan-quality")
+    return body, ctx.save_figure(fig, "plan-quality")
 
 
 # -- 2. cost model ------------------------------------------------------------------------
@@ -191,4 +191,4 @@ def cost_model(ctx: Context) -> tuple[str, str]:
     ax.set(xscale="log", yscale="log", xlabel="predicted s", ylabel="measured s",
            title="Cost model (dotted: +-10%)")
     ax.legend(fontsize=8)
-    return body, save_figure(fig, "cost-model")
+    return body, ctx.save_figure(fig, "cost-model")

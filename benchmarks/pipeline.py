@@ -14,7 +14,7 @@ machine's real work by each device's factor, which is faithful only while the ho
 core free whenever an emulated device computes. A throughput plan keeps every device of a
 client busy at once; two such clients together would ask this 2-core machine for about
 all of its time (the planned step is about the model's raw step here), and the waits for
-a core, not the plan, would set the pace (README, "Limits").
+a core, not the plan, would set the pace (docs/training.md, "Limits").
 
     python benchmarks/pipeline.py [--steps 3] [--rounds 4]
 """

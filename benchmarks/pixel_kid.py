@@ -1,7 +1,7 @@
 """What the image folders' quality measure sees (issue 16): ``trainer.quality.pixelkid.PixelKID``
 against the held-out split of ``examples/make_shapes.py`` folders, scoring sets whose
 faults are known: other real shapes, one class only, blurred, grayscale, dimmed, noise,
-blank. The numbers quoted in ``trainer/quality/pixelkid.py`` and README come from here.
+blank. The numbers quoted in ``trainer/quality/pixelkid.py`` and docs/own-data.md come from here.
 
     python benchmarks/pixel_kid.py
 

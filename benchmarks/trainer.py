@@ -7,7 +7,9 @@
 (c) FID after N rounds for 1, 2, 4 and 8 clients sharing the same total data, with the
     round time.
 
-    python benchmarks/trainer.py [--quick]
+    python benchmarks/trainer.py [--quick] [--only a,b,c]
+
+The section written holds only the parts run (``--only a`` rewrites it with (a) alone).
 """
 
 from __future__ import annotations
@@ -132,7 +134,12 @@ def bench_clients(tmp: Path, rounds: int, steps: int, counts=(1, 2, 4, 8)) -> st
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats and rounds")
+    ap.add_argument("--only", default="a,b,c", help="which parts, comma-separated: a (split against unsplit), "
+                                                    "b (predicted against measured), c (number of discriminators)")
     args = ap.parse_args()
+    only = {p.strip() for p in args.only.split(",")}
+    if not only <= {"a", "b", "c"}:
+        ap.error(f"--only {args.only}: expected parts among a, b, c")
     repeats, steps_b, rounds_c, steps_c = (5, 5, 2, 5) if args.quick else (15, 10, 10, 10)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -144,19 +151,23 @@ def main() -> None:
         drift = abs(prof.step_time_s - first) / first
         lab = plan(model, load_profile("profiles/lab.json"), devices_file="profiles/lab.json", model_profile=prof)
         write_plan(lab, tmp / "lab.json")
-        parts = [f"Machine: {machine()}. Command: `python benchmarks/trainer.py{' --quick' if args.quick else ''}`. "
+        flags = (" --quick" if args.quick else "") + ("" if only == {"a", "b", "c"} else f" --only {args.only}")
+        parts = [f"Machine: {machine()}. Command: `python benchmarks/trainer.py{flags}`. "
                  f"Two fresh profiles of dcgan just before the runs: {first * 1e3:.0f} and {prof.step_time_s * 1e3:.0f} "
                  f"ms per step ({drift:.1%} apart): this machine's own drift.\n"]
-        print("(a) split overhead ...", flush=True)
-        parts.append("### (a) Split against unsplit\n\n" + bench_overhead(lab, tmp, repeats))
-        print(parts[-1], flush=True)
-        print("(b) predicted vs measured under --emulate sleep ...", flush=True)
-        parts.append("### (b) Predicted against measured, `--emulate sleep`, profiles/lab.json\n\n"
-                     + bench_prediction(tmp / "lab.json", tmp, steps_b))
-        print(parts[-1], flush=True)
-        print("(c) number of clients ...", flush=True)
-        parts.append("### (c) Number of discriminators\n\n" + bench_clients(tmp, rounds_c, steps_c))
-        print(parts[-1], flush=True)
+        if "a" in only:
+            print("(a) split overhead ...", flush=True)
+            parts.append("### (a) Split against unsplit\n\n" + bench_overhead(lab, tmp, repeats))
+            print(parts[-1], flush=True)
+        if "b" in only:
+            print("(b) predicted vs measured under --emulate sleep ...", flush=True)
+            parts.append("### (b) Predicted against measured, `--emulate sleep`, profiles/lab.json\n\n"
+                         + bench_prediction(tmp / "lab.json", tmp, steps_b))
+            print(parts[-1], flush=True)
+        if "c" in only:
+            print("(c) number of clients ...", flush=True)
+            parts.append("### (c) Number of discriminators\n\n" + bench_clients(tmp, rounds_c, steps_c))
+            print(parts[-1], flush=True)
     write_section("trainer", "## Trainer\n\n" + "\n".join(parts))
 
 

@@ -56,7 +56,7 @@ from planner.problem import ClientProblem, Objective, Solution, Stage
 
 # The cheapest setting of the sweep in BENCHMARKS.md ("Planner against planner") that lost
 # nothing against the published 1000 x 1000 on its 31 instances with seed 0 (same summary,
-# same step time on 30 of 31), at about 4x less time; README says how other seeds fare.
+# same step time on 30 of 31), at about 4x less time; docs/planning.md says how other seeds fare.
 DEFAULT_POPULATION = 500
 DEFAULT_GENERATIONS = 500
 MAX_INDIVIDUALS = 10**6  # population and generations are each at most this

@@ -161,7 +161,7 @@ def _parts(ref: Reference, result: object, source: str, field: str | None
 
     if not isinstance(result, dict):
         raise bad(f"returned {type(result).__name__}, expected a dict with keys {', '.join(CONTRACT_KEYS)} "
-                  "(README: your own model)")
+                  "(docs/own-data.md)")
     unknown = sorted(set(result) - set(CONTRACT_KEYS))
     if unknown:
         raise bad(f"returned unknown key {unknown[0]!r}, expected {', '.join(CONTRACT_KEYS)}")

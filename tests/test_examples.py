@@ -1,5 +1,5 @@
-"""README's "Your own model and images" commands, run as written (smaller: options repeated
-at the end override the README's, as argparse and click take the last value)."""
+"""docs/own-data.md's "Your own model and images" commands, run as written (smaller: options
+repeated at the end override the page's, as argparse and click take the last value)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ SMALLER = {"python": ["--per-class", "30"], "plan": ["--batch-size", "8"],
 
 
 def readme_commands() -> list[list[str]]:
-    """The shell lines of the README block that follows "Your own model and images"."""
-    text = (ROOT / "README.md").read_text()
+    """The shell lines of docs/own-data.md's block that follows "Your own model and images"."""
+    text = (ROOT / "docs" / "own-data.md").read_text()
     section = text[text.index("## Your own model and images"):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [shlex.split(line) for line in block.splitlines() if line.strip() and not line.startswith("#")]

@@ -1,5 +1,5 @@
-"""README's several-machines block, run as written with two torchrun agents on this
-machine: only the addresses change. The block is read from README.md itself, so the
+"""docs/machines.md's several-machines block, run as written with two torchrun agents on
+this machine: only the addresses change. The block is read from that page itself, so the
 documented command is the tested one. Its server has rank 2, on the second machine, not
 rank 0: that process prints the summary; the metrics and each machine's share of the
 files are where they belong."""
@@ -28,10 +28,10 @@ README_ADDR, README_PORT = "10.0.0.1", "29500"
 
 
 def readme_block() -> tuple[dict[str, int], list[list[str]]]:
-    """The ranks file and the two commands (as argv, env assignments first) of README's
-    "Real processes, several machines" section."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Real processes, several machines"):]
+    """The ranks file and the two commands (as argv, env assignments first) of
+    docs/machines.md, "Real processes, several machines"."""
+    text = (ROOT / "docs" / "machines.md").read_text()
+    section = text[text.index("# Real processes, several machines"):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     ranks = json.loads(re.search(r"# ranks.json: (\{.*\})", block).group(1))
     commands = [shlex.split(c) for c in block.replace("\\\n", " ").splitlines() if c and not c.startswith("#")]
@@ -107,7 +107,7 @@ def test_readme_two_machine_command_trains(tmp_path):
 
 
 def test_adapt_under_torchrun_switches_plans_on_every_machine(tmp_path):
-    """README's two machines with ``--adapt`` and c0-d1 (machine A) slowed 20x from round
+    """docs/machines.md's two machines with ``--adapt`` and c0-d1 (machine A) slowed 20x from round
     2: the server (machine B) switches plans, machine A's processes receive the new plan,
     and all four resume on it and finish the run. Capacities of five layers a device
     (eleven layers) keep every plan on all three devices, as torchrun's fixed world needs."""

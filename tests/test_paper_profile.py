@@ -1,4 +1,4 @@
-"""profiles/fsl-gan-paper.json: the seed code's 6 clients x 4 devices, as README says.
+"""profiles/fsl-gan-paper.json: the seed code's 6 clients x 4 devices, as docs/planning.md says.
 
 The seed notebook (``dcsfgan_3parts.ipynb``, ``CLIENTS_CAPACITIES`` and
 ``CLIENT_TIME_FACTOR``) gives factors and capacities in parameters; the profile holds

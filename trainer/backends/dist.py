@@ -12,7 +12,7 @@ file named by ``FSL_RANKS`` maps role names to ranks (default: server 0, then th
 devices in order), and the server's rank, whatever its number, reports the run.
 :func:`check_launch` checks all of it before any process group forms (exit 2, one line).
 A switch of plans (``--adapt``) re-forms the group under a fresh prefix of torchrun's
-store, every rank on the new plan (``trainer.comm.switch``). README's several-machines block
+store, every rank on the new plan (``trainer.comm.switch``). docs/machines.md's block
 is what ``tests/test_multinode.py`` runs, on one machine with two torchrun agents.
 """
 

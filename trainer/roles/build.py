@@ -96,7 +96,7 @@ def check_plan_model(plan: Plan, source: str) -> tuple[LayeredModel, list[tuple[
                          "(C, H, W) with C 1 (grayscale) or 3 (RGB)")
     if isinstance(model, UserModel) and not model.has_generator:
         raise InputError(source, "model.name", f"{name} returns no generator to train: the factory returns one "
-                         "as 'generator' with its 'z_dim' (README: your own model)")
+                         "as 'generator' with its 'z_dim' (docs/own-data.md)")
     spans = unit_layers(plan, model, source)
     _check_sizes(plan, model, spans, source)
     return model, spans
