@@ -2,4 +2,4 @@
 calibrate``), cost tables corrected by what each round measured (``drift``, ``--adapt``) and
 the plan without a lost device (``replan``)."""
 
-__all__ = ["calibrate", "drift", "replan"]  # the modules the rest of the project may import
+__all__ = ["calibrate", "drift", "replan"]  # what the rest may import

@@ -3,4 +3,4 @@
 (``secagg``: masks and key agreement, ``secagg_round``: the server's side with dropped
 clients, ``secagg_shares``: Shamir shares of the mask keys)."""
 
-__all__ = ["combine", "secagg", "secagg_round"]  # the modules the rest of the project may import
+__all__ = ["combine", "secagg", "secagg_round"]  # what the rest may import

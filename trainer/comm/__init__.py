@@ -5,4 +5,4 @@ carry (``protocol``) and the plan-switch signal every role follows (``switch``).
 
 Change this package to change how bytes move; it knows nothing of models or training."""
 
-__all__ = ["transport", "wire", "protocol", "codecs", "switch", "linkprobe"]  # the modules the rest of the project may import
+__all__ = ["transport", "wire", "protocol", "codecs", "switch", "linkprobe"]  # what the rest may import

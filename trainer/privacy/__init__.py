@@ -2,4 +2,4 @@
 accountant and ledger (``accountant``, ``dprun``), cut noise and the secure random source
 (``options``), and the interpreter-level record of which files each role opened (``opened``)."""
 
-__all__ = ["accountant", "dprun", "dpsgd", "opened", "options"]  # the modules the rest of the project may import
+__all__ = ["accountant", "dprun", "dpsgd", "opened", "options"]  # what the rest may import

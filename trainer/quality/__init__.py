@@ -2,4 +2,4 @@
 features (``classifier``, ``fid``), pixel-statistics KID for label-free images (``pixelkid``)
 and the held-out evaluation the server runs each round (``evaluation``)."""
 
-__all__ = ["evaluation", "fid", "classifier", "pixelkid"]  # the modules the rest of the project may import
+__all__ = ["evaluation", "fid", "classifier", "pixelkid"]  # what the rest may import

@@ -27,7 +27,7 @@ from trainer.data.datasets import DataSource, Dataset
 from trainer.roles.device import DeviceRole
 from trainer.privacy.dpsgd import DeviceDP
 from trainer.privacy.options import Privacy
-from trainer.roles.server import ClientView, ServerRole
+from trainer.roles.generator import ClientView, ServerRole
 from trainer.data.shards import PoissonSampler, ShardSampler
 from trainer.comm.transport import SERVER
 

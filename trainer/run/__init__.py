@@ -2,4 +2,4 @@
 devices, ``serve`` for the server), the run folder (``rundir``), metrics (``metrics``),
 plots (``plots``) and sample grids (``images``)."""
 
-__all__ = ["train", "loop", "rundir", "images"]  # the modules the rest of the project may import
+__all__ = ["train", "loop", "rundir", "images"]  # what the rest may import

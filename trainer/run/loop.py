@@ -2,7 +2,7 @@
 
 The local backend runs every role as a thread of one process, the dist backend as a
 process per role; both call :func:`run_role` with a transport and nothing else differs.
-Around the steps (``trainer.roles.device``, ``trainer.roles.server``; messages in ``planner.schedule``) the roles say::
+Around the steps (``trainer.roles.device``, ``trainer.roles.generator``; messages in ``planner.schedule``) the roles say::
 
     server                                      device d (of client c, data device d0)
       |<-- hello (pid, host, samples held) ------|   once: processes.json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from planner.planfile import Plan
 from trainer.roles.report import DeviceReport
-from trainer.roles.server import ServerRole
+from trainer.roles.generator import ServerRole
 from trainer.comm.transport import SERVER, TransferLog
 
 

@@ -22,7 +22,7 @@ from trainer.config import SAME_ON_RESUME
 from trainer.quality.evaluation import sample_images
 from trainer.run.images import save_grid
 from trainer.run.plots import plot_run
-from trainer.roles.server import ServerRole
+from trainer.roles.generator import ServerRole
 from trainer.comm.switch import next_plan_name
 
 SAMPLE_GRID = 64
