@@ -9,6 +9,7 @@ from pathlib import Path
 from planner.errors import InputError
 from planner.jsonio import check_output_dir
 from trainer.accountant import MIN_NOISE
+from trainer.board import installed
 
 BACKENDS = ("local", "dist")
 EMULATE = ("sleep", "none")
@@ -55,6 +56,7 @@ class TrainConfig:
     dp_delta: float = 1e-5  # delta of epsilon; must be below 1 / N of every client
     secure_agg: bool = False  # fedavg over pairwise-masked weights (trainer.secagg)
     cut_noise: float = 0.0  # std of Gaussian noise on the data device's first-cut activations
+    tensorboard: bool = False  # also write each round to out_dir/tensorboard/ (trainer.board)
 
     @property
     def dp(self) -> bool:
@@ -113,6 +115,9 @@ class TrainConfig:
         if self.slowdown and self.emulate != "sleep":
             raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
         self._validate_privacy(bad)
+        if self.tensorboard and not installed():
+            raise bad("--tensorboard", "the tensorboard package is not installed (pip install tensorboard), "
+                      "or pass --no-tensorboard")
         if not 0 <= self.seed < SEED_LIMIT:
             raise bad("--seed", f"must be within 0..{SEED_LIMIT - 1}, found {self.seed}")
         check_output_dir(self.out_dir, "--out")
