@@ -74,19 +74,20 @@ def _plan(plan: dict | None) -> str:
     rows = []
     for c in plan.get("clients", []):
         stages = ", ".join(f"{s['device']} [{s['start']}, {s['end']})" for s in c.get("stages", []))
-        rows.append([e(c["name"]), e(c.get("status", "")), _num(c.get("step_time_s"), ".3f"),
-                     e(stages or (c.get("reason") or ""))])
+        rows.append([e(c["name"]), e(c.get("status", "")), e(stages or (c.get("reason") or "")),
+                     _num(c.get("step_time_s"), ".3f")])
     return (f"<h2>Plan</h2><p>model {e(str((plan.get('model') or {}).get('name')))}, batch "
             f"{e(str(plan.get('batch_size')))}, objective {e(str(plan.get('objective')))}, solver "
             f"{e(str(solver.get('name')))} ({e(str(solver.get('status')))}), predicted round "
             f"{_num(plan.get('round_time_s'), '.3f')} s per step</p>"
-            + _table(["client", "status", "step s", "stages (device [first, end) layers) or reason"], rows, left=4))
+            + _table(["client", "status", "stages (device [first, end) layers) or reason", "step s"], rows, left=3))
 
 
 def _config(config: dict | None) -> str:
     if not config:
         return ""
-    rows = [[html.escape(k), html.escape(str(v))] for k, v in config.items()]
+    rows = [[html.escape(k), html.escape(str(v).lower() if isinstance(v, bool) else str(v))]
+            for k, v in config.items()]
     return f"<h2>Options (config.toml)</h2>{_table(['key', 'value'], rows, left=2)}"
 
 

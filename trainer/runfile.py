@@ -6,8 +6,8 @@ dashes or underscores (``steps-per-round`` or ``steps_per_round``; this module w
 dashes); ``--plan`` is ``plan``, ``--out`` is ``out``, a ``--x/--no-x`` switch is
 ``x = true | false``, ``--slowdown`` takes a list of ``"DEVICE=FACTOR@ROUND"`` strings.
 Paths are read as on the command line, relative to the folder ``fsl`` runs in. An option
-not set has no key (TOML has no null); it keeps its default. ``--config`` itself is not a
-key. Values are checked here with the file and key in the message (an integer where a
+not set has no key (TOML has no null); it keeps its default. ``--config`` and
+``--print-config`` are not keys: they are about the file, not the run. Values are checked here with the file and key in the message (an integer where a
 float goes is taken: ``lr = 1`` is 1.0); ranges are checked by ``TrainConfig.validate``.
 """
 
