@@ -227,3 +227,16 @@ def test_report_of_a_folder_that_is_no_run_is_exit_2(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"round": 1}\nnot json\n')
     r = _fsl("report", str(tmp_path))
     assert r.exit_code == 2 and "metrics.jsonl: line 2: not JSON" in r.stderr, r.stderr
+
+
+def test_tensorboard_is_on_when_installed_and_refused_when_asked_for_without_it(monkeypatch):
+    assert "tensorboard = true" in _fsl("train", "--plan", "p.json", "--print-config").stdout
+    assert "tensorboard = false" in _fsl("train", "--plan", "p.json", "--no-tensorboard", "--print-config").stdout
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard"
+                        else find_spec(name, *a))
+    assert "tensorboard = false" in _fsl("train", "--plan", "p.json", "--print-config").stdout
+    r = _fsl("train", "--plan", "p.json", "--tensorboard", "--print-config")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --tensorboard: the tensorboard package is not installed")
