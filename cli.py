@@ -277,9 +277,45 @@ def calibrate_cmd(
         _fail(1, f"error: {e}")
 
 
+def _train_config(ctx: typer.Context, config: Optional[Path]):
+    """The run's options: ``config``'s keys (trainer.run.runfile), then every flag given on the
+    command line over them, then the defaults. A value from the file that fails a check
+    names the file and its key."""
+    from trainer import TrainConfig
+    from trainer.config import tensorboard_installed
+    from trainer.config import parse_slowdown
+    from trainer.run.runfile import keys, read_run_file
+
+    def typed(name: str) -> bool:  # typer vendors click: its ParameterSource is not importable in public
+        return ctx.get_parameter_source(name).name == "COMMANDLINE"
+
+    given = {k: v for k, v in ctx.params.items() if k not in ("config", "print_config")}
+    given["slowdown"] = tuple(parse_slowdown(x) for x in given["slowdown"])
+    from_file = read_run_file(config) if config is not None else {}
+    for name, value in from_file.items():
+        if not typed(name):
+            given[name] = value
+    if given["tensorboard"] is None:
+        given["tensorboard"] = tensorboard_installed()
+    if given["plan_path"] is None:
+        raise InputError("--plan", None, "missing: give --plan PLAN, or plan = \"PLAN\" in a --config file")
+    try:
+        return TrainConfig.from_cli(**given)
+    except InputError as e:
+        key = e.source.removeprefix("--")
+        if e.field is None and keys().get(key) in from_file and not typed(keys()[key]):
+            raise InputError(str(config), key, e.problem) from None
+        raise
+
+
 @app.command("train")
 def train_cmd(
-    plan_path: Path = typer.Option(..., "--plan", help="a plan.json from fsl plan"),
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="a TOML file of these options (keys: the flags' "
+                                          "names, e.g. steps-per-round = 10); flags given here override it"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved options as TOML (what the "
+                                      "run writes to DIR/config.toml) and exit without training"),
+    plan_path: Optional[Path] = typer.Option(None, "--plan", help="a plan.json from fsl plan"),
     backend: str = typer.Option("local", help="local (one process) or dist (a process per device)"),
     rounds: int = typer.Option(3, help="total rounds of the run (with --resume: until this many are done)"),
     out_dir: Path = typer.Option(Path("runs/latest"), "--out", help="where metrics, samples, checkpoints go"),
@@ -320,21 +356,20 @@ def train_cmd(
                                     "sees only their average"),
     cut_noise: float = typer.Option(0.0, "--cut-noise", metavar="SIGMA",
                                     help="Gaussian noise of std SIGMA on the activations the data device sends"),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
+                                               help="write each round's losses, quality, times and samples to "
+                                               "DIR/tensorboard/ [default: on when tensorboard is installed]"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
-    from trainer import DeviceFailure, TrainConfig, train
+    from trainer import DeviceFailure, train
     from trainer.backends.dist import reports_here
-    from trainer.config import parse_slowdown
+    from trainer.run.runfile import to_toml
 
     def run():  # FSL_RANKS outside torchrun: refused by train()'s launch check, one line
-        cfg = TrainConfig.from_cli(
-            plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
-            steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, feedback=feedback,
-            deadline_s=deadline_s,
-            data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
-            timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
-            slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,
-            dp_epsilon=dp_epsilon, dp_delta=dp_delta, secure_agg=secure_agg, cut_noise=cut_noise)
+        cfg = _train_config(ctx, config)
+        if print_config:
+            typer.echo(to_toml(cfg), nl=False)
+            return
         follower = not reports_here()  # under torchrun only the server's rank reports, whatever its number
         with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
             history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)
@@ -348,6 +383,22 @@ def train_cmd(
         _guard(run)
     except DeviceFailure as e:  # a process of --backend dist failed: which device, which round
         _fail(1, f"error: {e}")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., metavar="DIR", help="a run's folder (fsl train --out)")) -> None:
+    """Summarise a run from its files: its rounds as a table here, and DIR/report.html (the
+    rounds, figures and sample grids in one self-contained file, no server needed)."""
+    from views.report import render_report
+    from trainer.run.htmlreport import write_html
+    from trainer.run.runfiles import read_run
+
+    def run():
+        folder = read_run(run_dir)
+        render_report(folder, out)
+        out.print(f"wrote {write_html(folder)}")
+
+    _guard(run)
 
 
 def main() -> None:

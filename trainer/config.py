@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,11 @@ IMAGES = "images:"  # --data images:DIR (trainer.data.folders)
 SAME_ON_RESUME = ("seed", "data", "data_root", "alpha", "aggregate", "feedback", "steps_per_round",
                   "deadline_s", "dp_clip", "dp_noise", "dp_epsilon", "dp_delta", "secure_agg", "cut_noise")
 SEED_LIMIT = 2**32  # --seed's range: torch takes < 2**64, and the trainer adds offsets to it
+
+
+def tensorboard_installed() -> bool:
+    """Whether the tensorboard package is there (``fsl train``'s default for --tensorboard)."""
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class TrainConfig:
     dp_delta: float = 1e-5  # delta of epsilon; must be below 1 / N of every client
     secure_agg: bool = False  # fedavg over pairwise-masked weights (trainer.aggregate.secagg)
     cut_noise: float = 0.0  # std of Gaussian noise on the data device's first-cut activations
+    tensorboard: bool = False  # also write each round to out_dir/tensorboard/ (trainer.run.board)
 
     @property
     def dp(self) -> bool:
@@ -113,6 +121,9 @@ class TrainConfig:
         if self.slowdown and self.emulate != "sleep":
             raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
         self._validate_privacy(bad)
+        if self.tensorboard and not tensorboard_installed():
+            raise bad("--tensorboard", "the tensorboard package is not installed (pip install tensorboard), "
+                      "or pass --no-tensorboard")
         if not 0 <= self.seed < SEED_LIMIT:
             raise bad("--seed", f"must be within 0..{SEED_LIMIT - 1}, found {self.seed}")
         check_output_dir(self.out_dir, "--out")

@@ -67,6 +67,15 @@ def render_summary(history: list[dict], out_dir: Path, out: Console) -> None:
     if not history:
         return
     last = history[-1]
+    render_last_round(last, out)
+    out.print(f"wrote {out_dir}/plan.txt, metrics.jsonl, samples/round_{last['round']:04d}.png, losses.png, times.png, "
+              "checkpoint/" + (", config.toml" if (Path(out_dir) / "config.toml").is_file() else "")
+              + (", tensorboard/" if (Path(out_dir) / "tensorboard").is_dir() else ""))
+
+
+def render_last_round(last: dict, out: Console) -> None:
+    """A round's row of metrics.jsonl: per device measured against predicted, client step
+    times, privacy, quality."""
     t = Table(title=f"round {last['round']}: measured against the plan (per step)", title_justify="left")
     for col in ("client", "device", "predicted s", "measured s", "error", "sent", "received"):
         t.add_column(col, justify="left" if col in ("client", "device") else "right")
@@ -98,5 +107,3 @@ def render_summary(history: list[dict], out_dir: Path, out: Console) -> None:
     quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence") if last.get(k) is not None)
     if quality:
         out.print(f"quality: {quality}")
-    out.print(f"wrote {out_dir}/plan.txt, metrics.jsonl, samples/round_{last['round']:04d}.png, losses.png, times.png, "
-              "checkpoint/")

@@ -18,12 +18,14 @@ from planner.jsonio import read_json, write_atomic, write_json
 from planner.planfile import write_plan
 from planner.timeline import Box, draw, predicted_boxes
 from trainer import state
+from trainer.run.board import Board
 from trainer.config import SAME_ON_RESUME
 from trainer.quality.evaluation import sample_images
 from trainer.run.images import save_grid
 from trainer.run.plots import plot_run
 from trainer.roles.generator import ServerRole
 from trainer.comm.switch import next_plan_name
+from trainer.run.runfile import to_toml
 
 SAMPLE_GRID = 64
 
@@ -71,16 +73,28 @@ class RunDir:
     def __init__(self, out: str | Path):
         self.out = Path(out)
         self.server_file = state.server_file(self.out)
+        self.board: Board | None = None  # --tensorboard, from start() on
+
+    @staticmethod
+    def refuse_occupied(cfg) -> None:
+        """A new run (no ``--resume``) never writes over a run's folder."""
+        if not cfg.resume and state.server_file(cfg.out_dir).exists():
+            raise InputError(str(cfg.out_dir), None,
+                             "holds a run already; pass --resume to continue it or choose another --out")
 
     # -- the server's part
     def start(self, spec, server: ServerRole) -> tuple[int, list[dict]]:
         """Resume ``server`` from the checkpoint, or refuse to overwrite a run; returns the
         last round done and the history up to it."""
+        done, history = self._restore(spec, server)
+        if spec.cfg.tensorboard:
+            self.board = Board(self.out, first_round=done + 1, config_text=to_toml(spec.cfg))
+        return done, history
+
+    def _restore(self, spec, server: ServerRole) -> tuple[int, list[dict]]:
         cfg = spec.cfg
         if not cfg.resume:
-            if self.server_file.exists():
-                raise InputError(str(self.out), None,
-                                 "holds a run already; pass --resume to continue it or choose another --out")
+            self.refuse_occupied(cfg)
             self.out.mkdir(parents=True, exist_ok=True)
             write_plan(spec.plan, self.out / "plan.json")
             write_atomic(self.out / "metrics.jsonl", "")
@@ -108,10 +122,12 @@ class RunDir:
     def finish_round(self, spec, server: ServerRole, history: list[dict], round_done: int) -> None:
         """The round's grid, metrics, plots, and the server's checkpoint (last: it names
         the round that is complete)."""
-        save_grid(sample_images(server.generator, SAMPLE_GRID, seed=spec.cfg.seed),
-                  self.out / "samples" / f"round_{round_done:04d}.png")
-        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(finite_json(h), allow_nan=False) + "\n"
-                                                         for h in history))
+        grid = self.out / "samples" / f"round_{round_done:04d}.png"
+        save_grid(sample_images(server.generator, SAMPLE_GRID, seed=spec.cfg.seed), grid)
+        rows = [finite_json(h) for h in history]
+        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+        if self.board is not None:
+            self.board.add_round(rows[-1], grid)
         plot_run(history, self.out)
         s = server
         ck = {"format": state.SERVER_FORMAT, "round": round_done, "plan": state.plan_digest(spec.plan),
@@ -119,6 +135,11 @@ class RunDir:
               "generator": s.generator.state_dict(), "optimizer": s.optimizer.state_dict(),
               "z_generator": s.z_generator.get_state()}
         write_atomic(self.server_file, state.to_bytes(ck))
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
     def write_next_plan(self, plan, round_done: int) -> str:
         """Where ``--adapt`` keeps a plan it switches to after ``round_done``."""

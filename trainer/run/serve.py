@@ -25,10 +25,17 @@ from trainer.comm.transport import SERVER, Transport
 
 
 def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) -> list[dict]:
+    run = RunDir(spec.cfg.out_dir)
+    try:
+        return _serve(spec, t, run, lock=lock, report=report, where=where)
+    finally:
+        run.close()  # --tensorboard's writer, however the run ends
+
+
+def _serve(spec: RunSpec, t: Transport, run: RunDir, *, lock, report: Report, where: Where) -> list[dict]:
     cfg, plan = spec.cfg, spec.plan
     long_s = cfg.timeout_s + BETWEEN_ROUNDS_S
     server = build_server(spec, lock=lock)
-    run = RunDir(cfg.out_dir)
     start, history = run.start(spec, server)
     evaluation = Evaluation(spec.data, seed=cfg.seed, samples=cfg.eval_samples) if cfg.eval_every else None
     devices = spec.roles()[1:]

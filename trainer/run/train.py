@@ -24,7 +24,8 @@ from trainer.config import TrainConfig
 from trainer.privacy.dpsgd import check_layers
 from trainer.errors import DeviceFailure
 from trainer.adapt.replan import without_device
-from trainer.run.rundir import check_resume
+from trainer.run.rundir import RunDir, check_resume
+from trainer.run.runfile import write_run_file
 from trainer.state import plan_digest, server_file
 
 BACKENDS = {"local": run_local, "dist": run_dist}
@@ -74,6 +75,9 @@ def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook) -> list[dict]:
         raise InputError("--cut-noise", None, f"noises the activations a data device sends on, but "
                          f"{', '.join(whole)} keep{'s' * (len(whole) == 1)} the whole model on the data device "
                          "(no cut): plan a cut for every client or drop --cut-noise")
+    RunDir.refuse_occupied(cfg)
+    if not cfg.resume or server_file(cfg.out_dir).exists():  # a resume of nothing is refused untouched
+        write_run_file(cfg, cfg.out_dir)  # the options as given, before a switch or re-plan changes the plan
     while True:
         try:
             history = BACKENDS[cfg.backend](RunSpec(cfg, plan), run_role, on_start=on_start, on_round=on_round)
