@@ -320,6 +320,9 @@ def train_cmd(
                                     "sees only their average"),
     cut_noise: float = typer.Option(0.0, "--cut-noise", metavar="SIGMA",
                                     help="Gaussian noise of std SIGMA on the activations the data device sends"),
+    fid_inception: Optional[Path] = typer.Option(None, "--fid-inception", metavar="WEIGHTS.pth",
+                                                 help="also the standard FID, on the FID Inception weights file "
+                                                 "pt_inception-2015-12-05-6726825d.pth you have (nothing downloaded)"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer import DeviceFailure, TrainConfig, train
@@ -334,7 +337,8 @@ def train_cmd(
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
             timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,
             slowdown=tuple(parse_slowdown(x) for x in slowdown), dp_clip=dp_clip, dp_noise=dp_noise,
-            dp_epsilon=dp_epsilon, dp_delta=dp_delta, secure_agg=secure_agg, cut_noise=cut_noise)
+            dp_epsilon=dp_epsilon, dp_delta=dp_delta, secure_agg=secure_agg, cut_noise=cut_noise,
+            fid_inception=fid_inception)
         follower = not reports_here()  # under torchrun only the server's rank reports, whatever its number
         with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
             history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)

@@ -22,6 +22,7 @@ from trainer.build import RunSpec, check_plan_model
 from trainer.config import TrainConfig
 from trainer.dpsgd import check_layers
 from trainer.errors import DeviceFailure
+from trainer.inception import inception_fid
 from trainer.replan import without_device
 from trainer.rundir import check_resume
 from trainer.state import plan_digest, server_file
@@ -62,6 +63,8 @@ def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook) -> list[dict]:
     if cfg.resume:
         check_resume(cfg, plan)  # so does a resume of another run, before its folder is touched
     RunSpec(cfg, plan).data.check([c.data_weight for c in plan.planned])  # so does an image folder
+    if cfg.fid_inception is not None:  # and Inception weights that are missing, wrong, or cannot run here
+        inception_fid(cfg.fid_inception)
     known = {d for c in plan.planned for d in c.costs.devices}
     for name, _, at in cfg.slowdown:
         if name not in known:
