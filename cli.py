@@ -359,6 +359,9 @@ def train_cmd(
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
                                                help="write each round's losses, quality, times and samples to "
                                                "DIR/tensorboard/ [default: on when tensorboard is installed]"),
+    fid_inception: Optional[Path] = typer.Option(None, "--fid-inception", metavar="WEIGHTS.pth",
+                                                 help="also the standard FID, on the FID Inception weights file "
+                                                 "pt_inception-2015-12-05-6726825d.pth you have (nothing downloaded)"),
 ) -> None:
     """Train the federated split GAN as the plan says."""
     from trainer import DeviceFailure, train

@@ -27,7 +27,7 @@ from trainer.data.datasets import DataSource  # noqa: E402
 from trainer.quality.pixelkid import PixelKID  # noqa: E402
 
 
-def _make_shapes():
+def load_make_shapes():
     spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "examples" / "make_shapes.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -36,7 +36,7 @@ def _make_shapes():
 
 def main() -> None:
     torch.set_num_threads(1)
-    make_shapes = _make_shapes()
+    make_shapes = load_make_shapes()
     with tempfile.TemporaryDirectory() as tmp:
         make_shapes(Path(tmp) / "a", per_class=150, seed=0)
         make_shapes(Path(tmp) / "b", per_class=170, seed=2)

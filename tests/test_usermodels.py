@@ -23,10 +23,11 @@ from cli import app
 from planner.check import step_time_s, violations
 from planner.errors import InputError
 from planner.planfile import load_plan
-from planner.profile_cache import profile_model
 from planner.reference import solve_reference
 from planner.usermodel import build_model, generator_for
+from planner.profile_cache import cache_dir, profile_model
 from trainer.roles.build import check_plan_model
+from trainer.quality.classifier import cache_key, default_epochs
 from tests.helpers import FACTORY, assert_opened_exactly, write_factory
 from trainer.data.datasets import DataSource, held_out_rows
 
@@ -129,14 +130,28 @@ def _train(tmp_path: Path, plan_path: Path, data: str, backend: str):
 
 @pytest.mark.parametrize("backend", ["local", pytest.param("dist", marks=pytest.mark.slow)])
 def test_trained_one_round_on_an_image_folder_and_only_data_devices_hold_images(planned, tmp_path, backend):
+    """... and the quality classifier is trained in the server's process, on the held-out
+    images alone: the server opened exactly those, and only the server wrote the cache
+    file whose key is their contents' sha256 (removed first, so this run must train it)."""
     _, _, path = planned
     images = write_images(tmp_path / "img")
+    held_out = DataSource.of(f"images:{images}", None, 0.5, 0, (3, 16, 16)).held_out()
+    key = cache_key(held_out, seed=0, epochs=default_epochs(len(held_out)))
+    cached = Path(cache_dir(), "classifier", f"classifier-{key[:24]}.pt")
+    cached.unlink(missing_ok=True)
     result = _train(tmp_path, path, f"images:{images}", backend)
     assert result.exit_code == 0, result.output
     out = tmp_path / "run"
     [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert np.isfinite(m["g_loss"]) and np.isfinite(m["kid"]) and "fid" not in m
-    assert m["quality_features"].startswith("kid on pixel statistics")
+    assert np.isfinite(m["g_loss"]) and np.isfinite(m["kid"]) and np.isfinite(m["fid"])
+    assert m["quality_features"].startswith("fid, kid on the features of a classifier of the folder's 3 class")
+    assert 0 <= m["classifier_accuracy"] <= 1 and m["classifier_test_images"] == 1  # a fifth of 7 held-out images
+    assert cached.is_file()
+    written = {role: [p for p in json.loads(f.read_text())["other_files"]
+                      if p.startswith(os.path.realpath(cached.parent) + os.sep)]
+               for role, f in ((f.stem, f) for f in (out / "opened").glob("*.json"))}
+    assert [Path(p).name.startswith(f".{cached.name}.") for p in written.pop("server")] == [True]
+    assert written and not any(written.values())  # no other role touched the classifier cache
     assert Image.open(out / "samples" / "round_0001.png").mode == "RGB"
     plan = load_plan(path)
     rows = {r["role"]: r for r in json.loads((out / "processes.json").read_text())["processes"]}

@@ -53,6 +53,7 @@ class TrainConfig:
     lr: float = 2e-4  # Adam learning rate, betas (0.5, 0.999) as DCGAN
     timeout_s: float = 60.0  # a peer silent this long is a failure
     eval_samples: int = 500  # generated images scored per evaluation
+    fid_inception: Path | None = None  # FID Inception weights (pt_inception-2015-12-05): also the standard FID
     replan_on_failure: bool = False  # a lost device is planned around and training goes on
     adapt: bool = False  # re-solve on measured speeds after each round; switch plans when 10% faster
     slowdown: tuple[tuple[str, float, int], ...] = ()  # (device, factor, from round): emulated drift
@@ -101,6 +102,8 @@ class TrainConfig:
                 raise bad(opt, f"must be a finite number > 0, found {v}")
         if self.eval_every < 0:
             raise bad("--eval-every", f"must be >= 0, found {self.eval_every}")
+        if self.fid_inception is not None and not self.eval_every:
+            raise bad("--fid-inception", "scores the evaluations, and --eval-every 0 makes none")
         images = self.data.startswith(IMAGES)
         if self.data not in DATASETS and not images:
             raise bad("--data", f"expected one of {', '.join(DATASETS)}, found {self.data!r}")

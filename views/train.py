@@ -104,6 +104,10 @@ def render_last_round(last: dict, out: Console) -> None:
             f"(q {v['dp_q']:.3g}, noise {v['dp_noise']:.3g}, clip {v['dp_clip']:g})" for c, v in eps.items()))
     if last.get("privacy_stop"):
         out.print(f"[yellow]stopped:[/] {last['privacy_stop']}", highlight=False)
-    quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence") if last.get(k) is not None)
+    quality = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "kid", "confidence", "fid_inception")
+                        if last.get(k) is not None)
+    if last.get("classifier_accuracy") is not None:  # how far the classifier's features can be trusted
+        quality += (f" (classifier right on {last['classifier_accuracy']:.0%} of "
+                    f"{last['classifier_test_images']} held-out images)")
     if quality:
         out.print(f"quality: {quality}")

@@ -1,8 +1,11 @@
-"""The digit classifier that stands in for Inception in ``trainer.quality.fid``, and its cache.
+"""The classifier that stands in for Inception in ``trainer.quality.fid``, and its cache.
 
-A small CNN trained on the real data once (seeded), its penultimate features normalised to
-RMS 1, cached on disk by the contents of the data, the seed, the epochs and
-``ARCH_VERSION``; a cache file that does not load or fails its checksum is retrained.
+A small CNN trained on labelled real images once (seeded): the digits, or an image
+folder's class subfolders (C channels, H x W pixels, K classes: the input shape and the
+labels of the data decide; 28x28 grayscale digits get the same network as ever). Its
+penultimate features are normalised to RMS 1; it is cached on disk by the contents of
+the data, the seed, the epochs and ``ARCH_VERSION``; a cache file that does not load or
+fails its checksum is retrained.
 """
 
 from __future__ import annotations
@@ -24,23 +27,29 @@ ARCH_VERSION = 1  # bump when _Net or the training recipe changes: old caches re
 FEATURE_DIM = 128
 HELD_OUT_FRACTION = 0.2
 MAX_TRAIN_IMAGES = 12_000  # a larger training split (MNIST) is subsampled to this
+GRID = 8  # larger images are average-pooled to 8x8 cells after the convolutions
 
 
 class _Net(nn.Module):
-    """conv 5x5/2 (16) - conv 5x5/2 (32) - fc 128 (features) - relu - fc 10.
+    """conv 5x5/2 (16) - conv 5x5/2 (32) - average pool to at most GRID x GRID - fc 128
+    (features) - relu - fc K, for images of ``shape`` = (C, H, W).
 
-    Strided convolutions instead of pooling: 5x faster inference on a 2-core CPU.
+    Strided convolutions instead of pooling: 5x faster inference on a 2-core CPU. Digits
+    (1, 28, 28) reach 7x7 after the convolutions, where the pool is the identity.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shape: tuple[int, ...] = (1, 28, 28), classes: int = 10) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 5, stride=2, padding=2)  # 28 -> 14
+        self.shape = tuple(shape)
+        self.conv1 = nn.Conv2d(shape[0], 16, 5, stride=2, padding=2)  # 28 -> 14
         self.conv2 = nn.Conv2d(16, 32, 5, stride=2, padding=2)  # 14 -> 7
-        self.fc1 = nn.Linear(32 * 7 * 7, FEATURE_DIM)
-        self.fc2 = nn.Linear(FEATURE_DIM, 10)
+        grid = tuple(min(GRID, -(-side // 4)) for side in shape[1:])  # each conv: ceil(side / 2)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.fc1 = nn.Linear(32 * grid[0] * grid[1], FEATURE_DIM)
+        self.fc2 = nn.Linear(FEATURE_DIM, classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        x = self.pool(F.relu(self.conv2(F.relu(self.conv1(x)))))
         features = self.fc1(x.flatten(1))
         return features, self.fc2(F.relu(features))
 
@@ -60,13 +69,14 @@ class Classifier:
     net: _Net  # in eval mode; do not train further
     test_accuracy: float  # on the held-out HELD_OUT_FRACTION of the dataset, 0..1
     origin: str  # "trained", "cache", or "retrained: <why the cache was not used>"
+    test_images: int = 0  # how many images test_accuracy was measured on
 
     def embed(self, x: torch.Tensor, *, batch_size: int = 1024
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features [N, 128] before the ReLU, logits [N, 10]) of images [N, 1, 28, 28]
-        in [-1, 1]."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-            raise ValueError(f"expected images [N, 1, 28, 28], got {tuple(x.shape)}")
+        """(features [N, 128] before the ReLU, logits [N, K]) of images [N, C, H, W] in
+        [-1, 1] of the shape the network was trained on ([N, 1, 28, 28] for digits)."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.net.shape:
+            raise ValueError(f"expected images [N, {', '.join(map(str, self.net.shape))}], got {tuple(x.shape)}")
         with torch.inference_mode():
             parts = [self.net(x[i : i + batch_size].float())
                      for i in range(0, len(x), batch_size)]
@@ -83,6 +93,11 @@ def _held_out_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = max(1, int(round(n * HELD_OUT_FRACTION)))
     return perm[n_test:][:MAX_TRAIN_IMAGES], perm[:n_test]
+
+
+def classes_of(dataset: Dataset) -> int:
+    """K: the largest label + 1 (10 for digits, the class folders for an image folder)."""
+    return int(dataset.labels.max()) + 1
 
 
 def default_epochs(n_images: int) -> int:
@@ -103,7 +118,7 @@ def train_classifier(dataset: Dataset, *, seed: int = 0, epochs: int | None = No
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _Net().to(device)
+        net = _Net(tuple(dataset.images.shape[1:]), classes_of(dataset)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=epochs * -(-len(train_idx) // batch_size))
@@ -123,7 +138,7 @@ def train_classifier(dataset: Dataset, *, seed: int = 0, epochs: int | None = No
     clf = Classifier(net, 0.0, "trained")
     pred = clf.logits(x_all[test_idx.to(device)]).argmax(1)
     accuracy = (pred == y_all[test_idx.to(device)]).float().mean().item()
-    return Classifier(net.cpu(), accuracy, "trained")
+    return Classifier(net.cpu(), accuracy, "trained", len(test_idx))
 
 
 # --- the on-disk cache ----------------------------------------------------------------
@@ -145,7 +160,7 @@ def _state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _read_cache(path: Path, key: str) -> tuple[_Net, float]:
+def _read_cache(path: Path, key: str, dataset: Dataset) -> tuple[_Net, float]:
     """The cached net, or ValueError saying why the file cannot be used."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -157,7 +172,7 @@ def _read_cache(path: Path, key: str) -> tuple[_Net, float]:
     state = blob.get("state")
     if not isinstance(state, dict) or _state_digest(state) != blob.get("digest"):
         raise ValueError("weights do not match their checksum")
-    net = _Net()
+    net = _Net(tuple(dataset.images.shape[1:]), classes_of(dataset))
     net.load_state_dict(state)
     return net.eval().requires_grad_(False), float(blob["test_accuracy"])
 
@@ -199,8 +214,8 @@ def load_or_train_classifier(dataset: Dataset, *, cache_dir: str | Path, seed: i
     origin = "trained"
     if path.exists():
         try:
-            net, accuracy = _read_cache(path, key)
-            return Classifier(net, accuracy, "cache")
+            net, accuracy = _read_cache(path, key, dataset)
+            return Classifier(net, accuracy, "cache", len(_held_out_split(len(dataset), seed)[1]))
         except (ValueError, RuntimeError, KeyError, TypeError) as err:
             origin = f"retrained: cache file {path.name} {err}"
     clf = train_classifier(dataset, seed=seed, epochs=epochs)
@@ -208,7 +223,7 @@ def load_or_train_classifier(dataset: Dataset, *, cache_dir: str | Path, seed: i
         _write_cache(path, key, clf)
     except OSError as err:
         raise _unusable(folder, err) from err
-    return Classifier(clf.net, clf.test_accuracy, origin)
+    return Classifier(clf.net, clf.test_accuracy, origin, clf.test_images)
 
 
 def _unusable(folder: Path, err: OSError) -> InputError:

@@ -1,7 +1,7 @@
 """A label-free quality measure for any images: KID on pixel statistics.
 
-The digits classifier of ``trainer.quality.fid`` needs labels and 28x28 grayscale digits. For
-an image folder the server scores the generator's samples by KID, the unbiased squared
+A classifier (``trainer.quality.fid``) needs labels. For an image folder without class
+subfolders (or with one) the server scores the generator's samples by KID, the unbiased squared
 MMD with the kernel (x.y / d + 1)^3 (Binkowski et al. 2018, "Demystifying MMD GANs",
 Sec. 3.3; torchmetrics via ``trainer.quality.fid.kernel_inception_distance``), between the
 held-out split (no client trains on it) and the samples, on *pixel statistics*: each

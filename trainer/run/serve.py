@@ -37,7 +37,8 @@ def _serve(spec: RunSpec, t: Transport, run: RunDir, *, lock, report: Report, wh
     long_s = cfg.timeout_s + BETWEEN_ROUNDS_S
     server = build_server(spec, lock=lock)
     start, history = run.start(spec, server)
-    evaluation = Evaluation(spec.data, seed=cfg.seed, samples=cfg.eval_samples) if cfg.eval_every else None
+    evaluation = Evaluation(spec.data, seed=cfg.seed, samples=cfg.eval_samples,
+                            fid_inception=cfg.fid_inception) if cfg.eval_every else None
     devices = spec.roles()[1:]
     processes = [hello(SERVER, None, None) | {"eval_samples": len(evaluation.held_out) if evaluation else 0}]
     processes += [state.unpack(t.recv(SERVER, d, tag="hello", timeout_s=long_s), source=f"hello of {d}")

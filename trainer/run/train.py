@@ -26,6 +26,7 @@ from trainer.errors import DeviceFailure
 from trainer.adapt.replan import without_device
 from trainer.run.rundir import RunDir, check_resume
 from trainer.run.runfile import write_run_file
+from trainer.quality.inception import inception_fid
 from trainer.state import plan_digest, server_file
 
 BACKENDS = {"local": run_local, "dist": run_dist}
@@ -64,6 +65,8 @@ def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook) -> list[dict]:
     if cfg.resume:
         check_resume(cfg, plan)  # so does a resume of another run, before its folder is touched
     RunSpec(cfg, plan).data.check([c.data_weight for c in plan.planned])  # so does an image folder
+    if cfg.fid_inception is not None:  # and Inception weights that are missing, wrong, or cannot run here
+        inception_fid(cfg.fid_inception)
     known = {d for c in plan.planned for d in c.costs.devices}
     for name, _, at in cfg.slowdown:
         if name not in known:
