@@ -74,8 +74,11 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         raise
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+def write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """``obj`` as JSON, atomically; ``indent`` None: compact (json's C encoder, several
+    times faster: for files nobody reads by eye, like a plan of thousands of clients)."""
+    text = json.dumps(obj, indent=indent, allow_nan=False, separators=None if indent else (",", ":"))
+    write_atomic(path, text + "\n")
 
 
 def _nearest_existing(p: Path, option: str, what: str) -> Path:

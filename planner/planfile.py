@@ -25,6 +25,7 @@ from planner.planschema import PlanSchema
 from planner.problem import NO_CODEC, ClientProblem, Stage
 
 SCHEMA = "fsl-plan/1"
+INDENT_UP_TO_CLIENTS = 50  # a plan of more clients is written compact (planner.jsonio.write_json)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Plan:
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:
-    write_json(path, plan.to_json())
+    write_json(path, plan.to_json(), indent=2 if len(plan.clients) <= INDENT_UP_TO_CLIENTS else None)
 
 
 def _check_client(raw: PlanSchema, c, client: PlannedClient, source: str, where: str) -> None:
