@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
+from planner.calibration import CALIBRATED, FACTOR, matching
 from planner.codecs import CODECS
-from planner.costs import Options, Unit, client_problem, client_times
+from planner.costs import Options, Unit, client_problem
 from planner.devices import Client
 from planner.ga import GASettings
 from planner.problem import ClientProblem, Solution
@@ -97,7 +98,8 @@ def _tables(i: int) -> tuple[ClientProblem, tuple[ClientProblem, ...], dict[str,
     candidates = tuple(client_problem(client, list(units), mp, budget_s=budget,
                                       options=replace(f.options, micro_batch_choices=(m,)))
                        for m, units, mp in f.per_m) or (joint,)
-    sources = {d.name: t.source for d, t in zip(client.devices, client_times(client, list(f.units), f.model_profile))}
+    sources = {d.name: FACTOR if matching(d.calibration, f.model_profile, d.processing_time_factor) is None
+               else CALIBRATED for d in client.devices}  # as client_times says
     return joint, candidates, sources
 
 
