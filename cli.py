@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from planner.errors import InputError, NoFeasiblePlan
 from planner.ga import DEFAULT_GENERATIONS, DEFAULT_POPULATION
-from plan_view import find_client, plan_options, render_plan, write_plan_table
+from plan_view import SUMMARY_FROM_CLIENTS, find_client, plan_options, render_plan, write_plan_table
 from profile_view import render_profile
 from train_view import TrainProgress, render_summary
 
@@ -167,7 +167,10 @@ def _emit(p, fmt: Fmt, figure: Optional[Path], *, written: list[Path], client=No
         body = p.to_json()
         if client is not None:
             body = next(c for c in body["clients"] if c["name"] == client.name)
-        out.print_json(json.dumps(body))
+        if len(p.clients) > SUMMARY_FROM_CLIENTS:  # rich would indent and colour every number of a fleet
+            sys.stdout.write(json.dumps(body) + "\n")
+        else:
+            out.print_json(json.dumps(body))
     else:
         render_plan(p, out, client=client)
         if written:
