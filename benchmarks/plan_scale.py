@@ -57,6 +57,7 @@ def run_one(n: int, objective: str, folder: Path) -> list:
     wall, cpu, load1 = time.perf_counter() - t0, _children_cpu_s() - cpu0, os.getloadavg()[0]
     if done.returncode != 0:
         raise SystemExit(f"{shown} exited {done.returncode}: {done.stderr[-2000:]}")
+    print(f"{shown}: {wall:.1f} s wall, {cpu:.1f} s CPU, load {load0:.1f} / {load1:.1f}", flush=True)
     t0 = time.perf_counter()
     p = load_plan(out)  # raises on any SPEC violation
     check_s = time.perf_counter() - t0

@@ -26,15 +26,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-def read_json(path: str | Path, *, what: str = "file") -> Any:
-    """Parse a JSON file strictly: UTF-8, no NaN/Infinity, bounded size and depth."""
+def read_json(path: str | Path, *, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """Parse a JSON file strictly: UTF-8, no NaN/Infinity, at most ``max_bytes``, bounded depth."""
     p = Path(path)
     if not p.exists():
         raise InputError(str(path), None, f"{what} not found")
     if p.is_dir():
         raise InputError(str(path), None, f"is a directory, expected a JSON {what}")
-    if p.stat().st_size > MAX_FILE_BYTES:
-        raise InputError(str(path), None, f"{p.stat().st_size} bytes, larger than the {MAX_FILE_BYTES} allowed")
+    if p.stat().st_size > max_bytes:
+        raise InputError(str(path), None, f"{p.stat().st_size} bytes, larger than the {max_bytes} allowed")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
