@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from planner.errors import InputError, NoFeasiblePlan
 from planner.ga import DEFAULT_GENERATIONS, DEFAULT_POPULATION
-from views.plan import plan_options, render_plan, write_plan_table
+from views.plan import SUMMARY_FROM_CLIENTS, find_client, plan_options, render_plan, write_plan_table
 from views.profile import render_profile
 from views.train import TrainProgress, render_summary
 
@@ -155,17 +155,24 @@ def plan_cmd(
     _guard(run)
 
 
-def _emit(p, fmt: Fmt, figure: Optional[Path], *, written: list[Path]) -> None:
-    """Draw ``figure`` if asked, then print the plan (tables or JSON) and what was written."""
+def _emit(p, fmt: Fmt, figure: Optional[Path], *, written: list[Path], client=None) -> None:
+    """Draw ``figure`` if asked, then print the plan (tables or JSON) and what was written
+    (``client``: that client alone)."""
     if figure is not None:
         from planner.timeline import draw_plan
 
-        draw_plan(p.clients, figure)
+        draw_plan(p.clients if client is None else [client], figure)
         written = [*written, figure]
     if fmt == Fmt.json:
-        out.print_json(json.dumps(p.to_json()))
+        body = p.to_json()
+        if client is not None:
+            body = next(c for c in body["clients"] if c["name"] == client.name)
+        if len(p.clients) > SUMMARY_FROM_CLIENTS:  # rich would indent and colour every number of a fleet
+            sys.stdout.write(json.dumps(body) + "\n")
+        else:
+            out.print_json(json.dumps(body))
     else:
-        render_plan(p, out)
+        render_plan(p, out, client=client)
         if written:
             out.print(f"wrote {', '.join(map(str, written))}")
 
@@ -174,12 +181,17 @@ def _emit(p, fmt: Fmt, figure: Optional[Path], *, written: list[Path]) -> None:
 def show_cmd(plan_path: Path = typer.Argument(..., metavar="PLAN", help="a plan.json"),
              fmt: Fmt = typer.Option(Fmt.table, "--format"),
              figure: Optional[Path] = typer.Option(None, "--figure", help="also draw each client's predicted step "
-                                                   "as a timeline (PNG)")) -> None:
+                                                   "as a timeline (PNG)"),
+             client: Optional[str] = typer.Option(None, "--client", metavar="NAME",
+                                                  help="only this client's tables (a plan of many clients shows "
+                                                  "a summary)")) -> None:
     """Show a plan as tables: stages, times, memory against capacity, exclusions."""
     from planner.planfile import load_plan
 
     def run():
-        _emit(load_plan(plan_path), fmt, figure, written=[])
+        p = load_plan(plan_path)
+        chosen = None if client is None else find_client(p, client, str(plan_path))
+        _emit(p, fmt, figure, written=[], client=chosen)
 
     _guard(run)
 

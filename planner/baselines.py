@@ -24,6 +24,7 @@ the fastest ``M`` the objective allows, so a comparison measures placement alone
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -105,7 +106,8 @@ def _uniform_bounds(n_layers: int, k: int) -> list[int]:
     return bounds
 
 
-def _balanced_bounds(weights: Sequence[int], k: int) -> list[int]:
+@functools.lru_cache(maxsize=1024)  # every client of a plan has the same memory row per unit
+def _balanced_bounds(weights: tuple[int, ...], k: int) -> tuple[int, ...]:
     """Cut ``weights`` into ``k`` non-empty contiguous parts minimising the largest sum."""
     L = len(weights)
     prefix = [0]
@@ -125,7 +127,7 @@ def _balanced_bounds(weights: Sequence[int], k: int) -> list[int]:
     for j in range(k, 0, -1):
         m = arg[j][m]
         bounds.append(m)
-    return bounds[::-1]
+    return tuple(bounds[::-1])
 
 
 def _best_over_k(p: ClientProblem, objective: Objective, bounds_for_k, t0: float) -> Solution:
@@ -155,5 +157,5 @@ def solve_uniform(p: ClientProblem, *, objective: Objective = "latency") -> Solu
 def solve_params(p: ClientProblem, *, objective: Objective = "latency") -> Solution:
     """Memory-balanced cuts (data device's ``memory_bytes`` row), best ``k``."""
     t0 = time.perf_counter()
-    weights = p.memory_bytes[p.data_device]
+    weights = tuple(p.memory_bytes[p.data_device])
     return _best_over_k(p, objective, lambda k: _balanced_bounds(weights, k), t0)

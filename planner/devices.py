@@ -17,7 +17,7 @@ from planner.errors import InputError
 from planner.jsonio import read_json
 
 SCHEMA = "fsl-devices/1"
-MAX_CLIENTS = 1000
+MAX_CLIENTS = 50_000  # issue 22 plans 10,000; 50,000 clients of 8 devices fill a 64 MiB profile
 MAX_DEVICES_PER_CLIENT = 64
 MAX_BYTES = 2**60  # 1 EiB: more is a typo, and would overflow int64 cost tables
 RESERVED = "server"  # the generator's role (SPEC §1): not a device name

@@ -25,6 +25,8 @@ from planner.planschema import PlanSchema
 from planner.problem import NO_CODEC, ClientProblem, Stage
 
 SCHEMA = "fsl-plan/1"
+MAX_PLAN_BYTES = 2**30  # a plan carries ~10 kB of tables per client: 1 GiB holds the most a profile may list (planner.devices.MAX_CLIENTS)
+INDENT_UP_TO_CLIENTS = 50  # a plan of more clients is written compact (planner.jsonio.write_json)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Plan:
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:
-    write_json(path, plan.to_json())
+    write_json(path, plan.to_json(), indent=2 if len(plan.clients) <= INDENT_UP_TO_CLIENTS else None)
 
 
 def _check_client(raw: PlanSchema, c, client: PlannedClient, source: str, where: str) -> None:
@@ -183,4 +185,4 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
-    return parse_plan(read_json(path, what="plan"), source=str(path))
+    return parse_plan(read_json(path, what="plan", max_bytes=MAX_PLAN_BYTES), source=str(path))
