@@ -19,7 +19,8 @@ from dataclasses import asdict, replace
 from planner import check
 from planner.calibration import check_calibrations
 from planner.codecs import CODECS
-from planner.costs import Options, Unit, client_problem, client_times, planning_units, profile_problems
+from planner.costs import (Options, Unit, client_problem, client_times, planning_units, profile_problems,
+                           with_micro_batch_tables)
 from planner.devices import Profile
 from planner.errors import InputError, NoFeasiblePlan
 from planner.ga import GASettings
@@ -107,9 +108,10 @@ def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, ob
         return PlannedClient(name=name, status="excluded", reason=reason, step_time_s=None, stages=(), costs=p,
                              data_weight=data_weight, solver_status=sol.status,
                              processing_time_factor=processing_time_factor, time_source=time_source)
-    transfers = check.cut_transfer_s(p, sol.stages) + [0.0]
+    mine = p.at(sol.micro_batches)  # the tables of the chosen M
+    transfers = check.cut_transfer_s(mine, sol.stages) + [0.0]
     stages = tuple(
-        PlannedStage(device=p.devices[s.device], start=s.start, end=s.end, compute_s=check.stage_compute_s(p, s),
+        PlannedStage(device=p.devices[s.device], start=s.start, end=s.end, compute_s=check.stage_compute_s(mine, s),
                      transfer_s=t, memory_bytes=check.stage_memory_bytes(p, s), recompute=s.recompute, codec=s.codec)
         for s, t in zip(sol.stages, transfers))
     return PlannedClient(name=name, status="planned", reason=None,
@@ -134,24 +136,6 @@ def overall_status(statuses: list[str]) -> str:
     if "feasible" in statuses or "time_limit" in statuses:
         return "feasible"
     return "optimal"
-
-
-def _best_m(candidates: list[ClientProblem], solved: dict[ClientProblem, Solution], *,
-            joint: ClientProblem) -> tuple[ClientProblem, Solution]:
-    """A client's tables and solution for its best ``M`` (one candidate per allowed ``M``,
-    each on its own tables), or, when none fits, the tables of every allowed ``M`` at the
-    whole batch's times (``joint``: what exclusion reasons are explained on). The best is
-    proven optimal only if every ``M``'s solve was."""
-    sols = [solved[p] for p in candidates]
-    unproven = any(s.status in ("feasible", "time_limit") for s in sols)
-    fits = [(s.step_time_s, s.micro_batches, i) for i, s in enumerate(sols) if s.stages]
-    if not fits:
-        return joint, next((s for s in sols if s.status == "time_limit"), sols[0])
-    *_, i = min(fits)
-    best = sols[i]
-    if unproven and best.status == "optimal":
-        best = replace(best, status="feasible")
-    return candidates[i], best
 
 
 def _alternatives(client, units: list[Unit], model_profile: ModelProfile, budget_s: float | None,
@@ -191,8 +175,8 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     settings of ``solver="ga"`` (recorded in the plan's ``solver.ga``).
 
     ``measure_micro_batches``: solve each allowed ``M`` on tables measured at its
-    micro-batch size (:func:`planner.profile_cache.micro_batch_profile`; the plan keeps the best
-    ``M``'s tables, and ``micro_batch_steps_s`` every ``M``'s best step). Default: when
+    micro-batch size (:func:`planner.profile_cache.micro_batch_profile`; the plan keeps every
+    ``M``'s tables in ``costs.per_micro_batch``, SPEC §2.1). Default: when
     ``plan`` profiles the model itself; a caller that hands in ``model_profile`` gets every
     ``M`` solved together on that profile's tables (``C / M``) unless it asks.
     """
@@ -210,8 +194,8 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     units = planning_units(model, model_profile)
     parts = _seed_parts(model, units)
     problems = profile_problems(devices, units, model_profile, opts)
-    # Each M is solved on tables measured at its micro-batch size (profile.micro_batch_profile).
-    per_m = {None: problems}
+    # Each M's tables are measured at its micro-batch size (profile_cache.micro_batch_profile)
+    # and kept in the plan (SPEC §2.1 per_micro_batch); the solver picks M over them.
     if measure_micro_batches and opts.micro_batch_choices != (1,):
         per_m = {}
         for m in opts.micro_batch_choices:
@@ -219,8 +203,9 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
                                      if progress else None)
             per_m[m] = profile_problems(devices, units if mp is model_profile else planning_units(model, mp), mp,
                                         replace(opts, micro_batch_choices=(m,)))
+        problems = [with_micro_batch_tables(p, {m: ps[i] for m, ps in per_m.items()}) for i, p in enumerate(problems)]
     t0 = time.perf_counter()
-    unique = list(dict.fromkeys(p for ps in per_m.values() for p in ps))  # identical tables are solved once
+    unique = list(dict.fromkeys(problems))  # identical tables are solved once
     solved: dict[ClientProblem, Solution] = {}
     # CBC runs as a child process, so threads solve clients on every core at once.
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(unique)))) as pool:
@@ -230,21 +215,15 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
             solved[futures[fut]] = fut.result()
             if progress:
                 progress("solve", done, len(unique))
-    problems, chosen = zip(*(_best_m([ps[i] for ps in per_m.values()], solved, joint=p)
-                              for i, p in enumerate(problems)))
     clients = [
-        client_result(client.name, p, sol, solver=solver, objective=objective, data_weight=client.data_weight,
+        client_result(client.name, p, solved[p], solver=solver, objective=objective, data_weight=client.data_weight,
                       processing_time_factor={d.name: d.processing_time_factor for d in client.devices},
                       layer_names=[u.name for u in units],
                       time_source={d.name: t.source for d, t in zip(client.devices, client_times(client, units, model_profile))},
-                      alternatives=() if sol.stages else _alternatives(
+                      alternatives=() if solved[p].stages else _alternatives(
                           client, units, model_profile, p.budget_s, opts, objective))
-        for client, p, sol in zip(devices.clients, problems, chosen)
+        for client, p in zip(devices.clients, problems)
     ]
-    if len(per_m) > 1:
-        clients = [replace(c, micro_batch_steps_s={m: (solved[ps[i]].step_time_s if solved[ps[i]].stages else None)
-                                                   for m, ps in per_m.items()})
-                   for i, c in enumerate(clients)]
     if compare and solver == "ilp":
         clients = [_with_baselines(c, objective, parts) for c in clients]
     seconds = time.perf_counter() - t0
