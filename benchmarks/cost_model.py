@@ -161,11 +161,13 @@ def main() -> None:
                         rows.append(row)
                         errs["after"].setdefault(held, []).append(abs(after / got - 1))
                         errs["before"].setdefault(held, []).append(abs(before / got - 1))
-    summary = "; ".join(f"{k} median |error| {statistics.median(v['held out'] if 'held out' in v else v['tuned']):.1%}"
-                        for k, v in errs.items())
-    summary = (f"median |predicted / measured - 1| over held-out models: before {statistics.median(errs['before'].get('held out', [0])):.1%}, "
-               f"after {statistics.median(errs['after'].get('held out', [0])):.1%}; on dcgan (tuned): before "
-               f"{statistics.median(errs['before'].get('tuned', [0])):.1%}, after {statistics.median(errs['after'].get('tuned', [0])):.1%}")
+    def med(kind: str, group: str) -> str:
+        xs = errs[kind].get(group)
+        return f"{statistics.median(xs):.1%} (worst {max(xs):.1%})" if xs else "none"
+
+    summary = (f"median |predicted / measured - 1| on the held-out models: before {med('before', 'held out')}, "
+               f"after {med('after', 'held out')}; on dcgan (tuned on): before {med('before', 'tuned')}, "
+               f"after {med('after', 'tuned')}")
     print(summary)
     if args.no_write:
         return

@@ -2,8 +2,8 @@
 :mod:`planner.profile`'s measurements (no torch), so it is tested with literal numbers.
 
 - :func:`in_context`: a forward and backward through many layers costs less than the sum
-  of each layer timed alone, and a step in micro-batches more; the layers' work is scaled
-  to sum to the whole model's, timed in the same rounds in the step's micro-batches.
+  of each layer timed alone; the layers' work is scaled to sum to the whole model's,
+  timed in the same rounds at the same batch.
 - :func:`step_s`: a layer's seconds per step in ``M`` micro-batches: ``M`` times its work
   at ``B / M`` (with the loss, on the last layer), one Adam update, ``M - 1`` gradient
   accumulations.
@@ -21,11 +21,11 @@ def step_s(step: float, update: float, micro_batches: int = 1, accumulate: float
     return m * (max(step - update, 0.0) + loss) + min(update, step) + (m - 1) * accumulate
 
 
-def in_context(timings: list[tuple[float, float, float]], micro_batches: int = 1) -> tuple[list[tuple[float, float, float]], float]:
+def in_context(timings: list[tuple[float, float, float]]) -> tuple[list[tuple[float, float, float]], float]:
     """Per layer ``(step, forward, update)`` in the whole model's context, and the ratio:
     :func:`planner.profile.time_layers` ``(whole=True)``'s layers' work beyond the update scaled to sum to
-    the whole model's per micro-batch (module docstring)."""
+    the whole model's (module docstring)."""
     *layers, (w_step, _, w_update) = timings
     alone = sum(max(t - u, 0.0) for t, _, u in layers)
-    ratio = max(w_step - w_update, 0.0) / micro_batches / alone if alone > 0 else 1.0
+    ratio = max(w_step - w_update, 0.0) / alone if alone > 0 else 1.0
     return [(u + ratio * max(t - u, 0.0), ratio * f, u) for t, f, u in layers], ratio

@@ -12,14 +12,14 @@ One *GAN training step* on a discriminator, with batch size ``B`` (see
 :data:`DEVICE_THREADS`; medians of repeats after warm-up; other threads and programs do
 not count, as under ``--emulate virtual``) in the context of the whole model: layers run
 in one forward and backward cost less than each timed alone (a graph, a gradient call,
-an output gradient per call), and a step in micro-batches more (every forward before the
-backwards: cold activations), so each round also times the whole model, in the step's
-micro-batches, and the layers' work is scaled to sum to it (:func:`planner.layer_context.in_context`). The
-Adam update is taken once per step, a gradient accumulation per further micro-batch, and
-the loss per micro-batch on the last layer (:func:`planner.layer_context.step_s`). A device with
-``processing_time_factor`` ``f`` takes ``f * time_s``. FLOPs: fvcore's count for one
-forward of ``B`` (a fused multiply-add is one flop), elementwise ops counted one per
-output element by explicit handles; anything still uncounted is in ``uncounted_ops``.
+an output gradient per call), so each round also times the whole model as one segment
+and the layers' work is scaled to sum to it (:func:`planner.layer_context.in_context`).
+The Adam update is taken once per step, a gradient accumulation per further
+micro-batch, and the loss per micro-batch on the last layer
+(:func:`planner.layer_context.step_s`). A device with ``processing_time_factor`` ``f``
+takes ``f * time_s``. FLOPs: fvcore's count for one forward of ``B`` (a fused
+multiply-add is one flop), elementwise ops counted one per output element by explicit
+handles; anything still uncounted is in ``uncounted_ops``.
 
 Memory to train a layer, bytes: weights, gradients and Adam's two moments (4 x 4 bytes
 per parameter), the tensors autograd saves in the discriminator phase (measured with
@@ -146,22 +146,18 @@ def _layer_inputs(model: LayeredModel, x: torch.Tensor) -> list[tuple[torch.Tens
 
 
 def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, first: bool,
-                    optimizer: torch.optim.Optimizer | None = None, micro_batches: int = 1) -> tuple[float, float, float]:
+                    optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float, float]:
     """``(seconds, forward seconds, update seconds)`` of one GAN step's work through
-    ``layer`` (module docstring) in this thread's CPU time, as ``micro_batches`` pieces of
-    these inputs (a phase's forwards before its backwards, one update)."""
+    ``layer`` (module docstring) in this thread's CPU time."""
     params = [p for p in layer.parameters() if p.requires_grad]
     t0, forward, update = time.thread_time(), 0.0, 0.0
     for args, wrt_params, need_input in ((args_2b, params, not first), (args_1b, [], True)):
-        t_forward, runs = time.thread_time(), []
-        for _ in range(micro_batches):
-            xs = tuple(a.detach().requires_grad_(need_input) for a in args)
-            runs.append((xs, layer(*xs)))
+        t_forward = time.thread_time()
+        xs = tuple(a.detach().requires_grad_(need_input) for a in args)
+        out = layer(*xs)
         forward += time.thread_time() - t_forward
-        grads = ()
-        for xs, out in runs:
-            wrt = wrt_params + (list(xs) if need_input else [])
-            grads = torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True) if wrt else ()
+        wrt = wrt_params + (list(xs) if need_input else [])
+        grads = torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True) if wrt else ()
         if wrt_params and optimizer is not None:  # the discriminator phase ends with the Adam update
             for p, g in zip(params, grads):
                 p.grad = g
@@ -196,15 +192,14 @@ def layer_codecs(shapes: list[tuple[int, ...]], batch_size: int, *, timed: Timed
 
 def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats: int, warmup: int,
                 timed: Callable[[Callable[[], tuple[float, ...]]], tuple[float, ...]] | None = None,
-                progress: Callable[[int, int], None] | None = None, whole: bool = False,
-                micro_batches: int = 1) -> list[tuple[float, float, float]]:
+                progress: Callable[[int, int], None] | None = None, whole: bool = False) -> list[tuple[float, float, float]]:
     """Per layer, the medians of :func:`time_layer_step`'s ``(seconds, forward, update)``
     over ``repeats`` after ``warmup``; ``timed(run)`` may time ``run`` itself (a device's
     emulated clock does). By default ``run``'s own timing.
 
     Timed round-robin over the layers, so a burst of load elsewhere on the machine
     spreads over every layer's repeats instead of inflating one layer. ``whole``: one
-    more entry, the whole model as one segment in ``micro_batches`` pieces, in the same rounds."""
+    more entry, the whole model as one segment, timed in the same rounds."""
     model.train()
     layers = [*model.layers, *([model.segment(0, len(model))] if whole else [])]
     inputs = [*args, *([args[0]] if whole else [])]
@@ -216,7 +211,7 @@ def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats
         for i, layer in enumerate(layers):
             def run(i=i, layer=layer) -> tuple[float, float, float]:
                 return time_layer_step(layer, inputs[i][0], inputs[i][1], first=(i in (0, len(model))),
-                                       optimizer=optimizers[i], micro_batches=micro_batches if i == len(model) else 1)
+                                       optimizer=optimizers[i])
 
             timing = timed(run) if timed is not None else run()
             if r >= warmup:

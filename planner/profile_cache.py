@@ -69,7 +69,7 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
     if micro_batches == 1:
         return profile
     small = profile.batch_size // micro_batches
-    path = cache_path(model, small).with_suffix(f".m{micro_batches}.times.json")
+    path = cache_path(model, small).with_suffix(".times.json")
     times, ratio, loss = None, 1.0, 0.0
     if use_cache and path.is_file():
         try:
@@ -79,7 +79,7 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
         except (ValueError, TypeError, KeyError, AttributeError):
             times = None
     if times is None or len(times) != len(profile.layers):
-        times, ratio, loss = _measure_times(model, small, micro_batches, progress=progress)
+        times, ratio, loss = _measure_times(model, small, progress=progress)
         if use_cache:
             write_json(path, {"batch_size": small, "context_ratio": ratio, "loss_s": loss,
                               "layers": [list(x) for x in times]})
@@ -90,15 +90,14 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
     return replace(profile, layers=layers, context_ratio=ratio, loss_s=loss)
 
 
-def _measure_times(model: LayeredModel, batch_size: int, micro_batches: int, *,
+def _measure_times(model: LayeredModel, batch_size: int, *,
                    progress: Callable[[int, int], None] | None) -> tuple[list[tuple], float, float]:
     """Per layer, ``(step, forward, codec_s, update)`` seconds at ``batch_size`` on one
-    core in the context of the whole model's step in ``micro_batches`` pieces, the ratio (:func:`planner.layer_context.in_context`,
+    core in the context of the whole model's step, the ratio (:func:`planner.layer_context.in_context`,
     with fewer repeats to keep ``fsl plan`` quick: the medians of 7) and the loss's seconds."""
     with device_threads():
         args = layer_args(model, batch_size)
-        timings, ratio = in_context(time_layers(model, args, repeats=7, warmup=1, progress=progress, whole=True,
-                                                micro_batches=micro_batches), micro_batches)
+        timings, ratio = in_context(time_layers(model, args, repeats=7, warmup=1, progress=progress, whole=True))
         codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], batch_size)
         loss = measure_loss_s(batch_size)
     return [(t, f, c, u) for (t, f, u), c in zip(timings, codecs)], ratio, loss

@@ -73,7 +73,7 @@ def test_each_m_is_planned_on_tables_measured_at_its_micro_batch_size(tmp_path):
     write_plan(p, tmp_path / "p.json")  # every M's tables survive the file
     assert load_plan(tmp_path / "p.json").clients[0].costs == c.costs
     # M = 8: its tables are the model measured at batch 1 (cached), 8 times but for the one Adam update, on 4x devices
-    one = json.loads(cache_path(model, 1).with_suffix(".m8.times.json").read_text())  # the layers timed at batch 1
+    one = json.loads(cache_path(model, 1).with_suffix(".times.json").read_text())  # the layers timed at batch 1
     assert one["batch_size"] == 1
     at8 = c.costs.at(8).compute_s[0]
     for (t, _, _, u), x in zip(one["layers"][:-1], at8):  # the last layer carries the loss, weights accumulate
