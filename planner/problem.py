@@ -178,6 +178,23 @@ class ClientProblem:
             per_micro_batch=tuple((m, t.pick(keep)) for m, t in self.per_micro_batch),
         )
 
+    def scaled(self, ratios: tuple[float, ...]) -> "ClientProblem":
+        """These tables with device ``d``'s time rows (compute, recompute, overhead, codec
+        seconds, every ``M``'s) multiplied by ``ratios[d]``."""
+        def rows(table):
+            return None if table is None else tuple(tuple(v * ratios[d] for v in row) for d, row in enumerate(table))
+
+        def per_device(values):
+            return None if values is None else tuple(v * ratios[d] for d, v in enumerate(values))
+
+        return replace(
+            self, compute_s=rows(self.compute_s), overhead_s=per_device(self.overhead_s),
+            recompute=None if self.recompute is None else replace(self.recompute, compute_s=rows(self.recompute.compute_s)),
+            codecs=tuple(replace(c, codec_s=rows(c.codec_s)) for c in self.codecs),
+            per_micro_batch=tuple((m, MicroBatchTables(rows(t.compute_s), per_device(t.overhead_s), rows(t.recompute_s),
+                                                       tuple((n, rows(c)) for n, c in t.codec_s)))
+                                  for m, t in self.per_micro_batch))
+
     def to_json(self) -> dict:
         out = {
             "devices": list(self.devices),

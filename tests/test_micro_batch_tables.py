@@ -111,3 +111,12 @@ def test_per_micro_batch_tables_survive_the_file(tmp_path):
     assert "not one of micro_batch_choices" in broken(lambda t: t.update({"8": {}}))
     assert "per_micro_batch.2.compute_s must be 2 rows of 3" in broken(lambda t: t["2"]["compute_s"].pop())
     assert "'zip' is not one of costs.codecs" in broken(lambda t: t["2"]["codecs"].update(zip={"codec_s": [[0], [0]]}))
+
+
+def test_scaling_a_device_scales_every_m_tables():
+    """--adapt re-solves on measured speeds: a device 2x slower is 2x slower at every M."""
+    p = _full().scaled((2.0, 1.0))
+    assert p.at(2).compute_s == ((1.0, 0.5, 0.25), (1.0, 2.0, 3.0))
+    assert p.at(2).overhead_s == pytest.approx((0.06, 0.04)) and p.at(4).overhead_s == pytest.approx((0.02, 0.02))
+    assert p.at(2).codec("fp16").codec_s == ((1.4, 1.4), (0.8, 0.8)) and p.at(2).codec("int8").codec_s[0] == (0.6, 0.6)
+    assert p.at(1).recompute.compute_s == ((3.0, 3.0, 3.0), (3.0, 3.0, 3.0))
