@@ -15,6 +15,7 @@ per further job)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from planner.problem import NO_CODEC, ClientProblem, Stage
@@ -39,8 +40,9 @@ def cut_transfer_s(p: ClientProblem, stages: Sequence[Stage]) -> list[float]:
 
 
 def units_s(p: ClientProblem, stages: Sequence[Stage], micro_batches: int = 1) -> list[float]:
-    """Per micro-batch seconds of every unit in line order: stage 0, cut 0, stage 1, ..."""
-    m = micro_batches
+    """Per micro-batch seconds of every unit in line order: stage 0, cut 0, stage 1, ...,
+    on the tables of ``micro_batches`` (``per_micro_batch`` over the base ones)."""
+    m, p = micro_batches, p.at(micro_batches)
     out = []
     for k, s in enumerate(stages):
         out.append(stage_compute_s(p, s) / m + p.overhead(s.device))
@@ -49,6 +51,24 @@ def units_s(p: ClientProblem, stages: Sequence[Stage], micro_batches: int = 1) -
             out.append(p.cut_volume_s(s.device, nxt.device, s.end - 1, s.codec) / m
                        + p.link_latency_s[s.device][nxt.device])
     return out
+
+
+def best_micro_batches(p: ClientProblem, stages: Sequence[Stage], choices: Sequence[int]) -> tuple[int, float]:
+    """``(M, step_time_s)`` of the fastest of ``choices`` for ``stages``, each ``M`` on its
+    own tables (the smallest such ``M`` on ties): the re-solve over ``M`` of a placement."""
+    return min(((step_time_s(p, stages, m), m) for m in sorted(choices)), default=(math.inf, 1))[::-1]
+
+
+def micro_batch_violation(p: ClientProblem, stages: Sequence[Stage], micro_batches: int,
+                          choices: Sequence[int]) -> str | None:
+    """Why ``micro_batches`` is not the best ``M`` of ``choices`` for ``stages`` on these
+    tables (relative tolerance 1e-6, as SPEC's promise of optimality), or None."""
+    m, best = best_micro_batches(p, stages, choices)
+    mine = step_time_s(p, stages, micro_batches)
+    if best < mine * (1 - 1e-6):
+        return (f"micro_batches {micro_batches} takes {mine:.6g} s per step on its own tables, "
+                f"M = {m} takes {best:.6g} s with the same stages")
+    return None
 
 
 def pipeline_s(units: Sequence[float], micro_batches: int) -> float:

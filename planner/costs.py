@@ -45,14 +45,14 @@ SPEC §2.1, what :class:`Options` allows:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.calibration import DeviceTimes, device_times
 from planner.codecs import BYTES_RATIO
 from planner.devices import Client, Profile
 from planner.graph import build_graph, legal_cuts
 from planner.models import LayeredModel
-from planner.problem import ClientProblem, Codec, RecomputeTables
+from planner.problem import ClientProblem, Codec, MicroBatchTables, RecomputeTables
 from planner.profile import ModelProfile
 from planner.schedule import cut_bytes_per_step
 
@@ -169,3 +169,17 @@ def profile_problems(profile: Profile, units: list[Unit], model_profile: ModelPr
                      options: Options = Options()) -> list[ClientProblem]:
     return [client_problem(c, units, model_profile, budget_s=profile.budget_s(c), options=options)
             for c in profile.clients]
+
+
+def with_micro_batch_tables(base: ClientProblem, per_m: dict[int, ClientProblem]) -> ClientProblem:
+    """``base`` (every allowed ``M``, the whole batch's tables) with each ``M``'s own time
+    tables from ``per_m`` (that ``M``'s problem) in ``per_micro_batch`` (SPEC §2.1), where
+    they differ from the base's; memory, bytes and links stay the base's."""
+    entries = []
+    for m, q in sorted(per_m.items()):
+        t = MicroBatchTables(compute_s=q.compute_s, overhead_s=q.overhead_s,
+                             recompute_s=None if q.recompute is None or base.recompute is None else q.recompute.compute_s,
+                             codec_s=tuple((c.name, c.codec_s) for c in q.codecs))
+        if replace(base, per_micro_batch=((m, t),)).at(m) != replace(base, per_micro_batch=()):
+            entries.append((m, t))
+    return replace(base, per_micro_batch=tuple(entries))

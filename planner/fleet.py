@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from planner.calibration import CALIBRATED, FACTOR, matching
 from planner.codecs import CODECS
-from planner.costs import Options, Unit, client_problem
+from planner.costs import Options, Unit, client_problem, with_micro_batch_tables
 from planner.devices import Client
 from planner.ga import GASettings
 from planner.problem import ClientProblem, Solution
@@ -95,9 +95,11 @@ def _tables(i: int) -> tuple[ClientProblem, tuple[ClientProblem, ...], dict[str,
     f = _INPUTS
     client, budget = f.clients[i], f.budgets_s[i]
     joint = client_problem(client, list(f.units), f.model_profile, budget_s=budget, options=f.options)
-    candidates = tuple(client_problem(client, list(units), mp, budget_s=budget,
-                                      options=replace(f.options, micro_batch_choices=(m,)))
-                       for m, units, mp in f.per_m) or (joint,)
+    if f.per_m:  # every M's tables in one problem (SPEC §2.1 per_micro_batch): the solver picks M over them
+        joint = with_micro_batch_tables(joint, {m: client_problem(client, list(units), mp, budget_s=budget,
+                                                                  options=replace(f.options, micro_batch_choices=(m,)))
+                                                for m, units, mp in f.per_m})
+    candidates = (joint,)
     sources = {d.name: FACTOR if matching(d.calibration, f.model_profile, d.processing_time_factor) is None
                else CALIBRATED for d in client.devices}  # as client_times says
     return joint, candidates, sources

@@ -2,7 +2,8 @@
 
 Per candidate ``M`` a plan takes ``sum(u) + (M - 1) * max(u)``. Its solver of record is
 the ILP of :mod:`planner.ilp_model`, ``S(theta)``: the least ``sum(u)`` over plans
-whose every unit is at most ``theta`` (options chosen per arc, :mod:`planner.options`).
+whose every unit is at most ``theta`` (options chosen per arc, :mod:`planner.options`),
+each ``M`` on its own tables (SPEC §2.1 ``per_micro_batch``; one incumbent over all).
 ``latency`` allows ``M = 1``, where ``sum(u)`` is the step: one ILP. For ``M > 1`` the
 step is ``min over theta of S(theta) + (M - 1) * theta``, a bottleneck sweep, searched
 here by branch and bound over intervals of ``theta`` (the units' own values):
@@ -149,16 +150,19 @@ def _settle(p: ClientProblem, m: int, arcs: arcs_mod.Arcs, best: _Incumbent, flo
 def _search(p: ClientProblem, choices: Sequence[int], solver: str, deadline: float | None) -> tuple[str, Solution]:
     if not choices:
         return "infeasible", Solution.infeasible()
-    arcs = arcs_mod.catalogue(p)
+    views = {m: p.at(m) for m in choices}  # each M's tables (SPEC §2.1 per_micro_batch)
+    catalogues = {q: arcs_mod.catalogue(q) for q in dict.fromkeys(views.values())}
+    arcs = {m: catalogues[q] for m, q in views.items()}
     best = _Incumbent(p, choices)
     for m in choices:
-        best.offer(bounds.greedy_plan(p, arcs, m))
+        best.offer(bounds.greedy_plan(views[m], arcs[m], m))
     floors, lower = {}, {}
     for m in choices:
-        s_floor, stages = paths.shortest_plan(p, arcs, *paths.within(p, arcs, m))
+        q = views[m]
+        s_floor, stages = paths.shortest_plan(q, arcs[m], *paths.within(q, arcs[m], m))
         best.offer(stages)
         upper = best.step_s if math.isfinite(best.step_s) else s_floor
-        t_floor = bounds.bottleneck_floor_s(p, arcs, m, upper) if m > 1 and math.isfinite(s_floor) else 0.0
+        t_floor = bounds.bottleneck_floor_s(q, arcs[m], m, upper) if m > 1 and math.isfinite(s_floor) else 0.0
         floors[m], lower[m] = (s_floor, t_floor), max(s_floor, t_floor) + (m - 1) * t_floor
     settled = True
     for m in sorted(choices, key=lambda m: (lower[m], m)):
@@ -167,7 +171,7 @@ def _search(p: ClientProblem, choices: Sequence[int], solver: str, deadline: flo
         if deadline is not None and time.perf_counter() >= deadline:
             settled = False
             break
-        settled = _settle(p, m, arcs, best, floors[m], solver, deadline) and settled
+        settled = _settle(views[m], m, arcs[m], best, floors[m], solver, deadline) and settled
     if not best.stages:
         return ("infeasible" if settled else "unknown"), Solution.infeasible()
     return ("optimal" if settled else "feasible"), Solution(best.stages, "", best.step_s, micro_batches=best.m)

@@ -17,7 +17,6 @@ every flag and codec, checks this on tiny instances.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from planner import check
@@ -64,10 +63,5 @@ def dress(p: ClientProblem, stages: Sequence[Stage]) -> tuple[Stage, ...] | None
 
 def best_micro_batches(p: ClientProblem, stages: Sequence[Stage]) -> tuple[int, float]:
     """``(M, step_time_s)`` of the fastest ``M`` in ``p.micro_batch_choices`` for
-    ``stages`` (the smallest such ``M`` on ties)."""
-    best = (p.micro_batch_choices[0], math.inf)
-    for m in sorted(p.micro_batch_choices):
-        t = check.step_time_s(p, stages, m)
-        if t < best[1]:
-            best = (m, t)
-    return best
+    ``stages``, each on its own tables (the smallest such ``M`` on ties)."""
+    return check.best_micro_batches(p, stages, p.micro_batch_choices)

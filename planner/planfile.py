@@ -55,13 +55,14 @@ class PlannedClient:
     baselines_step_time_s: dict[str, float | None] = field(default_factory=dict)  # same tables
     micro_batches: int = 1  # M: the step runs as M pipelined micro-batches
     time_source: dict[str, str] = field(default_factory=dict)  # device -> "calibration" | "factor"
-    # throughput: each allowed M's best step on tables measured at that M's micro-batch size
-    # (None: no plan fits); ``costs`` are the chosen M's tables (planner.profile_cache.micro_batch_profile)
-    micro_batch_steps_s: dict[int, float | None] = field(default_factory=dict)
 
     def solver_stages(self) -> list[Stage]:
         index = {d: i for i, d in enumerate(self.costs.devices)}
         return [Stage(index[s.device], s.start, s.end, s.recompute, s.codec) for s in self.stages]
+
+    def steps_by_micro_batches_s(self) -> dict[int, float]:
+        """This client's stages' step at each allowed ``M``, each on its own tables."""
+        return {m: check.step_time_s(self.costs, self.solver_stages(), m) for m in self.costs.micro_batch_choices}
 
     def units_s(self) -> list[float]:
         """Per micro-batch seconds of each stage and cut in line order (SPEC §2.1)."""
@@ -109,8 +110,6 @@ class Plan:
                     "stages": [vars(s) for s in c.stages],
                     "costs": c.costs.to_json(),
                     **({"time_source": c.time_source} if c.time_source else {}),
-                    **({"micro_batch_steps_s": {str(m): t for m, t in c.micro_batch_steps_s.items()}}
-                       if c.micro_batch_steps_s else {}),
                 }
                 for c in self.clients
             ],
@@ -139,6 +138,9 @@ def _check_client(raw: PlanSchema, c, client: PlannedClient, source: str, where:
     if c.step_time_s is not None and not math.isclose(c.step_time_s, recomputed, rel_tol=1e-6, abs_tol=1e-9):
         raise InputError(source, f"{where}.step_time_s",
                          f"{c.step_time_s:g} s does not match its own tables ({recomputed:g} s)")
+    worse = check.micro_batch_violation(costs, client.solver_stages(), m, costs.choices(raw.objective))
+    if worse:  # the re-solve over M, each on its own tables (SPEC §2.1 per_micro_batch)
+        raise InputError(source, f"{where}.micro_batches", worse)
 
 
 def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
@@ -170,7 +172,6 @@ def parse_plan(data: Any, *, source: str = "<plan>") -> Plan:
             baselines_step_time_s=dict(c.baselines_step_time_s),
             micro_batches=c.micro_batches,
             time_source=dict(c.time_source),
-            micro_batch_steps_s={int(m): t for m, t in c.micro_batch_steps_s.items()},
         )
         if c.status == "planned":
             _check_client(raw, c, client, source, where)

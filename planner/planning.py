@@ -77,9 +77,10 @@ def client_result(name: str, p: ClientProblem, sol: Solution, *, solver: str, ob
         return PlannedClient(name=name, status="excluded", reason=reason, step_time_s=None, stages=(), costs=p,
                              data_weight=data_weight, solver_status=sol.status,
                              processing_time_factor=processing_time_factor, time_source=time_source)
-    transfers = check.cut_transfer_s(p, sol.stages) + [0.0]
+    mine = p.at(sol.micro_batches)  # the tables of the chosen M
+    transfers = check.cut_transfer_s(mine, sol.stages) + [0.0]
     stages = tuple(
-        PlannedStage(device=p.devices[s.device], start=s.start, end=s.end, compute_s=check.stage_compute_s(p, s),
+        PlannedStage(device=p.devices[s.device], start=s.start, end=s.end, compute_s=check.stage_compute_s(mine, s),
                      transfer_s=t, memory_bytes=check.stage_memory_bytes(p, s), recompute=s.recompute, codec=s.codec)
         for s, t in zip(sol.stages, transfers))
     return PlannedClient(name=name, status="planned", reason=None,
@@ -107,8 +108,8 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
     settings of ``solver="ga"`` (recorded in the plan's ``solver.ga``).
 
     ``measure_micro_batches``: solve each allowed ``M`` on tables measured at its
-    micro-batch size (:func:`planner.profile_cache.micro_batch_profile`; the plan keeps the best
-    ``M``'s tables, and ``micro_batch_steps_s`` every ``M``'s best step). Default: when
+    micro-batch size (:func:`planner.profile_cache.micro_batch_profile`; the plan keeps every
+    ``M``'s tables in ``costs.per_micro_batch``, SPEC §2.1, and the solver picks ``M`` over them). Default: when
     ``plan`` profiles the model itself; a caller that hands in ``model_profile`` gets every
     ``M`` solved together on that profile's tables (``C / M``) unless it asks.
 
@@ -130,7 +131,7 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
                        model_profile, codecs=CODECS, source=devices_file or "<profile>")
     units = planning_units(model, model_profile)
     parts = _seed_parts(model, units)
-    per_m = []  # each M is solved on tables measured at its micro-batch size (profile_cache.micro_batch_profile)
+    per_m = []  # each M's tables measured at its micro-batch size (profile_cache.micro_batch_profile), kept in the plan
     if measure_micro_batches and opts.micro_batch_choices != (1,):
         for m in opts.micro_batch_choices:
             mp = micro_batch_profile(model, model_profile, m, progress=(lambda d, t: progress("profile", d, t))
@@ -148,9 +149,6 @@ def plan(model: LayeredModel, devices: Profile, *, batch_size: int = 64, solver:
                           data_weight=client.data_weight,
                           processing_time_factor={d.name: d.processing_time_factor for d in client.devices},
                           layer_names=[u.name for u in units], time_source=o.time_source, reason=o.reason)
-        if per_m:
-            c = replace(c, micro_batch_steps_s={m: (s.step_time_s if s.stages else None)
-                                                for (m, _, _), s in zip(per_m, o.candidate_solutions)})
         clients.append(replace(c, baselines_step_time_s=o.baselines_step_time_s) if o.baselines_step_time_s else c)
     seconds = time.perf_counter() - t0
     if not any(c.status == "planned" for c in clients):

@@ -65,6 +65,43 @@ def _check_table(name: str, table: list, rows: int, cols: int) -> None:
         raise ValueError(f"{name} must be {rows} rows of {cols}")
 
 
+class _Times(_Loose):
+    compute_s: list[list[NonNeg]]
+
+
+class _CodecTimes(_Loose):
+    codec_s: list[list[NonNeg]]
+
+
+class _MicroBatch(_Loose):
+    """One ``M``'s tables in ``per_micro_batch``; each field present replaces the base one."""
+
+    compute_s: list[list[NonNeg]] | None = None
+    overhead_s: list[NonNeg] | None = None
+    recompute: _Times | None = None
+    codecs: dict[StrictStr, _CodecTimes] = Field(default_factory=dict)
+
+
+def _check_micro_batches(costs: "Costs", n: int, L: int) -> None:
+    """``per_micro_batch``: keys among ``micro_batch_choices``, tables of the base's shapes."""
+    for key, t in costs.per_micro_batch.items():
+        where = f"per_micro_batch.{key}"
+        if not key.isdigit() or int(key) not in costs.micro_batch_choices:
+            raise ValueError(f"{where}: {key!r} is not one of micro_batch_choices {costs.micro_batch_choices}")
+        if t.compute_s is not None:
+            _check_table(f"{where}.compute_s", t.compute_s, n, L)
+        if t.overhead_s is not None and len(t.overhead_s) != n:
+            raise ValueError(f"{where}.overhead_s must have {n} entries, found {len(t.overhead_s)}")
+        if t.recompute is not None:
+            if costs.recompute is None:
+                raise ValueError(f"{where}.recompute: the costs have no recompute tables to replace")
+            _check_table(f"{where}.recompute.compute_s", t.recompute.compute_s, n, L)
+        for name, codec in t.codecs.items():
+            if name not in costs.codecs:
+                raise ValueError(f"{where}.codecs: {name!r} is not one of costs.codecs {sorted(costs.codecs)}")
+            _check_table(f"{where}.codecs.{name}.codec_s", codec.codec_s, n, max(L - 1, 0))
+
+
 class Costs(_Loose):
     devices: list[StrictStr] = Field(min_length=1)
     data_device: StrictStr
@@ -80,6 +117,7 @@ class Costs(_Loose):
     recompute: _Recompute | None = None
     codecs: dict[StrictStr, _Codec] = Field(default_factory=dict)
     server_transfer_s: NonNeg | None = None
+    per_micro_batch: dict[StrictStr, _MicroBatch] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _shapes(self) -> "Costs":
@@ -111,6 +149,7 @@ class Costs(_Loose):
             if name == "none":
                 raise ValueError("codecs may not define 'none' (it is the raw encoding)")
             _check_table(f"codecs.{name}.codec_s", codec.codec_s, n, max(L - 1, 0))
+        _check_micro_batches(self, n, L)
         return self
 
 
@@ -127,7 +166,6 @@ class Client(_Loose):
     processing_time_factor: dict[StrictStr, Pos] = Field(default_factory=dict)
     baselines_step_time_s: dict[StrictStr, NonNeg | None] = Field(default_factory=dict)
     time_source: dict[StrictStr, Literal["calibration", "factor"]] = Field(default_factory=dict)
-    micro_batch_steps_s: dict[StrictStr, NonNeg | None] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _status(self) -> "Client":

@@ -46,6 +46,52 @@ class Codec:
 
 
 @dataclass(frozen=True)
+class MicroBatchTables:
+    """One ``M``'s tables (SPEC §2.1 ``per_micro_batch``), measured at micro-batch size
+    ``batch_size / M`` in seconds per whole step; each field present replaces the base
+    table's for that ``M``, an absent one (None, or a codec not listed) keeps it."""
+
+    compute_s: Table | None = None  # [d][l]
+    overhead_s: tuple[float, ...] | None = None  # [d] seconds per micro-batch
+    recompute_s: Table | None = None  # [d][l] ``recompute.compute_s``
+    codec_s: tuple[tuple[str, Table], ...] = ()  # (codec, [d][l] codec_s)
+
+    def to_json(self) -> dict:
+        out: dict = {}
+        if self.compute_s is not None:
+            out["compute_s"] = [list(r) for r in self.compute_s]
+        if self.overhead_s is not None:
+            out["overhead_s"] = list(self.overhead_s)
+        if self.recompute_s is not None:
+            out["recompute"] = {"compute_s": [list(r) for r in self.recompute_s]}
+        if self.codec_s:
+            out["codecs"] = {name: {"codec_s": [list(r) for r in t]} for name, t in self.codec_s}
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MicroBatchTables":
+        rec = d.get("recompute") or {}
+        return cls(
+            compute_s=None if d.get("compute_s") is None else _floats(d["compute_s"]),
+            overhead_s=None if d.get("overhead_s") is None else tuple(float(v) for v in d["overhead_s"]),
+            recompute_s=None if rec.get("compute_s") is None else _floats(rec["compute_s"]),
+            codec_s=tuple((name, _floats(c["codec_s"])) for name, c in (d.get("codecs") or {}).items()),
+        )
+
+    def pick(self, keep: list[int]) -> "MicroBatchTables":
+        """These tables for the devices ``keep`` (indices), in that order."""
+        def rows(t):
+            return None if t is None else tuple(t[i] for i in keep)
+
+        return MicroBatchTables(rows(self.compute_s), rows(self.overhead_s), rows(self.recompute_s),
+                                tuple((name, rows(t)) for name, t in self.codec_s))
+
+
+def _floats(rows) -> Table:
+    return tuple(tuple(float(v) for v in r) for r in rows)
+
+
+@dataclass(frozen=True)
 class ClientProblem:
     """One client's cost tables, indexed ``[device][layer]`` (SPEC §2 ``costs``)."""
 
@@ -63,6 +109,7 @@ class ClientProblem:
     recompute: RecomputeTables | None = None  # tables of a recomputing stage; None: not allowed
     codecs: tuple[Codec, ...] = ()  # encodings a cut may use besides "none"
     server_transfer_s: float | None = None  # fake images and their gradients, server <-> data device
+    per_micro_batch: tuple[tuple[int, MicroBatchTables], ...] = ()  # (M, its tables), sorted by M
 
     @property
     def n_devices(self) -> int:
@@ -77,6 +124,21 @@ class ClientProblem:
         leave 1 out), ``throughput`` every ``micro_batch_choices``."""
         allowed = tuple(sorted(set(self.micro_batch_choices)))
         return tuple(m for m in allowed if m == 1) if objective == "latency" else allowed
+
+    def at(self, micro_batches: int) -> "ClientProblem":
+        """The tables a plan with ``micro_batches`` uses: ``per_micro_batch[M]``'s over the
+        base ones (SPEC §2.1), without ``per_micro_batch``; ``self`` where none is given."""
+        mine = dict(self.per_micro_batch).get(micro_batches)
+        if mine is None:
+            return self
+        codec_s = dict(mine.codec_s)
+        rec = self.recompute
+        return replace(
+            self, per_micro_batch=(),
+            compute_s=self.compute_s if mine.compute_s is None else mine.compute_s,
+            overhead_s=self.overhead_s if mine.overhead_s is None else mine.overhead_s,
+            recompute=rec if rec is None or mine.recompute_s is None else replace(rec, compute_s=mine.recompute_s),
+            codecs=tuple(replace(c, codec_s=codec_s.get(c.name, c.codec_s)) for c in self.codecs))
 
     def overhead(self, d: int) -> float:
         return 0.0 if self.overhead_s is None else self.overhead_s[d]
@@ -113,7 +175,25 @@ class ClientProblem:
             recompute=None if self.recompute is None else RecomputeTables(
                 compute_s=pick(self.recompute.compute_s), memory_bytes=pick(self.recompute.memory_bytes)),
             codecs=tuple(replace(c, codec_s=pick(c.codec_s)) for c in self.codecs),
+            per_micro_batch=tuple((m, t.pick(keep)) for m, t in self.per_micro_batch),
         )
+
+    def scaled(self, ratios: tuple[float, ...]) -> "ClientProblem":
+        """These tables with device ``d``'s time rows (compute, recompute, overhead, codec
+        seconds, every ``M``'s) multiplied by ``ratios[d]``."""
+        def rows(table):
+            return None if table is None else tuple(tuple(v * ratios[d] for v in row) for d, row in enumerate(table))
+
+        def per_device(values):
+            return None if values is None else tuple(v * ratios[d] for d, v in enumerate(values))
+
+        return replace(
+            self, compute_s=rows(self.compute_s), overhead_s=per_device(self.overhead_s),
+            recompute=None if self.recompute is None else replace(self.recompute, compute_s=rows(self.recompute.compute_s)),
+            codecs=tuple(replace(c, codec_s=rows(c.codec_s)) for c in self.codecs),
+            per_micro_batch=tuple((m, MicroBatchTables(rows(t.compute_s), per_device(t.overhead_s), rows(t.recompute_s),
+                                                       tuple((n, rows(c)) for n, c in t.codec_s)))
+                                  for m, t in self.per_micro_batch))
 
     def to_json(self) -> dict:
         out = {
@@ -138,15 +218,15 @@ class ClientProblem:
                              for c in self.codecs}
         if self.server_transfer_s is not None:
             out["server_transfer_s"] = self.server_transfer_s
+        if self.per_micro_batch:
+            out["per_micro_batch"] = {str(m): t.to_json() for m, t in self.per_micro_batch}
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> "ClientProblem":
         """Inverse of :meth:`to_json`. Expects already validated input."""
         devices = tuple(d["devices"])
-
-        def floats(rows):
-            return tuple(tuple(float(v) for v in r) for r in rows)
+        floats = _floats
 
         def ints(rows):
             return tuple(tuple(int(v) for v in r) for r in rows)
@@ -168,6 +248,8 @@ class ClientProblem:
             codecs=tuple(Codec(name, float(c["bytes_ratio"]), floats(c["codec_s"]))
                          for name, c in (d.get("codecs") or {}).items()),
             server_transfer_s=None if d.get("server_transfer_s") is None else float(d["server_transfer_s"]),
+            per_micro_batch=tuple(sorted(((int(m), MicroBatchTables.from_json(t))
+                                          for m, t in (d.get("per_micro_batch") or {}).items()), key=lambda x: x[0])),
         )
 
 

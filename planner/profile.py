@@ -8,22 +8,27 @@ One *GAN training step* on a discriminator, with batch size ``B`` (see
    layer's Adam update;
 2. the generator phase: forward on ``B`` fake samples, backward for the input only.
 
-``time_s`` is the measured wall time of exactly that work for one layer on this
-machine (after warm-up, the median of repeats); a device with ``processing_time_factor``
-``f`` takes ``f * time_s``. FLOPs are fvcore's count for one forward of one batch of
-``B`` (one fused multiply-add counts as one flop); elementwise ops fvcore does not count
-get explicit handles (one flop per output element), and anything still uncounted is
-listed in ``uncounted_ops``, never dropped silently.
+``time_s`` is that work's CPU time (``time.thread_time`` of the one computing thread,
+:data:`DEVICE_THREADS`; medians of repeats after warm-up; other threads and programs do
+not count, as under ``--emulate virtual``) in the context of the whole model: layers run
+in one forward and backward cost less than each timed alone (a graph, a gradient call,
+an output gradient per call), so each round also times the whole model as one segment
+and the layers' work is scaled to sum to it (:func:`planner.layer_context.in_context`).
+The Adam update is taken once per step, a gradient accumulation per further
+micro-batch, and the loss per micro-batch on the last layer
+(:func:`planner.layer_context.step_s`). A device with ``processing_time_factor`` ``f``
+takes ``f * time_s``. FLOPs: fvcore's count for one forward of ``B`` (a fused
+multiply-add is one flop), elementwise ops counted one per output element by explicit
+handles; anything still uncounted is in ``uncounted_ops``.
 
 Memory to train a layer, bytes: weights, gradients and Adam's two moments (4 x 4 bytes
 per parameter), the tensors autograd saves in the discriminator phase (measured with
 ``saved_tensors_hooks``), and the output's transfer buffers (activation out, gradient in).
 
-For recomputation (SPEC §2.1; the memory model is :mod:`planner.costs`'), each layer
-also records ``forward_s``, the part of ``time_s`` spent in its forward passes (what a
-recomputing stage runs twice), and ``input_bytes``, what it reads for one batch. The
-options' other costs (stage overhead, codecs, the generator's step) are measured by
-:mod:`planner.profile_options`.
+For recomputation (SPEC §2.1; memory model: :mod:`planner.costs`), each layer also records
+``forward_s``, the part of ``time_s`` in forward passes (what a recomputing stage runs
+twice), and ``input_bytes``, what it reads for one batch. Stage overhead, codecs and the
+generator's step: :mod:`planner.profile_options`.
 """
 
 from __future__ import annotations
@@ -39,16 +44,16 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import elementwise_flop_counter
 
+from planner.layer_context import in_context, step_s
 from planner.models import LayeredModel
-from planner.profile_options import Timed, measure_codec_s, measure_generator_step, measure_overhead_s, wall_s
+from planner.profile_options import (Timed, cpu_s, measure_accumulate_s, measure_codec_s, measure_generator_step,
+                                     measure_loss_s, measure_overhead_s)
 from planner.usermodel import generator_for
 
-PROFILE_VERSION = 5
-# A device is one core of this host: profiles, calibration and both backends compute with
-# this many torch threads. More threads per device would not be what one core of a
-# device does, and a thread pool wakes cold after each emulated sleep (a step's work
-# 1.04-1.09x slower with 50 ms asleep after each block at 2 threads, 1.00x at 1:
-# ``benchmarks/emulation.py``).
+PROFILE_VERSION = 6  # 6: CPU time, layers in the whole model's context, update_s
+# A device is one core of this host: profiles, calibration and both backends compute with this
+# many torch threads (one core of a device; a pool wakes cold after each emulated sleep: 1.04-1.09x
+# slower at 2 threads, 1.00x at 1, ``benchmarks/emulation.py``; thread CPU time sees only one thread).
 DEVICE_THREADS = 1
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 _ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
@@ -71,6 +76,8 @@ class LayerProfile:
     forward_s: float = 0.0  # the part of time_s spent in forward passes (2 x batch, then batch)
     input_bytes: int = 0  # bytes of the layer's inputs for one batch of batch_size
     codec_s: dict[str, float] = field(default_factory=dict)  # codec -> seconds per step at a cut after it
+    update_s: float = 0.0  # the part of time_s spent in the layer's Adam step
+    accumulate_s: float = 0.0  # adding its gradients to a step's earlier micro-batches', once
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ class ModelProfile:
     overhead_s: float = 0.0  # fixed seconds per micro-batch of holding a stage (profile_options)
     generator_step_s: float = 0.0  # the server's generator step at batch_size
     fake_bytes: int = 0  # one batch of generated images
+    context_ratio: float = 1.0  # the whole model's work over the sum of its layers' timed alone (in_context)
+    loss_s: float = 0.0  # the last device's loss per micro-batch, in the last layer's time_s
 
     @property
     def step_time_s(self) -> float:
@@ -137,28 +146,26 @@ def _layer_inputs(model: LayeredModel, x: torch.Tensor) -> list[tuple[torch.Tens
 
 
 def time_layer_step(layer: torch.nn.Module, args_2b: tuple, args_1b: tuple, *, first: bool,
-                    optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
-    """``(seconds, forward seconds)`` of one GAN training step's work through ``layer``
-    (module docstring)."""
+                    optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float, float]:
+    """``(seconds, forward seconds, update seconds)`` of one GAN step's work through
+    ``layer`` (module docstring) in this thread's CPU time."""
     params = [p for p in layer.parameters() if p.requires_grad]
-    t0 = time.perf_counter()
-    xs = tuple(a.detach().requires_grad_(not first) for a in args_2b)
-    out = layer(*xs)
-    forward = time.perf_counter() - t0
-    wrt = list(params) + ([] if first else list(xs))
-    if wrt:
-        grads = torch.autograd.grad(out, wrt, torch.ones_like(out))
-        if optimizer is not None:  # the discriminator phase ends with the layer's Adam update
+    t0, forward, update = time.thread_time(), 0.0, 0.0
+    for args, wrt_params, need_input in ((args_2b, params, not first), (args_1b, [], True)):
+        t_forward = time.thread_time()
+        xs = tuple(a.detach().requires_grad_(need_input) for a in args)
+        out = layer(*xs)
+        forward += time.thread_time() - t_forward
+        wrt = wrt_params + (list(xs) if need_input else [])
+        grads = torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True) if wrt else ()
+        if wrt_params and optimizer is not None:  # the discriminator phase ends with the Adam update
             for p, g in zip(params, grads):
                 p.grad = g
+            t_update = time.thread_time()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    xs = tuple(a.detach().requires_grad_(True) for a in args_1b)
-    t1 = time.perf_counter()
-    out = layer(*xs)
-    forward += time.perf_counter() - t1
-    torch.autograd.grad(out, list(xs), torch.ones_like(out), allow_unused=True)
-    return time.perf_counter() - t0, forward
+            update = time.thread_time() - t_update
+    return time.thread_time() - t0, forward, update
 
 
 def layer_args(model: LayeredModel, batch_size: int) -> list[tuple[tuple, tuple]]:
@@ -176,7 +183,7 @@ def layer_outputs(model: LayeredModel, args: list[tuple[tuple, tuple]]) -> list[
         return [layer(*args1) for layer, (_, args1) in zip(model.layers, args)]
 
 
-def layer_codecs(shapes: list[tuple[int, ...]], batch_size: int, *, timed: Timed = wall_s) -> list[dict[str, float]]:
+def layer_codecs(shapes: list[tuple[int, ...]], batch_size: int, *, timed: Timed = cpu_s) -> list[dict[str, float]]:
     """Per layer output shape, its codecs' seconds (measured once per distinct shape;
     ``timed`` as :func:`planner.profile_options.measure_codec_s`)."""
     by_shape = {shape: measure_codec_s(shape, batch_size, timed=timed) for shape in dict.fromkeys(shapes)}
@@ -184,33 +191,35 @@ def layer_codecs(shapes: list[tuple[int, ...]], batch_size: int, *, timed: Timed
 
 
 def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats: int, warmup: int,
-                timed: Callable[[Callable[[], tuple[float, float]]], tuple[float, float]] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> list[tuple[float, float]]:
-    """Per layer, the medians of ``(seconds, forward seconds)`` of one GAN step's work
-    (:func:`time_layer_step`) over ``repeats`` after ``warmup``. ``timed(run)`` may time
-    ``run`` itself (a device's emulated clock does); by default ``run``'s own timing.
+                timed: Callable[[Callable[[], tuple[float, ...]]], tuple[float, ...]] | None = None,
+                progress: Callable[[int, int], None] | None = None, whole: bool = False) -> list[tuple[float, float, float]]:
+    """Per layer, the medians of :func:`time_layer_step`'s ``(seconds, forward, update)``
+    over ``repeats`` after ``warmup``; ``timed(run)`` may time ``run`` itself (a device's
+    emulated clock does). By default ``run``'s own timing.
 
     Timed round-robin over the layers, so a burst of load elsewhere on the machine
-    spreads over every layer's repeats instead of inflating one layer."""
+    spreads over every layer's repeats instead of inflating one layer. ``whole``: one
+    more entry, the whole model as one segment, timed in the same rounds."""
     model.train()
-    times: list[list[float]] = [[] for _ in model.layers]
-    forwards: list[list[float]] = [[] for _ in model.layers]
+    layers = [*model.layers, *([model.segment(0, len(model))] if whole else [])]
+    inputs = [*args, *([args[0]] if whole else [])]
+    samples: list[list[tuple[float, float, float]]] = [[] for _ in layers]  # (step, forward, update) per round
     state = {k: v.clone() for k, v in model.state_dict().items()}
     optimizers = [torch.optim.Adam(list(layer.parameters()), lr=1e-12) if list(layer.parameters()) else None
-                  for layer in model.layers]
+                  for layer in layers]
     for r in range(warmup + repeats):
-        for i, layer in enumerate(model.layers):
-            def run(i=i, layer=layer) -> tuple[float, float]:
-                return time_layer_step(layer, args[i][0], args[i][1], first=(i == 0), optimizer=optimizers[i])
+        for i, layer in enumerate(layers):
+            def run(i=i, layer=layer) -> tuple[float, float, float]:
+                return time_layer_step(layer, inputs[i][0], inputs[i][1], first=(i in (0, len(model))),
+                                       optimizer=optimizers[i])
 
-            t, fwd = timed(run) if timed is not None else run()
+            timing = timed(run) if timed is not None else run()
             if r >= warmup:
-                times[i].append(t)
-                forwards[i].append(fwd)
+                samples[i].append(timing)
         if progress:
             progress(r + 1, warmup + repeats)
     model.load_state_dict(state)  # the timing's optimizer steps leave no trace
-    return [(statistics.median(t), statistics.median(f)) for t, f in zip(times, forwards)]
+    return [tuple(statistics.median(x) for x in zip(*rounds)) for rounds in samples]
 
 
 def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 11, warmup: int = 2,
@@ -225,10 +234,10 @@ def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
              progress: Callable[[int, int], None] | None) -> ModelProfile:
     t_start = time.perf_counter()
     args = layer_args(model, batch_size)
-    timings = time_layers(model, args, repeats=repeats, warmup=warmup, progress=progress)
+    timings, ratio = in_context(time_layers(model, args, repeats=repeats, warmup=warmup, progress=progress, whole=True))
     outputs = layer_outputs(model, args)
     codecs = layer_codecs([tuple(o.shape[1:]) for o in outputs], batch_size)
-    layers = []
+    layers, loss, last = [], measure_loss_s(batch_size), len(model) - 1
     for i, (node, layer, out1) in enumerate(zip(model.nodes, model.layers, outputs)):
         args2, args1 = args[i]
         flops, uncounted = count_flops(layer, args1)
@@ -241,9 +250,10 @@ def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
             flops=flops, output_shape=shape, output_bytes=out_bytes,
             saved_bytes=saved,
             memory_bytes=params * BYTES_PER_PARAM_TRAINING + saved + 2 * 2 * out_bytes,
-            time_s=timings[i][0], uncounted_ops=uncounted,
-            forward_s=timings[i][1], input_bytes=sum(a.numel() * a.element_size() for a in args1),
-            codec_s=codecs[i],
+            time_s=step_s(timings[i][0], timings[i][2], loss=loss if i == last else 0.0), uncounted_ops=uncounted,
+            forward_s=min(timings[i][1], timings[i][0]),
+            input_bytes=sum(a.numel() * a.element_size() for a in args1), codec_s=codecs[i],
+            update_s=min(timings[i][2], timings[i][0]), accumulate_s=measure_accumulate_s(layer),
         ))
     # batch norm cannot train on one sample: a batch of 1 (a micro-batch) is timed at 2, halved
     pair = max(batch_size, 2)
@@ -254,7 +264,7 @@ def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
         batch_size=batch_size, layers=tuple(layers), host=platform.node(),
         torch_version=torch.__version__, threads=torch.get_num_threads(),
         seconds=time.perf_counter() - t_start, overhead_s=measure_overhead_s(),
-        generator_step_s=generator_s, fake_bytes=fake_bytes,
+        generator_step_s=generator_s, fake_bytes=fake_bytes, context_ratio=ratio, loss_s=loss,
     )
 
 

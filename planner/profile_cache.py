@@ -16,6 +16,8 @@ import torch
 
 from planner.jsonio import write_json
 from planner.models import LayeredModel
+from planner.profile_options import measure_loss_s
+from planner.layer_context import in_context, step_s
 from planner.profile import (DEVICE_THREADS, PROFILE_VERSION, ModelProfile, device_threads, layer_args, layer_codecs,
                              layer_outputs, measure, time_layers)
 
@@ -53,7 +55,9 @@ def profile_model(model: LayeredModel, *, batch_size: int = 64, use_cache: bool 
 def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batches: int, *, use_cache: bool = True,
                         progress: Callable[[int, int], None] | None = None) -> ModelProfile:
     """``profile`` with each layer's times as the step takes them in ``micro_batches``
-    pieces: measured at batch ``batch_size / micro_batches`` and multiplied back.
+    pieces: measured at batch ``batch_size / micro_batches`` and multiplied back, with the
+    loss per micro-batch on the last layer, the Adam update once and ``M - 1`` gradient
+    accumulations (:func:`planner.layer_context.step_s`).
 
     SPEC §2.1 runs a stage's compute as ``M`` units of ``C / M``; on a CPU a small batch
     costs more than its share (a 2-core VM, one thread: 16 micro-batches of 4 samples took
@@ -66,29 +70,34 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
         return profile
     small = profile.batch_size // micro_batches
     path = cache_path(model, small).with_suffix(".times.json")
-    times = None
+    times, ratio, loss = None, 1.0, 0.0
     if use_cache and path.is_file():
         try:
-            times = [(float(t), float(f), {k: float(v) for k, v in c.items()})
-                     for t, f, c in json.loads(path.read_text())["layers"]]
+            cached = json.loads(path.read_text())
+            times = [(float(t), float(f), {k: float(v) for k, v in c.items()}, float(u)) for t, f, c, u in cached["layers"]]
+            ratio, loss = float(cached["context_ratio"]), float(cached["loss_s"])
         except (ValueError, TypeError, KeyError, AttributeError):
             times = None
     if times is None or len(times) != len(profile.layers):
-        times = _measure_times(model, small, progress=progress)
+        times, ratio, loss = _measure_times(model, small, progress=progress)
         if use_cache:
-            write_json(path, {"batch_size": small, "layers": [[t, f, c] for t, f, c in times]})
-    m = micro_batches
-    layers = tuple(replace(big, time_s=m * t, forward_s=m * f, codec_s={k: m * v for k, v in c.items()})
-                   for big, (t, f, c) in zip(profile.layers, times))
-    return replace(profile, layers=layers)
+            write_json(path, {"batch_size": small, "context_ratio": ratio, "loss_s": loss,
+                              "layers": [list(x) for x in times]})
+    m, last = micro_batches, len(profile.layers) - 1
+    layers = tuple(replace(big, time_s=step_s(t, u, m, big.accumulate_s, loss if i == last else 0.0),
+                           forward_s=min(m * f, step_s(t, u, m)), update_s=min(u, t), codec_s={k: m * v for k, v in c.items()})
+                   for i, (big, (t, f, c, u)) in enumerate(zip(profile.layers, times)))
+    return replace(profile, layers=layers, context_ratio=ratio, loss_s=loss)
 
 
 def _measure_times(model: LayeredModel, batch_size: int, *,
-                   progress: Callable[[int, int], None] | None) -> list[tuple[float, float, dict[str, float]]]:
-    """Per layer, ``(time_s, forward_s, codec_s)`` at ``batch_size`` on one core (as :func:`measure`,
-    with fewer repeats: the medians of 7)."""
+                   progress: Callable[[int, int], None] | None) -> tuple[list[tuple], float, float]:
+    """Per layer, ``(step, forward, codec_s, update)`` seconds at ``batch_size`` on one
+    core in the context of the whole model's step, the ratio (:func:`planner.layer_context.in_context`,
+    with fewer repeats to keep ``fsl plan`` quick: the medians of 7) and the loss's seconds."""
     with device_threads():
         args = layer_args(model, batch_size)
-        timings = time_layers(model, args, repeats=7, warmup=1, progress=progress)  # 4 more tables: keep fsl plan quick
+        timings, ratio = in_context(time_layers(model, args, repeats=7, warmup=1, progress=progress, whole=True))
         codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], batch_size)
-    return [(t, f, c) for (t, f), c in zip(timings, codecs)]
+        loss = measure_loss_s(batch_size)
+    return [(t, f, c, u) for (t, f, u), c in zip(timings, codecs)], ratio, loss

@@ -3,6 +3,10 @@ and the server's generator step. Like :mod:`planner.profile`, every number is se
 one whole GAN training step on this machine; a device with ``processing_time_factor``
 ``f`` takes ``f`` times as long (:mod:`planner.costs`).
 
+Every time is CPU seconds of the measuring thread (``time.thread_time``, one torch
+thread: :data:`planner.profile.DEVICE_THREADS`), as ``--emulate virtual`` charges a
+device's work, so the host's other load does not count.
+
 ``overhead_s``: the fixed cost of holding a stage for one micro-batch, whatever its
 layers compute. Measured as one micro-batch's whole step through a stage whose layer
 does no work: a one-element tensor handed between two threads through ``queue.Queue``
@@ -13,6 +17,13 @@ so 4 hand-offs in and 4 out, 2 forward and 2 backward dispatches. The median ove
 repeats after a warm-up. It leaves out what a real link adds per message (the latency
 is in ``link_latency_s``) and what computing a micro-batch instead of a batch costs
 beyond that (small tensors run less efficiently; not modelled).
+
+``loss_s``: the last device's loss for one micro-batch of ``b`` samples, both phases: the
+binary cross-entropy on ``2b`` logits (real and fake) and on ``b`` (fake), with its
+backward, as ``trainer.roles.device`` computes it; the last layer's table carries it.
+
+``accumulate_s``: adding a layer's gradients to those the micro-batches before left (a
+step in ``M`` micro-batches accumulates ``M - 1`` times; one batch never does).
 
 ``codec_s``: per layer output and codec, encoding and decoding what one side of a cut
 after that layer handles in a step: it sends 3 x batch (activations of both phases, or
@@ -45,11 +56,12 @@ GENERATOR_REPEATS = 3
 Timed = Callable[[Callable[[], object]], float]  # runs a block of work, returns its seconds
 
 
-def wall_s(work: Callable[[], object]) -> float:
-    """The block's wall time on this machine (a device's emulated clock counts otherwise)."""
-    t0 = time.perf_counter()
+def cpu_s(work: Callable[[], object]) -> float:
+    """The block's CPU seconds on this thread (``time.thread_time``: other threads and
+    programs on this host do not count; a device's emulated clock counts otherwise)."""
+    t0 = time.thread_time()
     work()
-    return time.perf_counter() - t0
+    return time.thread_time() - t0
 
 
 def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Queue) -> None:
@@ -62,7 +74,7 @@ def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Q
         outbox.put(x.grad.detach().clone())
 
 
-def measure_overhead_s(*, timed: Timed = wall_s, repeats: int = OVERHEAD_REPEATS,
+def measure_overhead_s(*, timed: Timed = cpu_s, repeats: int = OVERHEAD_REPEATS,
                        warmup: int = OVERHEAD_WARMUP) -> float:
     """Seconds of one micro-batch's step through a stage that computes nothing (above),
     each micro-batch timed by ``timed``."""
@@ -90,7 +102,29 @@ def measure_overhead_s(*, timed: Timed = wall_s, repeats: int = OVERHEAD_REPEATS
     return statistics.median(times)
 
 
-def measure_codec_s(shape: tuple[int, ...], batch_size: int, *, timed: Timed = wall_s) -> dict[str, float]:
+def measure_loss_s(batch_size: int, *, timed: Timed = cpu_s, repeats: int = 21) -> float:
+    """Seconds of one micro-batch's loss of ``batch_size`` samples, both phases (above)."""
+    def loss(rows: int, real: int) -> None:
+        logits = torch.zeros(rows, 1, requires_grad=True)
+        labels = torch.cat([torch.ones(real), torch.zeros(rows - real)])
+        out = torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), labels, reduction="none")
+        (out / batch_size).sum().backward()
+        out[real:].detach().sum()
+
+    return statistics.median(timed(lambda: (loss(2 * batch_size, batch_size), loss(batch_size, 0)))
+                             for _ in range(repeats + 1))
+
+
+def measure_accumulate_s(layer: torch.nn.Module, *, timed: Timed = cpu_s, repeats: int = 7) -> float:
+    """Seconds of adding ``layer``'s gradients to accumulated ones, once (above)."""
+    grads = [torch.ones_like(p) for p in layer.parameters() if p.requires_grad]
+    if not grads:
+        return 0.0
+    new = [torch.ones_like(g) for g in grads]
+    return statistics.median(timed(lambda: [g.add_(n) for g, n in zip(grads, new)]) for _ in range(repeats + 1))
+
+
+def measure_codec_s(shape: tuple[int, ...], batch_size: int, *, timed: Timed = cpu_s) -> dict[str, float]:
     """Seconds per step one side of a cut spends on each codec for activations of
     ``shape`` per sample (above), each run timed by ``timed``."""
     gen = torch.Generator().manual_seed(0)
@@ -115,10 +149,10 @@ def measure_generator_step(batch_size: int, generator: torch.nn.Module | None,
     z = torch.randn((batch_size, g.z_dim), generator=gen)
     times = []
     for _ in range(GENERATOR_REPEATS + 1):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         fake = g(z)
         fake.backward(torch.ones_like(fake))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
+        times.append(time.thread_time() - t0)
     return statistics.median(times[1:]), fake.numel() * fake.element_size()

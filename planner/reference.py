@@ -147,17 +147,17 @@ def _best_for(p: ClientProblem, m: int, seg_c, rec, vol, codec) -> tuple[float, 
 
 
 def solve_reference(p: ClientProblem, *, objective: Objective = "latency") -> Solution:
-    """Exact optimum over placements, options and ``M``; ``optimal`` or ``infeasible``."""
+    """Exact optimum over placements, options and ``M`` (each ``M`` on its own tables);
+    ``optimal`` or ``infeasible``."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}, expected latency or throughput")
     if p.n_devices > MAX_DEVICES:
         raise ValueError(f"reference DP supports at most {MAX_DEVICES} devices, got {p.n_devices}")
     t0 = time.perf_counter()
-    seg_c, rec = _segment_tables(p)
-    vol, codec = _cut_tables(p)
     best: tuple[float, list[Stage] | None, int] = (math.inf, None, 1)
     for m in p.choices(objective):
-        t, plan = _best_for(p, m, seg_c, rec, vol, codec)
+        q = p.at(m)  # this M's tables (SPEC §2.1 per_micro_batch)
+        t, plan = _best_for(q, m, *_segment_tables(q), *_cut_tables(q))
         if plan is not None and t < best[0]:
             best = (t, plan, m)
     seconds = time.perf_counter() - t0

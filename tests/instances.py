@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from planner.problem import ClientProblem, Codec, RecomputeTables
+from planner.problem import ClientProblem, Codec, MicroBatchTables, RecomputeTables
 
 
 def problem(compute, memory=None, capacity=None, cut=None, bw=1e3, lat=0.0, *, data=0, budget=None, **options):
@@ -49,9 +50,27 @@ def random_problem(rng: random.Random, *, max_devices: int = 6, max_layers: int 
     codecs = tuple(Codec(name, ratio, tuple(tuple(rng.uniform(0, cost) * s for _ in range(L - 1)) for s in speed))
                    for name, ratio, cost in (("fp16", 0.5, 0.02), ("int8", 0.25, 0.05)) if rng.random() < 0.6)
     choices = tuple(sorted(rng.sample((1, 2, 3, 4, 8, 16), rng.randint(1, 3))))
-    return problem(compute, memory, capacity, cut, bw, lat, data=rng.randrange(n), budget=budget,
-                   overhead_s=tuple(rng.uniform(0, 0.01) * s for s in speed), micro_batch_choices=choices,
-                   recompute=recompute, codecs=codecs)
+    p = problem(compute, memory, capacity, cut, bw, lat, data=rng.randrange(n), budget=budget,
+                overhead_s=tuple(rng.uniform(0, 0.01) * s for s in speed), micro_batch_choices=choices,
+                recompute=recompute, codecs=codecs)
+    return replace(p, per_micro_batch=micro_batch_tables(rng, p)) if rng.random() < 0.5 else p
+
+
+def micro_batch_tables(rng: random.Random, p: ClientProblem) -> tuple[tuple[int, MicroBatchTables], ...]:
+    """Seeded SPEC §2.1 ``per_micro_batch`` for each ``M > 1`` of ``p``: small batches cost
+    more than their share (each layer 1x to 2x the base, per device), overheads grow, and
+    each field is drawn present or absent."""
+    def scaled(t, lo=1.0, hi=2.0):
+        return tuple(tuple(v * rng.uniform(lo, hi) for v in row) for row in t)
+
+    out = []
+    for m in (m for m in p.micro_batch_choices if m > 1):
+        out.append((m, MicroBatchTables(
+            compute_s=scaled(p.compute_s) if rng.random() < 0.8 else None,
+            overhead_s=tuple(rng.uniform(0, 0.02) for _ in p.devices) if rng.random() < 0.5 else None,
+            recompute_s=scaled(p.recompute.compute_s) if p.recompute is not None and rng.random() < 0.5 else None,
+            codec_s=tuple((c.name, scaled(c.codec_s)) for c in p.codecs if rng.random() < 0.5))))
+    return tuple(out)
 
 
 def big_problem(seed: int, n: int = 16, L: int = 64, **options) -> ClientProblem:

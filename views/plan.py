@@ -87,9 +87,10 @@ def _client_table(plan, c) -> Table:
                   "—" if last else f"{st.transfer_s:.3f}",
                   "—" if last else st.codec, "yes" if st.recompute else "no",
                   f"{_bar(st.memory_bytes / cap[st.device])} of {format_bytes(cap[st.device])}")
-    searched = ", ".join(f"{m}: {'no plan' if t is None else f'{t:.3f} s'}" for m, t in c.micro_batch_steps_s.items())
-    notes = [f"M from {list(c.micro_batch_steps_s)} (best step per M, each on tables measured at its micro-batch "
-             f"size: {searched})" if searched else f"M from {list(p.micro_batch_choices)}", f"codecs allowed: {', '.join(['none', *(k.name for k in p.codecs)])}",
+    per_m = ", ".join(f"{m}: {t:.3f} s" for m, t in c.steps_by_micro_batches_s().items())
+    notes = [f"M from {list(p.micro_batch_choices)} (these stages' step per M"
+             f"{', each on its own tables' if p.per_micro_batch else ''}: {per_m})"
+             if len(p.micro_batch_choices) > 1 else f"M from {list(p.micro_batch_choices)}", f"codecs allowed: {', '.join(['none', *(k.name for k in p.codecs)])}",
              "recompute " + ("allowed" if p.recompute is not None else "off")]
     if p.server_transfer_s is not None:
         notes.append(f"server transfer {p.server_transfer_s:.3f} s")

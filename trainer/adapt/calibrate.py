@@ -47,7 +47,7 @@ import torch.distributed as dist
 from planner.calibration import FORMAT
 from planner.devices import Profile, load_profile
 from planner.usermodel import build_model
-from planner.profile import DEVICE_THREADS, layer_args, layer_codecs, layer_outputs, time_layers
+from planner.profile import DEVICE_THREADS, layer_args, layer_codecs, in_context, layer_outputs, step_s, time_layers
 from planner.profile_options import measure_overhead_s
 from trainer.comm import linkprobe
 from trainer.backends.dist import in_torchrun, run_ranks, torchrun_role
@@ -102,11 +102,11 @@ class _EmulatedCount:
         self.owed_s += (self.factor - 1.0) * raw
         return self.factor * raw
 
-    def layer(self, run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
-        """``run``'s (step, forward) seconds, both counted as the device's."""
-        raw, forward = run()
+    def layer(self, run: Callable[[], tuple[float, float, float]]) -> tuple[float, float, float]:
+        """``run``'s (step, forward, update) seconds, all counted as the device's."""
+        raw, forward, update = run()
         self.owed_s += (self.factor - 1.0) * raw
-        return self.factor * raw, self.factor * forward
+        return self.factor * raw, self.factor * forward, self.factor * update
 
     def pay(self, *_progress) -> None:
         self.debt_s = paced_sleep(self.owed_s, self.debt_s)
@@ -129,13 +129,13 @@ def measure_here(job: CalibrationJob, factor: float, *, turn: Callable[[str], No
             turn("pass")
 
     turn("pass")
-    timings = time_layers(model, args, repeats=job.repeats, warmup=job.warmup, timed=count.layer,
-                          progress=passed)
+    timings, _ = in_context(time_layers(model, args, repeats=job.repeats, warmup=job.warmup, timed=count.layer,
+                                        progress=passed, whole=True))
     turn("finish")
     codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], job.batch_size, timed=count)
     count.pay()
-    layers = [{"name": node.name, "time_s": step, "forward_s": min(forward, step), "codec_s": codec}
-              for node, (step, forward), codec in zip(model.nodes, timings, codecs)]
+    layers = [{"name": node.name, "time_s": step_s(step, update), "forward_s": min(forward, step), "codec_s": codec}
+              for node, (step, forward, update), codec in zip(model.nodes, timings, codecs)]
     overhead = measure_overhead_s(timed=count, repeats=OVERHEAD_REPEATS, warmup=OVERHEAD_WARMUP)
     count.pay()
     return {

@@ -34,17 +34,8 @@ GAIN = 0.10
 
 def scaled(p: ClientProblem, ratios: dict[str, float]) -> ClientProblem:
     """``p`` with each named device's time rows (compute, recompute, overhead, codec
-    seconds) multiplied by its ratio."""
-    r = [ratios.get(d, 1.0) for d in p.devices]
-
-    def rows(table):
-        return tuple(tuple(v * r[d] for v in row) for d, row in enumerate(table))
-
-    return replace(
-        p, compute_s=rows(p.compute_s),
-        recompute=None if p.recompute is None else replace(p.recompute, compute_s=rows(p.recompute.compute_s)),
-        overhead_s=None if p.overhead_s is None else tuple(v * r[d] for d, v in enumerate(p.overhead_s)),
-        codecs=tuple(replace(c, codec_s=rows(c.codec_s)) for c in p.codecs))
+    seconds, every ``M``'s) multiplied by its ratio."""
+    return p.scaled(tuple(ratios.get(d, 1.0) for d in p.devices))
 
 
 def client_step_s(c: PlannedClient, p: ClientProblem) -> float:
