@@ -285,7 +285,10 @@ def train_cmd(
     out_dir: Path = typer.Option(Path("runs/latest"), "--out", help="where metrics, samples, checkpoints go"),
     resume: bool = typer.Option(False, help="continue from the checkpoint in --out"),
     steps_per_round: int = typer.Option(10, "--steps-per-round", help="training steps per round"),
-    emulate: str = typer.Option("sleep", help="sleep: devices run at their profile's speed; none: flat out"),
+    emulate: Optional[str] = typer.Option(None, help="virtual (the local backend's default): a clock per device, "
+                                          "advanced by its CPU time x its factor, no sleeping; sleep (the dist "
+                                          "backend's default): devices run at their profile's speed in real time; "
+                                          "none: flat out"),
     aggregate: str = typer.Option("none", help="between rounds: none, fedavg or swap discriminators"),
     feedback: str = typer.Option("mean", help="the generator steps on the clients' gradients: mean "
                                  "(weighted by data_weight) or sum (the seed's)"),
@@ -329,7 +332,7 @@ def train_cmd(
     def run():  # FSL_RANKS outside torchrun: refused by train()'s launch check, one line
         cfg = TrainConfig.from_cli(
             plan_path=plan_path, backend=backend, rounds=rounds, out_dir=out_dir, resume=resume,
-            steps_per_round=steps_per_round, emulate=emulate, aggregate=aggregate, feedback=feedback,
+            steps_per_round=steps_per_round, emulate=emulate or ("virtual" if backend == "local" else "sleep"), aggregate=aggregate, feedback=feedback,
             deadline_s=deadline_s,
             data=data, data_root=data_root, alpha=alpha, eval_every=eval_every, seed=seed, lr=lr,
             timeout_s=timeout_s, replan_on_failure=replan_on_failure, adapt=adapt,

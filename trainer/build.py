@@ -205,7 +205,8 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
         name=name, client=c.name, stage=seg, optimizer=adam(seg, cfg.lr),
         prev=chain[i - 1] if i > 0 else None, next=chain[i + 1] if i + 1 < len(chain) else None,
         batch_size=plan.batch_size, sampler=sampler,
-        clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep", lock=lock),
+        clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep",
+                    virtual=cfg.emulate == "virtual", lock=lock),
         timeout_s=cfg.timeout_s, micro_batches=c.micro_batches, recompute=st.recompute,
         codec_in=c.stages[i - 1].codec if i > 0 else "none", codec_out=st.codec,
         input_shape=unit_shapes(template, spans)[st.start - 1] if st.start > 0 else tuple(template.input_shape),
@@ -224,7 +225,7 @@ def build_server(spec: RunSpec, *, lock: threading.Lock | None = None) -> Server
     return ServerRole(
         generator=g.train(), optimizer=adam(g, cfg.lr), clients=views, batch_size=plan.batch_size,
         z_generator=torch.Generator().manual_seed(cfg.seed + 12345), deadline_s=cfg.deadline_s,
-        timeout_s=cfg.timeout_s, feedback=cfg.feedback, clock=Clock(lock=lock))
+        timeout_s=cfg.timeout_s, feedback=cfg.feedback, clock=Clock(lock=lock, virtual=cfg.emulate == "virtual"))
 
 
 def emulation_warnings(plan: Plan, cfg: TrainConfig) -> list[str]:

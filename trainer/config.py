@@ -11,7 +11,7 @@ from planner.jsonio import check_output_dir
 from trainer.accountant import MIN_NOISE
 
 BACKENDS = ("local", "dist")
-EMULATE = ("sleep", "none")
+EMULATE = ("virtual", "sleep", "none")
 AGGREGATE = ("none", "fedavg", "swap")
 FEEDBACK = ("mean", "sum")
 DATASETS = ("digits", "mnist", "images:DIR")
@@ -34,7 +34,7 @@ class TrainConfig:
     rounds: int = 3  # total rounds of the run (resume continues up to this)
     resume: bool = False  # continue from out_dir/checkpoint
     steps_per_round: int = 10  # training steps per round
-    emulate: str = "sleep"  # sleep: devices and links run at the profile's speed
+    emulate: str = "sleep"  # virtual: a clock per device (trainer.clock); sleep: devices and links run at the profile's speed; none: flat out
     aggregate: str = "none"  # between rounds: none | fedavg | swap discriminators
     feedback: str = "mean"  # the generator's step: mean (data_weight-weighted) | sum of the clients' gradients
     deadline_s: float | None = None  # a client slower than this per round is dropped
@@ -110,8 +110,8 @@ class TrainConfig:
                                                                               *self.out_dir.resolve().parents):
             raise bad("--out", f"{self.out_dir} is in the image folder {folder}: the run's pictures would become "
                       "training images; write the run elsewhere")
-        if self.slowdown and self.emulate != "sleep":
-            raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
+        if self.slowdown and self.emulate == "none":
+            raise bad("--slowdown", "slows an emulated device: it needs --emulate virtual or sleep")
         self._validate_privacy(bad)
         if not 0 <= self.seed < SEED_LIMIT:
             raise bad("--seed", f"must be within 0..{SEED_LIMIT - 1}, found {self.seed}")

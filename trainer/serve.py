@@ -4,8 +4,6 @@ The message schedule around it is drawn in ``trainer.loop``."""
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from trainer import dprun, state
@@ -27,6 +25,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
     cfg, plan = spec.cfg, spec.plan
     long_s = cfg.timeout_s + BETWEEN_ROUNDS_S
     server = build_server(spec, lock=lock)
+    t.attach(SERVER, server.clock)
     run = RunDir(cfg.out_dir)
     start, history = run.start(spec, server)
     evaluation = Evaluation(spec.data, seed=cfg.seed, samples=cfg.eval_samples) if cfg.eval_every else None
@@ -57,7 +56,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         t.begin_round(SERVER, r)
         for d in devices:
             t.send(SERVER, d, torch.tensor([r]), tag="round")
-        t0 = time.perf_counter()
+        t0 = server.clock.time_s()  # virtual under --emulate virtual
         traced = r == cfg.rounds
         trace = server.run(t, cfg.steps_per_round, trace_last=traced)
         late = server.late_devices()
@@ -65,7 +64,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         if cfg.aggregate != "none":
             skipped = server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late,
                                      secure=keys)
-        wall_s = time.perf_counter() - t0
+        wall_s = server.clock.time_s() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
                                                       late_ok=d in late)) for d in devices}
         ledgers = dprun.receive(cfg, t, {c: ch[0] for c, ch in chains.items()}, late) if cfg.dp else {}
@@ -77,7 +76,7 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
         for chain in chains.values():
             t.recv(SERVER, chain[0], tag="saved", timeout_s=cfg.timeout_s, late_ok=chain[0] in late)
         m = round_metrics(plan, server, reports, t.log, round_no=r, wall_s=wall_s, steps=cfg.steps_per_round,
-                          emulated=cfg.emulate == "sleep")
+                          emulated=cfg.emulate != "none")
         if skipped:
             m["aggregation_skipped"] = skipped
         stop = None

@@ -81,7 +81,8 @@ def _play(spec: RunSpec, me: str, ranks: dict[str, int], *, init_method: str, re
         dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
                                 timeout=timeout)
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
-                      emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp))
+                      emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp),
+                      virtual=spec.cfg.emulate == "virtual")
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
     opened.save(spec.cfg.out_dir, me)
     t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
