@@ -36,6 +36,11 @@ def paced_sleep(seconds: float, debt: float) -> float:
     return max(time.perf_counter() - t0 - want, 0.0)
 
 
+def cpu_time() -> float:
+    """Seconds of CPU this thread has used (``--emulate virtual``'s measure of work)."""
+    return time.thread_time()
+
+
 @dataclass
 class Clock:
     """Times a device's work; under emulation the device then takes ``factor`` x that time.
@@ -99,11 +104,11 @@ class Clock:
     @contextmanager
     def _virtual(self, label: str | None, codec: bool):
         """The block's CPU time on this thread, x ``factor``, added to ``now_s``."""
-        start, c0 = self.now_s, time.thread_time()
+        start, c0 = self.now_s, cpu_time()
         try:
             yield
         finally:
-            self.advance(time.thread_time() - c0, label=label, codec=codec, start=start)
+            self.advance(cpu_time() - c0, label=label, codec=codec, start=start)
 
     def advance(self, work_s: float, *, label: str | None = None, codec: bool = False,
                 start: float | None = None) -> None:
