@@ -340,7 +340,7 @@ def train_cmd(
             dp_epsilon=dp_epsilon, dp_delta=dp_delta, secure_agg=secure_agg, cut_noise=cut_noise)
         follower = not reports_here()  # under torchrun only the server's rank reports, whatever its number
         with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
-            history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)
+            history = train(cfg, on_round=progress.on_round, on_start=progress.on_start, on_step=progress.on_step)
         if not follower:
             from planner.planfile import load_plan
 

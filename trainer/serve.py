@@ -58,7 +58,8 @@ def serve(spec: RunSpec, t: Transport, *, lock, report: Report, where: Where) ->
             t.send(SERVER, d, torch.tensor([r]), tag="round")
         t0 = server.clock.time_s()  # virtual under --emulate virtual
         traced = r == cfg.rounds
-        trace = server.run(t, cfg.steps_per_round, trace_last=traced)
+        trace = server.run(t, cfg.steps_per_round, trace_last=traced,
+                           on_step=lambda i, r=r: report("step", {"round": r, "step": i + 1}))
         late = server.late_devices()
         skipped = None
         if cfg.aggregate != "none":

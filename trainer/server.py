@@ -124,9 +124,9 @@ class ServerRole:
         total = sum(weights.values())
         return sum(grads[n] * (w / total) for n, w in weights.items())
 
-    def run(self, t: Transport, steps: int, *, trace_last: bool = False) -> list:
+    def run(self, t: Transport, steps: int, *, trace_last: bool = False, on_step=None) -> list:
         """One round of ``steps`` steps; with ``trace_last``, returns the last step's
-        ``(row, label, start, end)`` (perf_counter seconds)."""
+        ``(row, label, start, end)`` (the clock's seconds); ``on_step(i)`` after step ``i``."""
         self.dropped, self.losses = {}, {}
         self.clock.reset()
         start = self.clock.time_s()  # virtual under --emulate virtual: so is the deadline
@@ -134,6 +134,8 @@ class ServerRole:
             if trace_last and i == steps - 1:
                 self.clock.trace = []
             self.step(t, i, start, steps)
+            if on_step is not None:
+                on_step(i)
         for name, p in self.generator.named_parameters():  # nothing non-finite is evaluated or saved
             _finite(p.detach(), steps - 1, f"the generator's weights ({name})")
         trace = [(SERVER, *x) for x in self.clock.trace or []]

@@ -103,7 +103,7 @@ def _spawned(play: Callable, me: str, ranks: dict[str, int], port: int, conn) ->
         os._exit(1)
 
 
-def _supervise(procs: dict, conns: dict, on_round, on_start, quiet_limit: float):
+def _supervise(procs: dict, conns: dict, on_round, on_start, quiet_limit: float, on_step=None):
     names = {c: n for n, c in conns.items()}
     live, done, reported, failures, history = set(conns.values()), set(), set(), [], []
     round_no, first_failure = 0, None
@@ -120,6 +120,9 @@ def _supervise(procs: dict, conns: dict, on_round, on_start, quiet_limit: float)
                 round_no = body["start_round"]
                 if on_start:
                     on_start(body | {"pids": {n: p.pid for n, p in procs.items()}})
+            elif kind == "step":
+                if on_step:
+                    on_step(body)
             elif kind == "round":
                 round_no = body["round"]
                 if on_round:
@@ -151,7 +154,8 @@ def _kill_all(procs: dict) -> None:
         p.join(10)
 
 
-def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on_start=None, on_round=None):
+def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on_start=None, on_round=None,
+              on_step=None):
     """Start a process per role of ``ranks`` (``spawn``), each running ``play(me, ranks, *,
     init_method, report)``, and supervise them (module docstring); returns what the
     server's ``play`` returned. ``play`` must pickle (a module-level function or a
@@ -167,20 +171,20 @@ def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on
             p.start()
             send_end.close()
             procs[name], conns[name] = p, recv_end
-        return _supervise(procs, conns, on_round, on_start, quiet_limit_s)
+        return _supervise(procs, conns, on_round, on_start, quiet_limit_s, on_step)
     finally:
         _kill_all(procs)
 
 
-def run_dist(spec: RunSpec, *, on_start=None, on_round=None) -> list[dict]:
+def run_dist(spec: RunSpec, *, on_start=None, on_round=None, on_step=None) -> list[dict]:
     """Train as ``spec`` says with a process per role; returns every round's metrics (on a
     torchrun rank other than the server's: ``[]``, or after a switch of plans the record
     to resume from, ``trainer.switch``)."""
     if in_torchrun():
-        return _torchrun(spec, on_start=on_start, on_round=on_round)
+        return _torchrun(spec, on_start=on_start, on_round=on_round, on_step=on_step)
     quiet = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
     return run_ranks(default_ranks(spec), partial(_play, spec), quiet_limit_s=quiet, on_start=on_start,
-                     on_round=on_round)
+                     on_round=on_round, on_step=on_step)
 
 
 def _env_int(name: str) -> int:
@@ -257,11 +261,11 @@ def check_launch(spec: RunSpec) -> None:
     torchrun_role(spec.roles())
 
 
-def _torchrun(spec: RunSpec, *, on_start, on_round) -> list[dict]:
+def _torchrun(spec: RunSpec, *, on_start, on_round, on_step=None) -> list[dict]:
     me, ranks = torchrun_role(spec.roles())
 
     def report(kind: str, body: dict) -> None:
-        hook = on_start if kind == "start" else on_round
+        hook = {"start": on_start, "round": on_round, "step": on_step}[kind]
         if hook:
             hook(body)
 

@@ -24,7 +24,8 @@ from trainer.protocol import WireLimits
 from trainer.transport import SERVER, InProcessTransport, LinkTable, Transport
 
 
-def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transport | None = None) -> list[dict]:
+def run_local(spec: RunSpec, *, on_start=None, on_round=None, on_step=None,
+              transport: Transport | None = None) -> list[dict]:
     """Train as ``spec`` says with a thread per role; returns every round's metrics."""
     emulate = spec.cfg.emulate
     t = transport or InProcessTransport(LinkTable.from_plan(spec.plan), emulate=emulate == "sleep",
@@ -37,7 +38,7 @@ def run_local(spec: RunSpec, *, on_start=None, on_round=None, transport: Transpo
     errors: dict[str, BaseException] = {}
 
     def report(kind: str, body: dict) -> None:
-        hook = on_start if kind == "start" else on_round
+        hook = {"start": on_start, "round": on_round, "step": on_step}[kind]
         if hook:
             hook(body)
 
