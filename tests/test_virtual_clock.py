@@ -178,3 +178,57 @@ def test_a_deadline_is_kept_in_virtual_time(tmp_path, monkeypatch):
     assert m["clients"]["client0"]["dropped_at_step"] == 0
     m = run(tmp_path, plan, "in-time", rounds=1, steps_per_round=2, emulate="virtual", deadline_s=0.4)[0]
     assert m["clients"]["client0"]["dropped_at_step"] is None
+
+
+@pytest.mark.slow
+def test_a_slowdown_multiplies_virtual_compute(tmp_path, monkeypatch):
+    """The chain above with c0-d1 three times slower from round 2 (its blocks .03 s).
+    Phase d: d0 F .00-.02; d1 F0 .01-.04, F1 .04-.07; d2 F0 B0 .04-.06, F1 B1 .07-.09;
+    d1 B0 .07-.10, B1 .10-.13; d0 B0 .10-.11, B1 .13-.14. Phase g the same from .14:
+    the step is .28 s; d1's compute .24 s a step for the same CPU work."""
+    _fixed_work(monkeypatch, 0.01)
+    plan = chain_plan("dcgan", [2, 6], micro_batches=2)
+    rows = run(tmp_path, plan, "slow", rounds=2, steps_per_round=2, emulate="virtual",
+               slowdown=(("c0-d1", 3.0, 2),))
+    assert [r["devices"]["c0-d1"]["compute_s"] for r in rows] == [pytest.approx(0.08), pytest.approx(0.24)]
+    assert rows[1]["devices"]["c0-d1"]["work_s"] == pytest.approx(rows[0]["devices"]["c0-d1"]["work_s"])  # same work
+    steps = [r["clients"]["client0"]["step_time_s"] for r in rows]
+    assert steps == [pytest.approx(0.16, abs=1e-5), pytest.approx(0.28, abs=1e-5)]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="not met on the shared 2-core VM at load 30-40 (2026-12-03): a thread's CPU "
+                   "time for the same blocks varied by up to 20 % between two runs with nothing added beside them, "
+                   "more than the 3 % asked; see the report of branch h-vclock")
+def test_a_cpu_bound_process_beside_moves_no_step_by_more_than_3_percent(tmp_path):
+    """The same training (three stages, M = 1, real CPU times), alone and with a process
+    spinning on a core beside it: each client's virtual step moves by at most 3 %. Under
+    ``sleep`` the spinning process would take a core from the emulated devices and show in
+    every wall-clock time."""
+    import subprocess
+    import sys
+
+    plan = chain_plan("dcgan", [2, 6], n_clients=2)
+    alone = run(tmp_path, plan, "alone", rounds=1, steps_per_round=8, emulate="virtual")[0]
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        beside = run(tmp_path, plan, "beside", rounds=1, steps_per_round=8, emulate="virtual")[0]
+    finally:
+        hog.kill()
+        hog.wait(10)
+    for name, c in alone["clients"].items():
+        assert beside["clients"][name]["step_time_s"] == pytest.approx(c["step_time_s"], rel=0.03), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", "dist"])
+def test_stamps_carry_each_devices_time_to_the_next(tmp_path, backend):
+    """With M = 1 a step is one device after another, so a client's step (on its data
+    device's clock) is the sum of every device's compute in the step (each measured on its
+    own thread or process) plus its links' time, here ~1e-7 s (1e12 bytes/s). Without the
+    stamps crossing processes the data device would see only its own compute."""
+    plan = chain_plan("dcgan", [2, 6])
+    m = run(tmp_path, plan, backend, rounds=1, steps_per_round=2, emulate="virtual", backend=backend)[0]
+    total = sum(d["compute_s"] for d in m["devices"].values())
+    assert m["clients"]["client0"]["step_time_s"] == pytest.approx(total, rel=1e-4)
+    assert m["clients"]["client0"]["step_time_s"] > 2 * m["devices"]["c0-d0"]["compute_s"]

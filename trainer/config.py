@@ -111,7 +111,7 @@ class TrainConfig:
             raise bad("--out", f"{self.out_dir} is in the image folder {folder}: the run's pictures would become "
                       "training images; write the run elsewhere")
         if self.slowdown and self.emulate == "none":
-            raise bad("--slowdown", "slows an emulated device: it needs --emulate virtual or sleep")
+            raise bad("--slowdown", "slows an emulated device: it needs --emulate virtual or --emulate sleep")
         self._validate_privacy(bad)
         if not 0 <= self.seed < SEED_LIMIT:
             raise bad("--seed", f"must be within 0..{SEED_LIMIT - 1}, found {self.seed}")
