@@ -16,9 +16,8 @@ peer it is waiting for.
   another tag than it expects raises :class:`ProtocolError`.
 - **Link emulation** (``emulate=True``): step messages between two devices take the
   time the plan says their link takes (``trainer.links``).
-- **Virtual time** (``virtual=True``): nothing sleeps; each role's clock is attached
-  (:meth:`Transport.attach`), a message carries its virtual arrival
-  (``trainer.links.VirtualLinks``) and moves its receiver's clock there if it is behind.
+- **Virtual time** (``virtual=True``): each role's clock is attached (:meth:`attach`); a message
+  carries its virtual arrival (``trainer.links.VirtualLinks``), its receiver's clock moves there.
 - **Who may send what.** Every message is checked against ``trainer.protocol``: its
   sender (``stop`` and plan switches only from the server), and over the wire its
   dtype and size, before anything is allocated; a violation is a
