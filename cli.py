@@ -309,6 +309,8 @@ def _train_config(ctx: typer.Context, config: Optional[Path]):
             given[name] = value
     if given["tensorboard"] is None:
         given["tensorboard"] = tensorboard_installed()
+    if given["emulate"] is None:  # the local backend's devices on virtual clocks; real processes sleep
+        given["emulate"] = "virtual" if given["backend"] == "local" else "sleep"
     if given["plan_path"] is None:
         raise InputError("--plan", None, "missing: give --plan PLAN, or plan = \"PLAN\" in a --config file")
     try:
@@ -333,7 +335,10 @@ def train_cmd(
     out_dir: Path = typer.Option(Path("runs/latest"), "--out", help="where metrics, samples, checkpoints go"),
     resume: bool = typer.Option(False, help="continue from the checkpoint in --out"),
     steps_per_round: int = typer.Option(10, "--steps-per-round", help="training steps per round"),
-    emulate: str = typer.Option("sleep", help="sleep: devices run at their profile's speed; none: flat out"),
+    emulate: Optional[str] = typer.Option(None, help="virtual (the local backend's default): a clock per device, "
+                                          "advanced by its CPU time x its factor, no sleeping; sleep (the dist "
+                                          "backend's default): devices run at their profile's speed in real time; "
+                                          "none: flat out"),
     aggregate: str = typer.Option("none", help="between rounds: none, fedavg or swap discriminators"),
     feedback: str = typer.Option("mean", help="the generator steps on the clients' gradients: mean "
                                  "(weighted by data_weight) or sum (the seed's)"),
@@ -387,7 +392,7 @@ def train_cmd(
             return
         follower = not reports_here()  # under torchrun only the server's rank reports, whatever its number
         with TrainProgress(out, cfg.rounds, cfg.rounds * cfg.steps_per_round, disable=follower) as progress:
-            history = train(cfg, on_round=progress.on_round, on_start=progress.on_start)
+            history = train(cfg, on_round=progress.on_round, on_start=progress.on_start, on_step=progress.on_step)
         if not follower:
             from planner.planfile import load_plan
 

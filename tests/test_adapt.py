@@ -36,8 +36,9 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_slowed_device_is_planned_around_and_the_weights_carry_on(tmp_path, lab_plan):
-    run(tmp_path, lab_plan, "adapt", rounds=4, steps_per_round=3, emulate="sleep", adapt=True,
+@pytest.mark.parametrize("emulate", ["sleep", "virtual"])
+def test_a_slowed_device_is_planned_around_and_the_weights_carry_on(tmp_path, lab_plan, emulate):
+    run(tmp_path, lab_plan, "adapt", rounds=4, steps_per_round=3, emulate=emulate, adapt=True,
         slowdown=(("laptop", 20.0, 2),))
     rows = _rows(tmp_path / "adapt")
     assert [r["round"] for r in rows] == [1, 2, 3, 4]

@@ -129,10 +129,10 @@ def test_a_stop_header_from_a_device_is_refused_on_the_wire(monkeypatch):
 
 
 @pytest.mark.parametrize("header", [
-    torch.tensor([len(TAGS), 1, 0, 1, 4] + [0] * 7),  # no such tag
-    torch.tensor([TAGS.index("act_d"), 1, 99, 1, 4] + [0] * 7),  # no such dtype
-    torch.tensor([TAGS.index("act_d"), 1, 0, 9] + [1] * 8),  # too many dims
-    torch.tensor([TAGS.index("act_d"), 1, 0, 2, -4, -4] + [0] * 6),  # negative sizes
+    torch.tensor([len(TAGS), 1, 0, 1, 4] + [0] * 8),  # no such tag
+    torch.tensor([TAGS.index("act_d"), 1, 99, 1, 4] + [0] * 8),  # no such dtype
+    torch.tensor([TAGS.index("act_d"), 1, 0, 9] + [1] * 8 + [0]),  # too many dims
+    torch.tensor([TAGS.index("act_d"), 1, 0, 2, -4, -4] + [0] * 7),  # negative sizes
     _header("state", [16], torch.float32),  # a torch.save payload must be bytes
 ])
 def test_malformed_headers_are_refused(monkeypatch, header):

@@ -13,7 +13,7 @@ from planner.jsonio import check_output_dir
 from trainer.privacy.accountant import MIN_NOISE
 
 BACKENDS = ("local", "dist")
-EMULATE = ("sleep", "none")
+EMULATE = ("virtual", "sleep", "none")
 AGGREGATE = ("none", "fedavg", "swap")
 FEEDBACK = ("mean", "sum")
 DATASETS = ("digits", "mnist", "images:DIR")
@@ -41,7 +41,7 @@ class TrainConfig:
     rounds: int = 3  # total rounds of the run (resume continues up to this)
     resume: bool = False  # continue from out_dir/checkpoint
     steps_per_round: int = 10  # training steps per round
-    emulate: str = "sleep"  # sleep: devices and links run at the profile's speed
+    emulate: str = "sleep"  # virtual: a clock per device (trainer.roles.clock); sleep: devices and links run at the profile's speed; none: flat out
     aggregate: str = "none"  # between rounds: none | fedavg | swap discriminators
     feedback: str = "mean"  # the generator's step: mean (data_weight-weighted) | sum of the clients' gradients
     deadline_s: float | None = None  # a client slower than this per round is dropped
@@ -121,8 +121,8 @@ class TrainConfig:
                                                                               *self.out_dir.resolve().parents):
             raise bad("--out", f"{self.out_dir} is in the image folder {folder}: the run's pictures would become "
                       "training images; write the run elsewhere")
-        if self.slowdown and self.emulate != "sleep":
-            raise bad("--slowdown", "slows an emulated device: it needs --emulate sleep")
+        if self.slowdown and self.emulate == "none":
+            raise bad("--slowdown", "slows an emulated device: it needs --emulate virtual or --emulate sleep")
         self._validate_privacy(bad)
         if self.tensorboard and not tensorboard_installed():
             raise bad("--tensorboard", "the tensorboard package is not installed (pip install tensorboard), "

@@ -14,7 +14,8 @@ from planner.explain import format_bytes
 
 
 class TrainProgress:
-    """``on_start`` / ``on_round`` hooks of ``trainer.train`` that print to ``con``.
+    """``on_start`` / ``on_round`` / ``on_step`` hooks of ``trainer.train`` that print to ``con``
+    (a bar of rounds, and one of the run's generator steps).
     ``steps``: the run's generator steps (for the privacy notice)."""
 
     def __init__(self, con: Console, rounds: int, steps: int, *, disable: bool = False):
@@ -34,6 +35,7 @@ class TrainProgress:
         if self.task is None:
             self.bar.__enter__()
             self.task = self.bar.add_task("round", total=self.rounds, info="starting")
+            self.step_task = self.bar.add_task("step", total=self.steps, info="")
         if "replanned" in info:
             r = info["replanned"]
             self.con.print(f"[yellow]lost {r['lost']} in round {r['round']}[/]: re-planned without it, "
@@ -47,7 +49,12 @@ class TrainProgress:
             self.con.print(f"[yellow]stopped before round {info['start_round'] + 1}:[/] {info['privacy_stop']}",
                            highlight=False)
         self.bar.update(self.task, completed=info["start_round"],
-                        info=f"{len(info['clients'])} clients: {', '.join(info['clients'])}")
+                        info=f"{len(info['clients'])} clients" + (f": {', '.join(info['clients'])}"
+                                                                  if len(info["clients"]) <= 8 else ""))
+
+    def on_step(self, s: dict) -> None:
+        if self.task is not None:
+            self.bar.update(self.step_task, completed=(s["round"] - 1) * self.steps // self.rounds + s["step"])
 
     def on_round(self, m: dict) -> None:
         if m.get("plan_switch"):

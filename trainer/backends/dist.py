@@ -80,7 +80,8 @@ def _play(spec: RunSpec, run_role: Callable, me: str, ranks: dict[str, int], *, 
         dist.init_process_group("gloo", init_method=init_method, rank=ranks[me], world_size=len(ranks),
                                 timeout=timeout)
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
-                      emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp))
+                      emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp),
+                      virtual=spec.cfg.emulate == "virtual")
     history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
     opened.save(spec.cfg.out_dir, me)
     t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
@@ -101,7 +102,7 @@ def _spawned(play: Callable, me: str, ranks: dict[str, int], port: int, conn) ->
         os._exit(1)
 
 
-def _supervise(procs: dict, conns: dict, on_round, on_start, quiet_limit: float):
+def _supervise(procs: dict, conns: dict, on_round, on_start, quiet_limit: float, on_step=None):
     names = {c: n for n, c in conns.items()}
     live, done, reported, failures, history = set(conns.values()), set(), set(), [], []
     round_no, first_failure = 0, None
@@ -118,6 +119,9 @@ def _supervise(procs: dict, conns: dict, on_round, on_start, quiet_limit: float)
                 round_no = body["start_round"]
                 if on_start:
                     on_start(body | {"pids": {n: p.pid for n, p in procs.items()}})
+            elif kind == "step":
+                if on_step:
+                    on_step(body)
             elif kind == "round":
                 round_no = body["round"]
                 if on_round:
@@ -149,7 +153,8 @@ def _kill_all(procs: dict) -> None:
         p.join(10)
 
 
-def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on_start=None, on_round=None):
+def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on_start=None, on_round=None,
+              on_step=None):
     """Start a process per role of ``ranks`` (``spawn``), each running ``play(me, ranks, *,
     init_method, report)``, and supervise them (module docstring); returns what the
     server's ``play`` returned. ``play`` must pickle (a module-level function or a
@@ -165,20 +170,20 @@ def run_ranks(ranks: dict[str, int], play: Callable, *, quiet_limit_s: float, on
             p.start()
             send_end.close()
             procs[name], conns[name] = p, recv_end
-        return _supervise(procs, conns, on_round, on_start, quiet_limit_s)
+        return _supervise(procs, conns, on_round, on_start, quiet_limit_s, on_step)
     finally:
         _kill_all(procs)
 
 
-def run_dist(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None) -> list[dict]:
+def run_dist(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None, on_step=None) -> list[dict]:
     """Train as ``spec`` says with a process per role, each running ``run_role`` (``trainer.run.loop``); returns every round's metrics (on a
     torchrun rank other than the server's: ``[]``, or after a switch of plans the record
     to resume from, ``trainer.comm.switch``)."""
     if in_torchrun():
-        return _torchrun(spec, run_role, on_start=on_start, on_round=on_round)
+        return _torchrun(spec, run_role, on_start=on_start, on_round=on_round, on_step=on_step)
     quiet = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
     return run_ranks(default_ranks(spec), partial(_play, spec, run_role), quiet_limit_s=quiet, on_start=on_start,
-                     on_round=on_round)
+                     on_round=on_round, on_step=on_step)
 
 
 def _env_int(name: str) -> int:
@@ -255,11 +260,11 @@ def check_launch(spec: RunSpec) -> None:
     torchrun_role(spec.roles())
 
 
-def _torchrun(spec: RunSpec, run_role: Callable, *, on_start, on_round) -> list[dict]:
+def _torchrun(spec: RunSpec, run_role: Callable, *, on_start, on_round, on_step=None) -> list[dict]:
     me, ranks = torchrun_role(spec.roles())
 
     def report(kind: str, body: dict) -> None:
-        hook = on_start if kind == "start" else on_round
+        hook = {"start": on_start, "round": on_round, "step": on_step}[kind]
         if hook:
             hook(body)
 

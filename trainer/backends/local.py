@@ -1,6 +1,8 @@
 """The local backend: every role a thread of this process, over an in-process transport.
 
-Roles share this machine's cores; a lock lets one compute at a time, under ``--emulate
+Roles share this machine's cores. Under ``--emulate virtual`` (``trainer.roles.clock``) each
+role's thread counts its own CPU time, so they compute side by side, each on one torch
+thread. Otherwise a lock lets one compute at a time, under ``--emulate
 sleep`` on one core as the profile measured (``planner.profile.DEVICE_THREADS``; with
 ``--emulate none`` on torch's threads, flat out), so the work each measures is what the
 profile measured (``trainer.roles.clock``). The first role to fail aborts
@@ -22,20 +24,22 @@ from trainer.comm.protocol import WireLimits
 from trainer.comm.transport import SERVER, InProcessTransport, LinkTable, Transport
 
 
-def run_local(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None,
+def run_local(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None, on_step=None,
               transport: Transport | None = None) -> list[dict]:
     """Train as ``spec`` says with a thread per role, each running ``run_role`` (``trainer.run.loop``);
     returns every round's metrics."""
-    t = transport or InProcessTransport(LinkTable.from_plan(spec.plan), emulate=spec.cfg.emulate == "sleep",
-                                        limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp))
+    emulate = spec.cfg.emulate
+    t = transport or InProcessTransport(LinkTable.from_plan(spec.plan), emulate=emulate == "sleep",
+                                        limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp),
+                                        virtual=emulate == "virtual")
     roles = spec.roles()
-    lock = threading.Lock()
+    lock = None if emulate == "virtual" else threading.Lock()  # virtual: each thread's own CPU time
     result: dict[str, list[dict]] = {}
     failures: list[RankFailure] = []
     errors: dict[str, BaseException] = {}
 
     def report(kind: str, body: dict) -> None:
-        hook = on_start if kind == "start" else on_round
+        hook = {"start": on_start, "round": on_round, "step": on_step}[kind]
         if hook:
             hook(body)
 
@@ -53,7 +57,7 @@ def run_local(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None
 
     threads = [threading.Thread(target=play, args=(n,), name=f"fsl-{n}", daemon=True) for n in roles]
     # emulated devices compute on one core each, as profiled; --emulate none runs flat out
-    with device_threads() if spec.cfg.emulate == "sleep" else nullcontext():
+    with device_threads() if emulate != "none" else nullcontext():
         for th in threads:
             th.start()
         for th in threads:

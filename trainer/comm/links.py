@@ -9,6 +9,10 @@ sender, takes that time: ``send`` returns at once and the message arrives when t
 has carried it, after what it carried before (:class:`EmulatedLink`), so a device
 computes its next micro-batch while its last activation is on the wire, as SPEC §2.1's
 cuts are units of their own. Every message between a pair goes through its link, in order.
+
+Under ``--emulate virtual`` nothing sleeps: :class:`VirtualLinks` computes when each
+message arrives in the emulated world, ``max(sent, link free) + delay``, with the same
+delay and the same occupancy (a direction is busy until its message has arrived).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from planner.schedule import MESSAGES_PER_CUT_PER_MICRO_BATCH
@@ -99,3 +104,23 @@ class EmulatedLink:
 
     def stop(self) -> None:
         self._queue.put(None)
+
+
+class VirtualLinks:
+    """``--emulate virtual``'s links: each direction's occupancy in virtual seconds. Only a
+    direction's sender calls :meth:`carry` for it, so each process of the dist backend
+    keeps its own directions and computes the stamps the local backend does."""
+
+    def __init__(self, table: LinkTable):
+        self.table = table
+        self.free_s: dict[tuple[str, str], float] = defaultdict(float)  # (src, dst) -> free from
+
+    def carry(self, src: str, dst: str, sent_s: float, nbytes: int, *, step: bool) -> tuple[float, float]:
+        """When a message of ``nbytes`` sent at ``sent_s`` starts over the link and when it
+        arrives. Only a step message between two devices of a plan takes time (as under
+        ``sleep``); any other arrives as it is sent."""
+        if not step or (src, dst) not in self.table.bytes_per_s:
+            return sent_s, sent_s
+        start = max(sent_s, self.free_s[(src, dst)])
+        self.free_s[(src, dst)] = end = start + self.table.delay_s(src, dst, nbytes)
+        return start, end

@@ -16,6 +16,8 @@ peer it is waiting for.
   another tag than it expects raises :class:`ProtocolError`.
 - **Link emulation** (``emulate=True``): step messages between two devices take the
   time the plan says their link takes (``trainer.comm.links``).
+- **Virtual time** (``virtual=True``): each role's clock is attached (:meth:`attach`); a message
+  carries its virtual arrival (``trainer.comm.links.VirtualLinks``), its receiver's clock moves there.
 - **Who may send what.** Every message is checked against ``trainer.comm.protocol``: its
   sender (``stop`` and plan switches only from the server), and over the wire its
   dtype and size, before anything is allocated; a violation is a
@@ -37,7 +39,7 @@ import torch
 from trainer.comm.tags import STEP_TAGS, TAGS, UNPLANNED_STEP_TAGS
 from trainer.comm import protocol
 from trainer.errors import PeerLost, PeerTimeout, ProtocolError, ProtocolViolation, RunAborted, StopRound
-from trainer.comm.links import EmulatedLink, LinkTable
+from trainer.comm.links import EmulatedLink, LinkTable, VirtualLinks
 from trainer.comm.protocol import SERVER, WireLimits  # noqa: F401 - SERVER: every role imports it from here
 
 LOST = "__lost__"  # a broken connection; the payload is the error
@@ -52,6 +54,7 @@ class Envelope:
     tag: str
     epoch: int
     payload: object  # a tensor, or the error of LOST / ABORT
+    at_s: float = 0.0  # --emulate virtual: when it arrives, in the emulated world's seconds
 
 
 def _counter() -> defaultdict:
@@ -103,8 +106,11 @@ class Transport:
     """
 
     def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, log: TransferLog | None = None,
-                 limits: WireLimits | None = None):
+                 limits: WireLimits | None = None, virtual: bool = False):
         self.links = links or LinkTable()
+        self.virtual = virtual
+        self._clocks: dict = {}  # role -> its trainer.roles.clock.Clock (virtual time)
+        self._virtual_links = VirtualLinks(self.links)
         self.limits = limits  # the plan's bounds on what a peer may send (None: senders only)
         self.emulate = emulate
         self.log = log or TransferLog()
@@ -138,6 +144,11 @@ class Transport:
         box.put(envelope)
 
     # -- the interface
+    def attach(self, role: str, clock) -> None:
+        """Under ``virtual``: ``role``'s messages leave at ``clock.now_s``, and ``clock`` moves
+        to the arrival of each it receives."""
+        self._clocks[role] = clock
+
     def begin_round(self, role: str, epoch: int) -> None:
         self._epoch[role] = epoch
         self.log.reset(role)
@@ -157,7 +168,11 @@ class Transport:
         payload = self._prepare(tensor)
         n = nbytes(payload)
         envelope = Envelope(src, tag, self._epoch[src], payload)
-        if self.emulate:
+        if self.virtual:
+            clock = self._clocks.get(src)
+            span = self._virtual_links.carry(src, dst, clock.now_s if clock else 0.0, n, step=tag in STEP_TAGS)
+            self._put(dst, Envelope(src, tag, envelope.epoch, payload, span[1]))
+        elif self.emulate:
             delay = self.links.delay_s(src, dst, n) if tag in STEP_TAGS else 0.0
             span = self._link(src, dst).carry(dst, envelope, delay)
         else:
@@ -220,8 +235,17 @@ class Transport:
             if env.tag != tags[env.src]:
                 raise ProtocolError(f"{dst} expected {tags[env.src]!r} from {env.src}, got {env.tag!r} "
                                     f"(round {env.epoch})")
-            self.log.record_recv(dst, env.tag, nbytes(env.payload), time.perf_counter() - t0)
+            self.log.record_recv(dst, env.tag, nbytes(env.payload), self._arrived(dst, env, t0))
             return env.payload, env.src
+
+    def _arrived(self, dst: str, env: Envelope, t0: float) -> float:
+        """How long ``dst`` waited for ``env``: virtual, its clock moves to the arrival."""
+        clock = self._clocks.get(dst) if self.virtual else None
+        if clock is None:
+            return time.perf_counter() - t0
+        waited = max(env.at_s - clock.now_s, 0.0)
+        clock.now_s += waited
+        return waited
 
     def _next(self, dst: str, srcs: tuple[str, ...], deadline: float | None, tag: str,
               timeout_s: float | None) -> Envelope:
@@ -264,9 +288,9 @@ class InProcessTransport(Transport):
     """Roles are threads of one process; a message is put straight into the inbox."""
 
     def __init__(self, links: LinkTable | None = None, *, emulate: bool = False, keep_messages: bool = False,
-                 limits: WireLimits | None = None):
+                 limits: WireLimits | None = None, virtual: bool = False):
         super().__init__(links, emulate=emulate, log=TransferLog(messages=[] if keep_messages else None),
-                         limits=limits)
+                         limits=limits, virtual=virtual)
 
     def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().clone()  # the receiver is another thread: never share storage

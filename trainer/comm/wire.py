@@ -2,7 +2,7 @@
 
 Wire format: a message is a fixed header, then the payload::
 
-    header (int64, HEADER_LEN): [tag id, round, dtype code, ndim, dim0, ..., dim7]
+    header (int64, HEADER_LEN): [tag id, round, dtype code, ndim, dim0, ..., dim7, arrival ns]
     payload: the tensor itself, contiguous (skipped when it has no elements)
 
 The header, the step messages (activations, gradients, fake images, losses), the control
@@ -13,7 +13,8 @@ tensor (``trainer.state.pack``): ``hello``, ``state`` (checkpoint state), ``trac
 ``calib``. The receiver reads them only with ``torch.load(weights_only=True)``
 (``trainer.state.unpack``), whose unpickler accepts tensors, numbers, strings, lists and
 dicts and refuses any other object, so a peer cannot make it run code; their size is
-bounded like every other message's.
+bounded like every other message's. ``arrival ns`` is the message's virtual arrival under
+``--emulate virtual`` (``trainer.transport``), in integer nanoseconds; 0 otherwise.
 
 Tags are ``trainer.comm.tags.TAGS``: a header naming another is refused on both ends.
 Before anything is allocated, the receiver checks each header against
@@ -44,22 +45,24 @@ from trainer.comm.protocol import WireLimits
 from trainer.comm.transport import LOST, REFUSED, Envelope, LinkTable, Transport
 
 MAX_DIMS = 8
-HEADER_LEN = 4 + MAX_DIMS
+HEADER_LEN = 5 + MAX_DIMS
+NS = 1e9  # the header's virtual time is in integer nanoseconds
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
           torch.uint8, torch.int8, torch.bool)
 
 
-def encode_header(tensor: torch.Tensor, tag: str, epoch: int) -> torch.Tensor:
+def encode_header(tensor: torch.Tensor, tag: str, epoch: int, at_s: float = 0.0) -> torch.Tensor:
     if tag not in TAGS:
         raise ProtocolError(f"unknown tag {tag!r}; known: {', '.join(TAGS)}")
     if tensor.dtype not in DTYPES or tensor.dim() > MAX_DIMS:
         raise ProtocolError(f"cannot send a {tensor.dtype} tensor of {tensor.dim()} dims")
     dims = list(tensor.shape) + [0] * (MAX_DIMS - tensor.dim())
-    return torch.tensor([TAGS.index(tag), epoch, DTYPES.index(tensor.dtype), tensor.dim(), *dims], dtype=torch.int64)
+    return torch.tensor([TAGS.index(tag), epoch, DTYPES.index(tensor.dtype), tensor.dim(), *dims, round(at_s * NS)],
+                        dtype=torch.int64)
 
 
 def decode_header(header: torch.Tensor) -> tuple[str, int, torch.dtype, tuple[int, ...]]:
-    tag_id, epoch, dtype_id, ndim, *dims = header.tolist()
+    tag_id, epoch, dtype_id, ndim, *dims = header.tolist()[:HEADER_LEN - 1]
     if not (0 <= tag_id < len(TAGS) and 0 <= dtype_id < len(DTYPES) and 0 <= ndim <= MAX_DIMS):
         raise ProtocolError(f"malformed header {header.tolist()}")
     return TAGS[tag_id], epoch, DTYPES[dtype_id], tuple(dims[:ndim])
@@ -69,8 +72,8 @@ class DistTransport(Transport):
     """Messages between roles that live in different ranks; this process plays ``me``."""
 
     def __init__(self, me: str, ranks: dict[str, int], peers: list[str], *, links: LinkTable | None = None,
-                 emulate: bool = False, limits: WireLimits | None = None):
-        super().__init__(links, emulate=emulate, limits=limits or WireLimits())
+                 emulate: bool = False, limits: WireLimits | None = None, virtual: bool = False):
+        super().__init__(links, emulate=emulate, limits=limits or WireLimits(), virtual=virtual)
         self.me, self.ranks, self.peers = me, ranks, list(peers)
         self._threads = [threading.Thread(target=self._receive, args=(p,), name=f"recv-{p}", daemon=True)
                          for p in self.peers]
@@ -95,7 +98,7 @@ class DistTransport(Transport):
                 return
             if tag == "bye":
                 return
-            self._arrive(self.me, Envelope(src, tag, epoch, payload))
+            self._arrive(self.me, Envelope(src, tag, epoch, payload, int(header[-1]) / NS))
 
     def admit(self, src: str, header: torch.Tensor) -> tuple[str, int, torch.dtype, tuple[int, ...]]:
         """The header's fields, if ``src`` may send that message (``trainer.comm.protocol``);
@@ -109,7 +112,7 @@ class DistTransport(Transport):
 
     def _put(self, dst: str, envelope: Envelope) -> None:
         rank = self.ranks[dst]
-        dist.send(encode_header(envelope.payload, envelope.tag, envelope.epoch), dst=rank)
+        dist.send(encode_header(envelope.payload, envelope.tag, envelope.epoch, envelope.at_s), dst=rank)
         if envelope.payload.numel():
             dist.send(envelope.payload, dst=rank)
 

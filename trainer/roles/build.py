@@ -102,6 +102,20 @@ def check_plan_model(plan: Plan, source: str) -> tuple[LayeredModel, list[tuple[
     return model, spans
 
 
+_CHECKED: list = [None]  # (plan, model, spans, shapes) of the last plan checked: every role of a run checks once
+
+
+def checked_plan(spec: RunSpec) -> tuple[LayeredModel, list[tuple[int, int]], list[tuple[int, ...]]]:
+    """:func:`check_plan_model` and :func:`unit_shapes` of ``spec``'s plan, computed once
+    for the last plan seen in this process (400 device threads of one run would each build
+    the model and run it)."""
+    hit = _CHECKED[0]
+    if hit is None or hit[0] is not spec.plan:
+        model, spans = check_plan_model(spec.plan, spec.source)
+        hit = _CHECKED[0] = (spec.plan, model, spans, unit_shapes(model, spans))
+    return hit[1], hit[2], hit[3]
+
+
 def unit_shapes(model: LayeredModel, spans: list[tuple[int, int]]) -> list[tuple[int, ...]]:
     """Per sample, the shape of each planning unit's output (float32)."""
     with torch.no_grad():
@@ -181,7 +195,7 @@ class DeviceParts:
 def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None) -> DeviceParts:
     """Device ``name``'s role and what comes with it (see :class:`DeviceParts`)."""
     cfg, plan = spec.cfg, spec.plan
-    template, spans = check_plan_model(plan, spec.source)
+    template, spans, shapes = checked_plan(spec)
     k, c = spec.client_of(name)
     chain = [s.device for s in c.stages]
     i = chain.index(name)
@@ -205,10 +219,11 @@ def build_device(spec: RunSpec, name: str, *, lock: threading.Lock | None = None
         name=name, client=c.name, stage=seg, optimizer=adam(seg, cfg.lr),
         prev=chain[i - 1] if i > 0 else None, next=chain[i + 1] if i + 1 < len(chain) else None,
         batch_size=plan.batch_size, sampler=sampler,
-        clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep", lock=lock),
+        clock=Clock(factor=c.processing_time_factor.get(name, 1.0), emulate=cfg.emulate == "sleep",
+                    virtual=cfg.emulate == "virtual", lock=lock),
         timeout_s=cfg.timeout_s, micro_batches=c.micro_batches, recompute=st.recompute,
         codec_in=c.stages[i - 1].codec if i > 0 else "none", codec_out=st.codec,
-        input_shape=unit_shapes(template, spans)[st.start - 1] if st.start > 0 else tuple(template.input_shape),
+        input_shape=shapes[st.start - 1] if st.start > 0 else tuple(template.input_shape),
         privacy=privacy, dp=dp)
     spans_of = [(s.device, spans[s.start][0], spans[s.end - 1][1]) for s in c.stages]
     return DeviceParts(role, d, data, spans_of)
@@ -224,7 +239,7 @@ def build_server(spec: RunSpec, *, lock: threading.Lock | None = None) -> Server
     return ServerRole(
         generator=g.train(), optimizer=adam(g, cfg.lr), clients=views, batch_size=plan.batch_size,
         z_generator=torch.Generator().manual_seed(cfg.seed + 12345), deadline_s=cfg.deadline_s,
-        timeout_s=cfg.timeout_s, feedback=cfg.feedback, clock=Clock(lock=lock))
+        timeout_s=cfg.timeout_s, feedback=cfg.feedback, clock=Clock(lock=lock, virtual=cfg.emulate == "virtual"))
 
 
 def emulation_warnings(plan: Plan, cfg: TrainConfig) -> list[str]:

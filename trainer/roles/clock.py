@@ -1,4 +1,17 @@
-"""A device's compute time, measured, and under emulation stretched to the device's speed."""
+"""A device's compute time, measured, and under emulation stretched to the device's speed.
+
+Three ways to emulate (``--emulate``):
+
+- ``virtual``: nothing sleeps. Each role keeps its own clock, ``now_s``, in seconds of
+  the emulated world. A compute block advances it by the CPU time of the thread that ran
+  it (``time.thread_time``: other threads and other programs on this host do not count)
+  times the device's factor; a message carries its virtual arrival and its receiver's
+  clock moves to it if it is behind (Lamport's clocks, 1978; the links' occupancy is
+  ``trainer.transport``'s). Measured times are then functions of the work done, not of
+  this host's load.
+- ``sleep``: the device's work, measured in wall time, is stretched by sleeping.
+- ``none``: the work as it runs here.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +36,11 @@ def paced_sleep(seconds: float, debt: float) -> float:
     return max(time.perf_counter() - t0 - want, 0.0)
 
 
+def cpu_time() -> float:
+    """Seconds of CPU this thread has used (``--emulate virtual``'s measure of work)."""
+    return time.thread_time()
+
+
 @dataclass
 class Clock:
     """Times a device's work; under emulation the device then takes ``factor`` x that time.
@@ -36,7 +54,9 @@ class Clock:
     """
 
     factor: float = 1.0  # processing_time_factor of the device
-    emulate: bool = False
+    emulate: bool = False  # --emulate sleep
+    virtual: bool = False  # --emulate virtual: no sleeping, the clock advances by CPU time x factor
+    now_s: float = 0.0  # virtual: this role's time in the emulated world
     lock: threading.Lock | None = None
     work_s: float = 0.0  # raw seconds of work on this machine
     compute_s: float = 0.0  # work x factor under emulation, else work: the device's compute time
@@ -49,6 +69,10 @@ class Clock:
     @contextmanager
     def compute(self, label: str | None = None, *, codec: bool = False):
         """Time the block as this device's work (``codec``: as encoding or decoding)."""
+        if self.virtual:
+            with self._virtual(label, codec):
+                yield
+            return
         t_ask = time.perf_counter()
         if self.lock is not None:
             self.lock.acquire()
@@ -76,6 +100,34 @@ class Clock:
                 self.compute_s += spent
             if self.trace is not None and label is not None:
                 self.trace.append((label, t_ask, time.perf_counter()))
+
+    @contextmanager
+    def _virtual(self, label: str | None, codec: bool):
+        """The block's CPU time on this thread, x ``factor``, added to ``now_s``."""
+        start, c0 = self.now_s, cpu_time()
+        try:
+            yield
+        finally:
+            self.advance(cpu_time() - c0, label=label, codec=codec, start=start)
+
+    def advance(self, work_s: float, *, label: str | None = None, codec: bool = False,
+                start: float | None = None) -> None:
+        """Virtual: the device did ``work_s`` seconds of this host's work (its time is
+        ``factor`` x that). Tests call it with literal durations."""
+        start = self.now_s if start is None else start
+        spent = work_s * self.factor
+        self.work_s += work_s
+        self.now_s = start + spent
+        if codec:
+            self.codec_s += spent
+        else:
+            self.compute_s += spent
+        if self.trace is not None and label is not None:
+            self.trace.append((label, start, self.now_s))
+
+    def time_s(self) -> float:
+        """This role's time: virtual under ``--emulate virtual``, else the host's."""
+        return self.now_s if self.virtual else time.perf_counter()
 
     def reset(self) -> None:
         self.work_s = self.compute_s = self.codec_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0

@@ -15,25 +15,26 @@ first where both wait. With 3 stages and ``M = 4`` one run may go::
       sends the gradient w.r.t. the fake images (all micro-batches) to the server.
 
 No device idles while it has work, so the devices of a client work concurrently and the
-bottleneck stage stays busy, as SPEC §2.1's line of units assumes. Gradients accumulate over the micro-batches (each micro-batch's loss
-carries ``1/M``) and each device takes one Adam step per step, so the update is the
-``M = 1`` update up to the order of floating-point sums; dropout masks are drawn per
-sample from the whole batch's seed (``SeededDropout.window``), so they agree too. A stage with
-``recompute`` runs under ``torch.utils.checkpoint``: it keeps only its inputs between a
-micro-batch's forward and backward and runs the forward again in the backward pass.
+bottleneck stage stays busy, as SPEC §2.1's line of units assumes (``--emulate virtual``:
+d1 runs F0..F3, then B0..B3, a fixed order, so virtual times are deterministic). Gradients
+accumulate over the micro-batches (each micro-batch's loss carries ``1/M``) and each
+device takes one Adam step per step, so the update is the ``M = 1`` update up to the
+order of floating-point sums; dropout masks are drawn per sample from the whole batch's
+seed (``SeededDropout.window``), so they agree too. A stage with ``recompute`` runs under
+``torch.utils.checkpoint``: it keeps only its inputs between a micro-batch's forward and
+backward and runs the forward again in the backward pass.
 
 Real images never leave ``d0``: only the activation of its first segment does (with
 ``--cut-noise``, noised: ``trainer.privacy.options``), and the gradient w.r.t. the fake images.
 Under DP-SGD (``trainer.privacy.dpsgd``) the real batch is a Poisson sample of varying size, phase
 d ends with the client's private gradient, and the loss device reports only the fake
-half of the discriminator loss. The generator phase uses the discriminator as updated in the same step, like DCGAN. Losses:
-discriminator ``BCE(D(real), 1) + BCE(D(fake), 0)``; generator the non-saturating
-``BCE(D(G(z)), 1)``.
+half of the discriminator loss. The generator phase uses the discriminator as updated in
+the same step, like DCGAN. Losses: discriminator ``BCE(D(real), 1) + BCE(D(fake), 0)``;
+generator the non-saturating ``BCE(D(G(z)), 1)``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,9 +66,7 @@ def micro_rows(phase: str, fake: int, i: int, *, real_start: int = 0, real: int 
     ``r``'s mask from row ``r``): ``[real_i ; fake_i]`` in phase d, ``real`` rows from
     ``real_start`` and ``fake`` rows from ``fake_start + i x fake``; ``fake_i`` in phase g."""
     part = torch.arange(i * fake, (i + 1) * fake)
-    if phase == "g":
-        return part
-    return torch.cat([torch.arange(real_start, real_start + real), part + fake_start])
+    return part if phase == "g" else torch.cat([torch.arange(real_start, real_start + real), part + fake_start])
 
 
 @dataclass
@@ -174,14 +173,16 @@ class DeviceRole:
         inputs are here), the last device a backward right after each forward (it computes
         the loss itself), and a device in between whichever its neighbours hand it first,
         a gradient first where both wait. So no device idles while it has work, and the
-        bottleneck stage keeps busy as SPEC §2.1's line of units has it."""
+        bottleneck stage keeps busy as SPEC §2.1's line of units has it. ``--emulate virtual``:
+        one in between runs its M forwards, then its M backwards (real-time order is noise)."""
         M, n = self.micro_batches, -1  # rows: DP's Poisson batches vary
         act = (self.prev, ACT[phase])
         if self.prev is None and f < M:
             return "F", None
         if self.next is None:
             return ("B", None) if b < f else ("F", self._recv(t, *act, self.codec_in, (n, *self.input_shape)))
-        wanted = (((self.next, GRAD[phase]),) if b < f else ()) + ((act,) if f < M else ())
+        grad = ((self.next, GRAD[phase]),) if b < f else ()
+        wanted = ((act,) if f < M else grad) if self.clock.virtual else grad + ((act,) if f < M else ())
         payload, src = t.recv_any(self.name, wanted, timeout_s=self.timeout_s, stoppable=True)
         if src == self.next:
             return "B", self._decode(payload, self.codec_out, outs[b].shape)
@@ -258,7 +259,7 @@ class DeviceRole:
             real = self.sampler.next_batch()
             self.batch_sizes.append(len(real))
             fake = self._recv(t, SERVER, FAKE.tag)
-            t_chain = time.perf_counter()
+            t_chain = self.clock.time_s()
             reals = torch.tensor_split(real, M)  # M nearly equal parts; a Poisson batch may leave some empty
             real_fake = [torch.cat([reals[i], fake[i * b:(i + 1) * b]]) for i in range(M)]
             fakes = [fake[i * b:(i + 1) * b] for i in range(M)]
@@ -266,7 +267,7 @@ class DeviceRole:
         fake_grads, (g_loss, _) = self._phase(t, "g", fakes)
         if self.prev is None:
             t.send(self.name, SERVER, torch.cat(fake_grads), tag=FAKE_GRAD.tag)
-            self.chain_s += time.perf_counter() - t_chain
+            self.chain_s += self.clock.time_s() - t_chain
         self.steps_done += 1
         if self.next is None:  # under DP only the fake half: the real half is a fresh query on the records
             t.send(self.name, SERVER, torch.stack([d_fake if self.dp else d_loss, g_loss]), tag=LOSSES)
@@ -292,8 +293,7 @@ class DeviceRole:
     def report(self, t: Transport) -> DeviceReport:
         log, me, c = t.log, self.name, self.clock
         return DeviceReport(
-            compute_s=c.compute_s, codec_s=c.codec_s, work_s=c.work_s, host_wait_s=c.host_wait_s, wait_s=log.recv_wait_s.get(me, 0.0),
-            bytes_sent=log.bytes_sent.get(me, 0), bytes_received=log.bytes_received.get(me, 0),
-            control_bytes_sent=log.control_bytes_sent.get(me, 0),
-            control_bytes_received=log.control_bytes_received.get(me, 0),
-            steps_done=self.steps_done, chain_s=self.chain_s)
+            compute_s=c.compute_s, codec_s=c.codec_s, work_s=c.work_s, host_wait_s=c.host_wait_s,
+            wait_s=log.recv_wait_s.get(me, 0.0), bytes_sent=log.bytes_sent.get(me, 0),
+            bytes_received=log.bytes_received.get(me, 0), control_bytes_sent=log.control_bytes_sent.get(me, 0),
+            control_bytes_received=log.control_bytes_received.get(me, 0), steps_done=self.steps_done, chain_s=self.chain_s)

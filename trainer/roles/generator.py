@@ -13,7 +13,9 @@ answered (``--feedback``):
   ``eps``), so the two differ only where the weights differ.
 
 With a deadline, a client that has not answered in time is dropped for the rest of the
-round and its devices are told to stop at once.
+round and its devices are told to stop at once. Under ``--emulate virtual`` the deadline
+is in virtual time: the server waits for the gradient and drops the client if it arrived
+(virtually) too late.
 """
 
 from __future__ import annotations
@@ -82,16 +84,23 @@ class ServerRole:
         for c in active:
             t.send(SERVER, c.data_device, fake, tag=FAKE.tag)
         grads = {}
+        due = None if self.deadline_s is None else round_start + self.deadline_s * (step + 1) / steps
         for c in active:
             timeout = self.timeout_s
-            if self.deadline_s is not None:
-                left = max(round_start + self.deadline_s * (step + 1) / steps - time.perf_counter(), 1e-3)
+            if due is not None and not self.clock.virtual:
+                left = max(due - time.perf_counter(), 1e-3)
                 timeout = left if timeout is None else min(left, timeout)
+            before = self.clock.now_s
             try:
                 grads[c.name] = t.recv(SERVER, c.data_device, tag=FAKE_GRAD.tag, timeout_s=timeout)
             except PeerTimeout:
                 if self.deadline_s is None:
                     raise
+                self._drop(t, c, step)
+                continue
+            if due is not None and self.clock.virtual and self.clock.now_s > due:  # arrived after the deadline
+                self.clock.now_s = max(before, due)  # the server waited until the deadline, no longer
+                del grads[c.name]
                 self._drop(t, c, step)
                 continue
             losses = t.recv(SERVER, c.last_device, tag=LOSSES, timeout_s=self.timeout_s)
@@ -115,16 +124,18 @@ class ServerRole:
         total = sum(weights.values())
         return sum(grads[n] * (w / total) for n, w in weights.items())
 
-    def run(self, t: Transport, steps: int, *, trace_last: bool = False) -> list:
+    def run(self, t: Transport, steps: int, *, trace_last: bool = False, on_step=None) -> list:
         """One round of ``steps`` steps; with ``trace_last``, returns the last step's
-        ``(row, label, start, end)`` (perf_counter seconds)."""
+        ``(row, label, start, end)`` (the clock's seconds); ``on_step(i)`` after step ``i``."""
         self.dropped, self.losses = {}, {}
         self.clock.reset()
-        start = time.perf_counter()
+        start = self.clock.time_s()  # virtual under --emulate virtual: so is the deadline
         for i in range(steps):
             if trace_last and i == steps - 1:
                 self.clock.trace = []
             self.step(t, i, start, steps)
+            if on_step is not None:
+                on_step(i)
         for name, p in self.generator.named_parameters():  # nothing non-finite is evaluated or saved
             _finite(p.detach(), steps - 1, f"the generator's weights ({name})")
         trace = [(SERVER, *x) for x in self.clock.trace or []]

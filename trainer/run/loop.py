@@ -68,6 +68,7 @@ def _device(spec: RunSpec, me: str, t: Transport, *, lock, where: Where) -> list
     long_s = cfg.timeout_s + BETWEEN_ROUNDS_S
     parts = build_device(spec, me, lock=lock)
     role, model, data, chain = parts.role, parts.model, parts.data, parts.chain
+    t.attach(me, role.clock)
     _, c = spec.client_of(me)
     head = chain[0][0]
     files = state.ClientFiles(cfg.out_dir)

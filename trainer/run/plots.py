@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from planner.jsonio import write_atomic  # noqa: E402
 
+MAX_BARS = 40  # more devices than this: times.png is a scatter, not a bar per device
+
 
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
@@ -48,6 +50,8 @@ def plot_times(history: list[dict], path: Path) -> None:
     """Per device: predicted against measured compute per step, last round."""
     last = history[-1]["devices"]
     names = list(last)
+    if len(names) > MAX_BARS:
+        return _scatter_times(history, path)
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [last[n]["predicted_compute_s"] for n in names], 0.4, label="predicted")
@@ -57,6 +61,21 @@ def plot_times(history: list[dict], path: Path) -> None:
     ax.set_title(f"round {history[-1]['round']}: predicted vs measured compute per device")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def _scatter_times(history: list[dict], path: Path) -> None:
+    """Many devices: one dot per device, measured against predicted, and the diagonal."""
+    last = history[-1]["devices"].values()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    x, y = [d["predicted_compute_s"] for d in last], [d["compute_s"] for d in last]
+    ax.scatter(x, y, s=8, alpha=0.6)
+    top = max(x + y)
+    ax.plot([0, top], [0, top], "k--", lw=1, label="as predicted")
+    ax.set_xlabel("predicted compute s per step")
+    ax.set_ylabel("measured compute s per step")
+    ax.set_title(f"round {history[-1]['round']}: {len(x)} devices")
+    ax.legend()
     _save(fig, path)
 
 

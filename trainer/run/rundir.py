@@ -28,6 +28,7 @@ from trainer.comm.switch import next_plan_name
 from trainer.run.runfile import to_toml
 
 SAMPLE_GRID = 64
+TIMELINE_CLIENTS = 8  # timeline.png draws the clients whose last step took longest
 
 
 def finite_json(obj):
@@ -174,7 +175,8 @@ class RunDir:
                             "compute" if e["row"] in names else "transfer")
                         for e in sorted(seen, key=lambda e: mine.index(e["row"]))]
             end = max(b.end_s for b in measured)
-            panels += [(f"{c.name} planned: M = {c.micro_batches}, step {c.step_time_s:.3f} s", predicted_boxes(c)),
-                       (f"{c.name} measured (the run's last step): {end:.3f} s", measured)]
-        if panels:  # none when every client was dropped before its last step
-            draw(panels, self.out / "timeline.png")
+            panels.append((end, [(f"{c.name} planned: M = {c.micro_batches}, step {c.step_time_s:.3f} s",
+                                  predicted_boxes(c)), (f"{c.name} measured (the run's last step): {end:.3f} s", measured)]))
+        worst = sorted(panels, key=lambda p: -p[0])[:TIMELINE_CLIENTS]  # a picture of 100 clients shows none
+        if worst:  # none when every client was dropped before its last step
+            draw([panel for _, pair in worst for panel in pair], self.out / "timeline.png")

@@ -4,8 +4,6 @@ The message schedule around it is drawn in ``trainer.run.loop``."""
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from trainer import state
@@ -36,6 +34,7 @@ def _serve(spec: RunSpec, t: Transport, run: RunDir, *, lock, report: Report, wh
     cfg, plan = spec.cfg, spec.plan
     long_s = cfg.timeout_s + BETWEEN_ROUNDS_S
     server = build_server(spec, lock=lock)
+    t.attach(SERVER, server.clock)
     start, history = run.start(spec, server)
     evaluation = Evaluation(spec.data, seed=cfg.seed, samples=cfg.eval_samples,
                             fid_inception=cfg.fid_inception) if cfg.eval_every else None
@@ -66,15 +65,16 @@ def _serve(spec: RunSpec, t: Transport, run: RunDir, *, lock, report: Report, wh
         t.begin_round(SERVER, r)
         for d in devices:
             t.send(SERVER, d, torch.tensor([r]), tag="round")
-        t0 = time.perf_counter()
+        t0 = server.clock.time_s()  # virtual under --emulate virtual
         traced = r == cfg.rounds
-        trace = server.run(t, cfg.steps_per_round, trace_last=traced)
+        trace = server.run(t, cfg.steps_per_round, trace_last=traced,
+                           on_step=lambda i, r=r: report("step", {"round": r, "step": i + 1}))
         late = server.late_devices()
         skipped = None
         if cfg.aggregate != "none":
             skipped = server_combine(cfg.aggregate, chains, samples, t, timeout_s=cfg.timeout_s, late=late,
                                      secure=keys)
-        wall_s = time.perf_counter() - t0
+        wall_s = server.clock.time_s() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
                                                       late_ok=d in late)) for d in devices}
         ledgers = dprun.receive(cfg, t, {c: ch[0] for c, ch in chains.items()}, late) if cfg.dp else {}
@@ -86,7 +86,7 @@ def _serve(spec: RunSpec, t: Transport, run: RunDir, *, lock, report: Report, wh
         for chain in chains.values():
             t.recv(SERVER, chain[0], tag="saved", timeout_s=cfg.timeout_s, late_ok=chain[0] in late)
         m = round_metrics(plan, server, reports, t.log, round_no=r, wall_s=wall_s, steps=cfg.steps_per_round,
-                          emulated=cfg.emulate == "sleep")
+                          emulated=cfg.emulate != "none")
         if skipped:
             m["aggregation_skipped"] = skipped
         stop = None

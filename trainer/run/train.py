@@ -1,7 +1,7 @@
 """``train(cfg)``: execute a plan with the chosen backend, re-planning around a lost device.
 
-Nothing here prints: ``on_start`` and ``on_round`` receive the run's start report and
-each round's metrics. With ``replan_on_failure``, a device that fails is dropped from its
+Nothing here prints: ``on_start``, ``on_round`` and ``on_step`` receive the run's start
+report, each round's metrics and ``{"round", "step"}`` after each generator step. With ``replan_on_failure``, a device that fails is dropped from its
 client's tables (they are in the plan), the client is solved again, and the run resumes
 from its last checkpoint, so no completed round is lost.
 """
@@ -33,13 +33,13 @@ BACKENDS = {"local": run_local, "dist": run_dist}
 Hook = Callable[[dict], None] | None
 
 
-def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None) -> list[dict]:
+def train(cfg: TrainConfig, *, on_round: Hook = None, on_start: Hook = None, on_step: Hook = None) -> list[dict]:
     """Train as ``cfg.plan_path`` says; returns every round's metrics (SPEC §4). A new run
     refused before its first round leaves ``cfg.out_dir`` as it found it."""
     out = Path(cfg.out_dir)
     before = set(out.iterdir()) if out.is_dir() else None  # None: the folder is new
     try:
-        return _train(cfg, on_round=on_round, on_start=on_start)
+        return _train(cfg, on_round=on_round, on_start=on_start, on_step=on_step)
     except InputError:
         if not cfg.resume and not server_file(out).exists() and out.is_dir():
             _remove_new(out, before)
@@ -55,7 +55,7 @@ def _remove_new(out: Path, before: set[Path] | None) -> None:
             p.unlink(missing_ok=True)
 
 
-def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook) -> list[dict]:
+def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook, on_step: Hook = None) -> list[dict]:
     plan = load_plan(cfg.plan_path)
     check_launch(RunSpec(cfg, plan))  # torchrun's ranks and FSL_RANKS, before anything else
     vet(plan.model["name"], source=str(cfg.plan_path), field="model.name")  # a user factory, in a child first
@@ -83,7 +83,8 @@ def _train(cfg: TrainConfig, *, on_round: Hook, on_start: Hook) -> list[dict]:
         write_run_file(cfg, cfg.out_dir)  # the options as given, before a switch or re-plan changes the plan
     while True:
         try:
-            history = BACKENDS[cfg.backend](RunSpec(cfg, plan), run_role, on_start=on_start, on_round=on_round)
+            history = BACKENDS[cfg.backend](RunSpec(cfg, plan), run_role, on_start=on_start, on_round=on_round,
+                                            on_step=on_step)
             switch = history[-1].get("plan_switch") if history else None
             if switch is None or history[-1]["round"] >= cfg.rounds:
                 return history
