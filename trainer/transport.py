@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from planner.schedule import STEP_TAGS, TAGS, UNPLANNED_STEP_TAGS
-from trainer import protocol
+from trainer import msgtrace, protocol
 from trainer.errors import PeerLost, PeerTimeout, ProtocolError, ProtocolViolation, RunAborted, StopRound
 from trainer.links import EmulatedLink, LinkTable
 from trainer.protocol import SERVER, WireLimits  # noqa: F401 - SERVER: every role imports it from here
@@ -157,6 +157,7 @@ class Transport:
         payload = self._prepare(tensor)
         n = nbytes(payload)
         envelope = Envelope(src, tag, self._epoch[src], payload)
+        msgtrace.record(src, dst, tag, envelope.epoch, payload)
         if self.emulate:
             delay = self.links.delay_s(src, dst, n) if tag in STEP_TAGS else 0.0
             span = self._link(src, dst).carry(dst, envelope, delay)
