@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from planner.models import Generator
 from tests.helpers import chain_plan, config, final_states
-from trainer import DeviceFailure, train
+from trainer import DeviceFailure, msgtrace, train
 from trainer.errors import PeerLost, RankFailure, root_cause
 from trainer.state import pack, unpack
 from trainer.wire import decode_header, encode_header
@@ -187,10 +188,20 @@ def test_killed_device_ends_the_run_and_resume_completes(tmp_path):
     assert torch.load(cfg.out_dir / "checkpoint" / "server.pt", weights_only=True)["round"] == 2
 
 
-def test_replan_on_failure_finishes_without_the_device(tmp_path):
+def test_replan_on_failure_finishes_without_the_device(tmp_path, monkeypatch):
+    """c0-d2 is killed after round 1; the run re-plans without it and resumes from round
+    1's checkpoint. The weights carry over, checked against that checkpoint as it was
+    before the kill: every discriminator parameter the data device hands the re-planned
+    devices equals it, parameter by parameter, and together with the data device's own
+    layers they are every parameter; the generator's first fake images after the switch
+    are what round 1's generator and noise stream make (recomputed here)."""
     plan = chain_plan("dcgan", [2, 6])  # c0-d0 -> c0-d1 -> c0-d2
+    folder = tmp_path / "trace"
+    folder.mkdir()
+    monkeypatch.setenv(msgtrace.ENV, str(folder))
+    monkeypatch.setenv(msgtrace.PAYLOADS_ENV, "1")
     cfg = _cfg(tmp_path, plan, "run", rounds=3, replan_on_failure=True)
-    victim, pids, killed, notes = "c0-d2", {}, [], []
+    victim, pids, killed, notes, before = "c0-d2", {}, [], [], {}
 
     def on_start(info):
         pids.update(info.get("pids", {}))
@@ -199,6 +210,9 @@ def test_replan_on_failure_finishes_without_the_device(tmp_path):
 
     def kill_once(m):
         if m["round"] == 1 and not killed:
+            ck = cfg.out_dir / "checkpoint"
+            before["client"] = torch.load(ck / "client-client0-r0001.pt", weights_only=True)
+            before["server"] = torch.load(ck / "server.pt", weights_only=True)
             os.kill(pids[victim], signal.SIGKILL)
             killed.append(m["round"])
 
@@ -210,3 +224,23 @@ def test_replan_on_failure_finishes_without_the_device(tmp_path):
     assert final["solver"]["lost"] == [victim]
     assert victim not in history[-1]["devices"]
     assert _children() == []
+    # the weights after the switch against round 1's checkpoint, taken before the kill
+    rows = msgtrace.read(folder)
+    after = {r["pid"] for r in rows if r["tag"] == "round" and r["round"] == 3}  # the re-planned run's processes
+    handed = [unpack(msgtrace.payload(folder, r), source="state") for r in rows
+              if r["pid"] in after and r["src"] == "c0-d0" and r["tag"] == "state"]
+    want = before["client"]["weights"]
+    head = final["clients"][0]["stages"][0]
+    head_span = range(head["start"], head["end"])
+    sent = {k: v for h in handed for k, v in h["weights"].items()}
+    assert handed and sent, "the re-planned devices were handed no weights"
+    for k, v in sent.items():
+        assert torch.equal(v, want[k]), k
+    own = {k for k in want if int(k.split(".")[1]) in head_span}  # "layers.<i>.<param>"
+    assert set(sent) | own == set(want) and not set(sent) & own
+    server_ck = before["server"]
+    g = Generator()
+    g.load_state_dict(server_ck["generator"])
+    z = torch.randn(plan.batch_size, g.z_dim, generator=torch.Generator().set_state(server_ck["z_generator"]))
+    fake = next(msgtrace.payload(folder, r) for r in rows if r["pid"] in after and r["tag"] == "fake")
+    torch.testing.assert_close(fake, g(z).detach(), atol=1e-6, rtol=0)
