@@ -195,12 +195,12 @@ def test_replan_on_failure_finishes_without_the_device(tmp_path, monkeypatch):
     devices equals it, parameter by parameter, and together with the data device's own
     layers they are every parameter; the generator's first fake images after the switch
     are what round 1's generator and noise stream make (recomputed here)."""
-    plan = chain_plan("dcgan", [2, 6])  # c0-d0 -> c0-d1 -> c0-d2
+    plan = chain_plan("dcgan", [2, 6], batch=16)  # c0-d0 -> c0-d1 -> c0-d2
     folder = tmp_path / "trace"
     folder.mkdir()
     monkeypatch.setenv(msgtrace.ENV, str(folder))
-    monkeypatch.setenv(msgtrace.PAYLOADS_ENV, "1")
-    cfg = _cfg(tmp_path, plan, "run", rounds=3, replan_on_failure=True)
+    monkeypatch.setenv(msgtrace.PAYLOADS_ENV, "state,fake")
+    cfg = _cfg(tmp_path, plan, "run", rounds=3, replan_on_failure=True, steps_per_round=1)
     victim, pids, killed, notes, before = "c0-d2", {}, [], [], {}
 
     def on_start(info):
@@ -216,7 +216,7 @@ def test_replan_on_failure_finishes_without_the_device(tmp_path, monkeypatch):
             os.kill(pids[victim], signal.SIGKILL)
             killed.append(m["round"])
 
-    history = _train(cfg, on_round=kill_once, on_start=on_start)
+    history = _bounded(lambda: train(cfg, on_round=kill_once, on_start=on_start), 400)  # two runs, a failure
     assert [m["round"] for m in history] == [1, 2, 3]
     assert notes and notes[0]["lost"] == victim
     final = json.loads((cfg.out_dir / "plan.json").read_text())
@@ -226,7 +226,7 @@ def test_replan_on_failure_finishes_without_the_device(tmp_path, monkeypatch):
     assert _children() == []
     # the weights after the switch against round 1's checkpoint, taken before the kill
     rows = msgtrace.read(folder)
-    after = {r["pid"] for r in rows if r["tag"] == "round" and r["round"] == 3}  # the re-planned run's processes
+    after = {r["pid"] for r in rows if r["round"] == 3}  # the re-planned run's processes
     handed = [unpack(msgtrace.payload(folder, r), source="state") for r in rows
               if r["pid"] in after and r["src"] == "c0-d0" and r["tag"] == "state"]
     want = before["client"]["weights"]

@@ -5,7 +5,8 @@ Each process appends one JSON line per message to ``<folder>/<pid>.jsonl``:
 ``{"seq", "src", "dst", "tag", "round", "dtype", "shape"}`` in the order its roles sent
 them (``seq`` counts per process), so the order on each ``(src, dst)`` link is the
 order of that file's lines for that link. With ``FSL_MESSAGE_TRACE_PAYLOADS=1`` each
-payload is also saved as ``<folder>/<pid>-<seq>.pt``. The environment is read at every
+payload is also saved as ``<folder>/<pid>-<seq>.pt`` (with a comma-separated list of
+tags, the payloads of those tags only). The environment is read at every
 send, so a test may set it for an in-process run, and processes started later (the dist
 backend's ``spawn``) inherit it.
 
@@ -41,7 +42,8 @@ def record(src: str, dst: str, tag: str, round_no: int, payload: torch.Tensor) -
                 "dtype": str(payload.dtype).removeprefix("torch."), "shape": list(payload.shape)}
         with open(Path(folder) / f"{os.getpid()}.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-        if os.environ.get(PAYLOADS_ENV) == "1":
+        wanted = os.environ.get(PAYLOADS_ENV, "")
+        if wanted == "1" or tag in wanted.split(","):
             torch.save(payload.detach().clone(), Path(folder) / f"{os.getpid()}-{seq}.pt")
 
 

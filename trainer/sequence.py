@@ -22,9 +22,10 @@ server sends each of its devices ``stop`` after the last ``fake`` it sent it.
 Not declared here (a run with them fails the check): DP-SGD, secure aggregation, resume,
 plan switches.
 
-``fsl calibrate`` (``trainer.calibrate``; one host, links declared): every message is
-``calib``: ``server -> d``: measure, pass x (warmup + repeats), finish, done;
-``d -> server``: hello, passed x (warmup + repeats), its calibration; bye both ways.
+``fsl calibrate --no-links`` (``trainer.calibrate``; one host): every message is ``calib``:
+``server -> d``: measure, pass x (warmup + repeats), finish, done; ``d -> server``: hello,
+passed x (warmup + repeats), its calibration; then ``bye`` on every link, the devices of a
+client among themselves too.
 """
 
 from __future__ import annotations
@@ -132,12 +133,15 @@ def declare(shape: RunShape) -> Links:
     return links
 
 
-def declare_calibration(devices: list[str], *, passes: int) -> Links:
-    """``fsl calibrate``'s messages on one host with declared links (module docstring)."""
+def declare_calibration(clients: dict[str, list[str]], *, passes: int) -> Links:
+    """``fsl calibrate --no-links``'s messages on one host (module docstring); ``clients``:
+    each client's devices, ``passes``: warmup + repeats."""
     links: Links = {}
-    for d in devices:
-        links[(SERVER, d)] = [Message("calib", 0) for _ in range(passes + 3)] + [Message("bye", 0)]
-        links[(d, SERVER)] = [Message("calib", 0) for _ in range(passes + 2)] + [Message("bye", 0)]
+    for devices in clients.values():
+        for d in devices:
+            links[(SERVER, d)] = [Message("calib", 0) for _ in range(passes + 3)] + [Message("bye", 0)]
+            links[(d, SERVER)] = [Message("calib", 0) for _ in range(passes + 2)] + [Message("bye", 0)]
+            links.update({(d, e): [Message("bye", 0)] for e in devices if e != d})
     return links
 
 
