@@ -19,9 +19,9 @@ from trainer.transport import InProcessTransport
 
 # (cuts per client, M, aggregation): every stage count 1-4 with M = 1 and with M = 4,
 # every aggregation; the factory model's 6 layers cut after layers 0, 1 and 3
-SLOW = pytest.mark.slow  # ~5 s each on the loaded 2-core machine: one shape stays in the fast tier
+SLOW = pytest.mark.slow  # 5-13 s each on the loaded 2-core machine; the fast tier checks a 2-stage run below
 SHAPES = [
-    pytest.param([[1], [0, 1, 3]], 4, "swap", id="2+4 stages M4 swap"),
+    pytest.param([[1], [0, 1, 3]], 4, "swap", id="2+4 stages M4 swap", marks=SLOW),
     pytest.param([[], [0, 2]], 1, "fedavg", id="1+3 stages M1 fedavg", marks=SLOW),
     pytest.param([[], [0, 2]], 4, "none", id="1+3 stages M4 none", marks=SLOW),
     pytest.param([[1], [0, 1, 3]], 1, "fedavg", id="2+4 stages M1 fedavg", marks=SLOW),
