@@ -7,8 +7,8 @@ A message's float tensor is read as rows of 784 values (28 x 28), from its start
 from the start of each sample; a ``torch.save`` payload (hello, report, state, trace) is
 opened and each tensor in it read the same way. No row may equal a real image, and none
 may correlate with one beyond |r| = 0.9 (a real image with noise of a fifth of its spread
-still reaches 0.95; in a run the largest |r| of any message was 0.45, a first-cut
-activation: 57,320 rows per backend checked against 1,436 images).
+still reaches 0.98; in a run the largest |r| of any message was 0.45, a first-cut
+activation: 57,320 rows per backend checked against 1,438 images).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _run(tmp_path, monkeypatch, backend: str):
     return plan, folder
 
 
-@pytest.mark.slow  # two rounds with every payload written to disk, then ~40,000 rows against ~1,400 images
+@pytest.mark.slow  # two rounds with every payload written to disk, then ~57,000 rows against 1,438 images
 @pytest.mark.parametrize("backend", ["local", "dist"])
 def test_no_message_holds_or_resembles_a_real_image(tmp_path, monkeypatch, backend):
     plan, folder = _run(tmp_path, monkeypatch, backend)
@@ -102,8 +102,8 @@ def test_no_message_holds_or_resembles_a_real_image(tmp_path, monkeypatch, backe
     sample = real[:3].reshape(3, 1, 28, 28)
     assert leaks(sample, real, real_std, exact)[0] == 3
     noisy = sample + 0.2 * sample.std() * torch.randn_like(sample)
-    assert leaks(noisy, real, real_std, exact) == (0, pytest.approx(leaks(noisy, real, real_std, exact)[1]))
-    assert leaks(noisy, real, real_std, exact)[1] > 0.95
+    same, r = leaks(noisy, real, real_std, exact)
+    assert same == 0 and r > 0.95
     rows = msgtrace.read(folder)
     tags = {r["tag"] for r in rows}
     assert {"hello", "start", "round", "fake", "act_d", "grad_d", "act_g", "grad_g", "fake_grad", "losses",
