@@ -9,6 +9,7 @@ standard deviation is 0.0289 and the fixed range below is +-4 of them."""
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import torch
 from torch import nn
@@ -75,6 +76,26 @@ def test_black_box_auc_is_the_pairwise_rank_count_and_chance_for_a_fresh_generat
     assert gan_leaks_auc(members, non_members, memorised) == 1.0
     d = nearest_distance(members[:3], torch.cat([members[:3] + 1.0, members[1:2]]))
     assert d[1] == 0 and abs(d[0].item() - 8.0) < 1e-6  # 64 pixels each off by 1 (float32)
+
+
+def hanley_mcneil_sd(auc: float, n1: int, n2: int) -> float:
+    """The AUC's standard error (Hanley and McNeil 1982, eq. 2)."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    return ((auc * (1 - auc) + (n1 - 1) * (q1 - auc**2) + (n2 - 1) * (q2 - auc**2)) / (n1 * n2)) ** 0.5
+
+
+def test_a_partly_leaking_case_lands_in_its_binormal_range():
+    """Members' distances N(0, 1), non-members' N(1, 1): the AUC is P(X < Y) =
+    Phi(1 / sqrt 2) = 0.76025 (closed form), and a seeded draw of 1,000 + 1,000 lies within
+    4 Hanley-McNeil standard errors (0.0104 each) of it."""
+    g = torch.Generator().manual_seed(2)
+    n = 1000
+    d_in, d_out = torch.randn(n, generator=g), torch.randn(n, generator=g) + 1.0
+    want = 0.5 * (1 + math.erf(1 / math.sqrt(2) / math.sqrt(2)))
+    sd = hanley_mcneil_sd(want, n, n)
+    assert abs(want - 0.76025) < 1e-5 and abs(sd - 0.0104) < 5e-4
+    auc = membership_auc(d_in, d_out)
+    assert abs(auc - want) < 4 * sd, auc
 
 
 def test_white_box_distance_is_the_least_squares_residual():

@@ -11,13 +11,16 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from planner.models import Generator
 from tests.helpers import chain_plan, config, final_states
 from trainer import DeviceFailure, train
+from trainer.comm import msgtrace
 from trainer.errors import PeerLost, RankFailure, root_cause
 from trainer.state import pack, unpack
 from trainer.comm.wire import decode_header, encode_header
@@ -187,26 +190,66 @@ def test_killed_device_ends_the_run_and_resume_completes(tmp_path):
     assert torch.load(cfg.out_dir / "checkpoint" / "server.pt", weights_only=True)["round"] == 2
 
 
-def test_replan_on_failure_finishes_without_the_device(tmp_path):
-    plan = chain_plan("dcgan", [2, 6])  # c0-d0 -> c0-d1 -> c0-d2
-    cfg = _cfg(tmp_path, plan, "run", rounds=3, replan_on_failure=True)
-    victim, pids, killed, notes = "c0-d2", {}, [], []
+ADAM_STEP_BOUND = 2e-4 * 0.5 / 0.001 ** 0.5  # |an Adam update| <= lr (1 - b1) / sqrt(1 - b2) (Kingma and Ba, s. 2.1)
+
+
+def test_replan_on_failure_finishes_without_the_device(tmp_path, monkeypatch):
+    """c0-d2 is killed after round 1; the run re-plans without it (c0-d0 may hold 3 layers
+    at most, so c0-d1 takes the rest) and resumes from round 1's checkpoint. The weights
+    carry over, checked against that checkpoint as it was before the kill: every
+    parameter the data device hands c0-d1 equals it, parameter by parameter, and covers
+    every layer c0-d0 does not hold; after round 2's one step every parameter is within
+    one Adam update of it; the generator's first fake images after the switch are what
+    round 1's generator and noise stream make (recomputed here)."""
+    plan = chain_plan("dcgan", [2, 6], batch=16)  # c0-d0 -> c0-d1 -> c0-d2
+    (c,) = plan.clients
+    plan = replace(plan, clients=(replace(c, costs=replace(c.costs, capacity_bytes=(3, 10**9, 10**9))),))
+    folder = tmp_path / "trace"
+    folder.mkdir()
+    monkeypatch.setenv(msgtrace.ENV, str(folder))
+    monkeypatch.setenv(msgtrace.PAYLOADS_ENV, "state,fake")
+    cfg = _cfg(tmp_path, plan, "run", rounds=3, replan_on_failure=True, steps_per_round=1)
+    victim, pids, killed, notes, before = "c0-d2", {}, [], [], {}
 
     def on_start(info):
         pids.update(info.get("pids", {}))
         if "replanned" in info:
             notes.append(info["replanned"])
 
-    def kill_once(m):
+    def on_round(m):
+        ck = cfg.out_dir / "checkpoint"
+        if m["round"] == 2 and killed:
+            before["round 2"] = torch.load(ck / "client-client0-r0002.pt", weights_only=True)
         if m["round"] == 1 and not killed:
+            before["client"] = torch.load(ck / "client-client0-r0001.pt", weights_only=True)
+            before["server"] = torch.load(ck / "server.pt", weights_only=True)
             os.kill(pids[victim], signal.SIGKILL)
             killed.append(m["round"])
 
-    history = _train(cfg, on_round=kill_once, on_start=on_start)
+    history = _bounded(lambda: train(cfg, on_round=on_round, on_start=on_start), 400)  # two runs, a failure
     assert [m["round"] for m in history] == [1, 2, 3]
     assert notes and notes[0]["lost"] == victim
     final = json.loads((cfg.out_dir / "plan.json").read_text())
-    assert victim not in {s["device"] for c in final["clients"] for s in c["stages"]}
+    assert [s["device"] for s in final["clients"][0]["stages"]] == ["c0-d0", "c0-d1"]
     assert final["solver"]["lost"] == [victim]
     assert victim not in history[-1]["devices"]
     assert _children() == []
+    # the weights after the switch against round 1's checkpoint, taken before the kill
+    rows = msgtrace.read(folder)
+    after = {r["pid"] for r in rows if r["round"] == 3}  # the re-planned run's processes
+    (handed,) = [unpack(msgtrace.payload(folder, r), source="state") for r in rows
+                 if r["pid"] in after and r["src"] == "c0-d0" and r["dst"] == "c0-d1" and r["tag"] == "state"]
+    want = before["client"]["weights"]
+    head = final["clients"][0]["stages"][0]
+    own = {k for k in want if head["start"] <= int(k.split(".")[1]) < head["end"]}  # "layers.<i>.<param>"
+    assert handed["weights"] and set(handed["weights"]) == set(want) - own
+    for k, v in handed["weights"].items():
+        assert torch.equal(v, want[k]), k
+    for k, v in before["round 2"]["weights"].items():
+        assert float((v - want[k]).abs().max()) <= ADAM_STEP_BOUND * 1.001, k
+    server_ck = before["server"]
+    g = Generator()
+    g.load_state_dict(server_ck["generator"])
+    z = torch.randn(plan.batch_size, g.z_dim, generator=torch.Generator().set_state(server_ck["z_generator"]))
+    fake = next(msgtrace.payload(folder, r) for r in rows if r["pid"] in after and r["tag"] == "fake")
+    torch.testing.assert_close(fake, g(z).detach(), atol=1e-6, rtol=0)

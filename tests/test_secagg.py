@@ -1,6 +1,7 @@
 """Secure aggregation (trainer.aggregate.secagg, secagg_round, secagg_shares) against independent
 references: every coordinate the server receives differs from its plain fixed-point
-value (computed here with numpy) while the sum is exact; the averages devices receive
+value (computed here with numpy) and no device's masked vector correlates with its plain
+one (Pearson's r within 5 / sqrt(n) of 0), while the sum is exact; the averages devices receive
 equal numpy's fedavg of the plain weights, over all clients when one was dropped after
 sending and over the survivors when one never sent; Shamir sharing against hand-worked
 polynomials over GF(97)."""
@@ -40,6 +41,12 @@ def _fixed_point(w: np.ndarray, n: float) -> np.ndarray:
     return np.mod(np.round(w.astype(np.float64) * (n * 2.0**24)).astype(np.int64), 1 << 62).astype(np.uint64)
 
 
+def _correlation(masked: np.ndarray, plain: np.ndarray) -> float:
+    """Pearson's r between a masked vector (its values as numbers in [0, 2^62)) and its plain
+    weights: about 0 (|r| < 5 / sqrt(n) but with probability 6e-7) when the mask is uniform."""
+    return float(np.corrcoef(masked.astype(np.float64), plain.astype(np.float64))[0, 1])
+
+
 def _fedavg(plain: dict[int, np.ndarray], n: dict[int, float]) -> np.ndarray:
     return sum(n[k] * plain[k].astype(np.float64) for k in plain) / sum(n[k] for k in plain)
 
@@ -64,7 +71,10 @@ def test_pairwise_masks_cancel_over_the_clients():
             peers = tuple((1 if k < j else -1, pa, pb, shared_key(keys[i], public_bytes(keys[n])))
                           for n, (j, pa, pb) in enumerate(devices) if j != k and max(a, pa) < min(b, pb))
             m = Masker(k, a, b, float(weights[k]), peers).mask(x[k][a:b], round_no=trial + 1)
-            assert not torch.equal(m, encode(x[k][a:b], weights[k]))
+            plain = _fixed_point(x[k][a:b].numpy(), weights[k])
+            assert not (m.numpy().astype(np.uint64) == plain).any(), "a coordinate left unmasked"
+            if b - a >= 100:
+                assert abs(_correlation(m.numpy(), x[k][a:b].numpy())) < 5 / (b - a) ** 0.5
             masked[k][a:b] = m
         total = unmask_average(dict(enumerate(masked)), dict(enumerate(map(float, weights))))
         want = sum(w * v for w, v in zip(weights, x)) / sum(weights)
@@ -185,6 +195,8 @@ def test_the_server_sees_no_plain_coordinate_and_the_exact_sum(tmp_path, monkeyp
             assert view.dtype == torch.int64 and view.shape == w.shape
             same = int((view.numpy().astype(np.uint64) == _fixed_point(w, n[k])).sum())
             assert same == 0, f"{st.device}: {same} of {w.size} coordinates reach the server unmasked"
+            r = _correlation(view.numpy(), w)
+            assert abs(r) < 5 / w.size ** 0.5, f"{st.device}: what it sent correlates with its weights (r = {r:.4f})"
             checked += w.size
     assert checked == len(plan.planned) * Layout.of(RunSpec(config(tmp_path, plan, "run"), plan)).size
     want = sum(_fixed_point(w, n[k]) for k, w in _per_client(plan, plain).items()) & np.uint64((1 << 62) - 1)

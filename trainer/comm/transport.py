@@ -18,12 +18,12 @@ peer it is waiting for.
   time the plan says their link takes (``trainer.comm.links``).
 - **Virtual time** (``virtual=True``): each role's clock is attached (:meth:`attach`); a message
   carries its virtual arrival (``trainer.comm.links.VirtualLinks``), its receiver's clock moves there.
-- **Who may send what.** Every message is checked against ``trainer.comm.protocol``: its
-  sender (``stop`` and plan switches only from the server), and over the wire its
-  dtype and size, before anything is allocated; a violation is a
-  :class:`~trainer.errors.ProtocolViolation` naming the peer.
+- **Who may send what.** Every message is checked against ``trainer.comm.protocol``: its sender
+  (``stop`` and plan switches only from the server), and over the wire its dtype and size,
+  before anything is allocated; a violation is a ``ProtocolViolation`` naming the peer.
 - **Log.** :class:`TransferLog` counts each role's bytes and waits, step and control
-  messages apart, so metrics report what actually crossed.
+  messages apart, so metrics report what actually crossed; ``trainer.comm.msgtrace``
+  records every message when ``FSL_MESSAGE_TRACE`` names a folder (``trainer.comm.sequence``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trainer.comm.tags import STEP_TAGS, TAGS, UNPLANNED_STEP_TAGS
-from trainer.comm import protocol
+from trainer.comm import msgtrace, protocol
 from trainer.errors import PeerLost, PeerTimeout, ProtocolError, ProtocolViolation, RunAborted, StopRound
 from trainer.comm.links import EmulatedLink, LinkTable, VirtualLinks
 from trainer.comm.protocol import SERVER, WireLimits  # noqa: F401 - SERVER: every role imports it from here
@@ -168,6 +168,7 @@ class Transport:
         payload = self._prepare(tensor)
         n = nbytes(payload)
         envelope = Envelope(src, tag, self._epoch[src], payload)
+        msgtrace.record(src, dst, tag, envelope.epoch, payload)
         if self.virtual:
             clock = self._clocks.get(src)
             span = self._virtual_links.carry(src, dst, clock.now_s if clock else 0.0, n, step=tag in STEP_TAGS)
