@@ -122,6 +122,7 @@ def test_train_refuses_a_plan_that_does_not_match_the_model(tmp_path: Path):
     assert r.exit_code == 2 and "reserved" in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # a training run of several seconds
 def test_real_processes_exit_2_with_one_line(tmp_path: Path):
     """The installed ``fsl``, each in its own process (run side by side): exit status,
     stderr, stdout, and no crash on 100,000 levels of nesting."""

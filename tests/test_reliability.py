@@ -39,6 +39,7 @@ def test_same_inputs_give_byte_identical_plans(tmp_path):
         assert ja == jb
 
 
+@pytest.mark.slow  # a training run of several seconds
 def test_same_seed_gives_identical_losses(tmp_path):
     p = chain_plan("dcgan", [2, 6], n_clients=2)
     runs = [[(h["g_loss"], h["d_loss"]) for h in run(tmp_path, p, out, rounds=3, seed=7)] for out in ("a", "b")]

@@ -12,6 +12,7 @@ from planner.errors import InputError
 from tests.helpers import chain_plan, final_states, run
 
 
+@pytest.mark.slow  # a training run of several seconds
 def test_resume_is_exact(tmp_path):
     plan = chain_plan("dcgan", [[2, 6], [4]])
     straight = run(tmp_path, plan, "a", rounds=4)
@@ -76,6 +77,7 @@ def test_a_run_directory_is_not_overwritten_without_resume(tmp_path):
         run(tmp_path, plan, rounds=2)
 
 
+@pytest.mark.slow  # a training run of several seconds
 def test_a_new_plan_resumes_with_weights_and_adam_moments_moved(tmp_path):
     """Two rounds cut after layer 2, then two cut after layers 5 and 8 (a re-plan): the
     same as four rounds on the first plan, since every layer's weights, Adam moments and

@@ -56,6 +56,7 @@ def test_every_message_of_a_run_is_the_declared_one(tmp_path, monkeypatch, cuts,
     assert ("weights" in tags) == (aggregate != "none")
 
 
+@pytest.mark.slow  # a training run of several seconds
 def test_a_deviation_in_a_real_run_is_caught(tmp_path, monkeypatch):
     """The data device sends ``saved`` twice in the last round: nobody reads the second,
     the run ends well, and the trace check names the link and the message."""
