@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from benchmarks.common import commit, machine, md_table, write_section  # noqa: E402
 from planner.costs import planning_units  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
-from planner.profile import device_threads  # noqa: E402
+from planner.profile import profile_threads  # noqa: E402
 from planner.profile_cache import micro_batch_profile, profile_model  # noqa: E402
 from trainer.roles.build import adam  # noqa: E402
 from trainer.roles.clock import Clock  # noqa: E402
@@ -160,7 +160,7 @@ def main() -> None:
     args = ap.parse_args()
     ms = [int(m) for m in args.micro_batches.split(",")]
     rows, errs = [], {"after": {}, "before": {}}
-    with device_threads():
+    with profile_threads():
         for name in args.models.split(","):
             model = build_discriminator(name)
             prof = profile_model(model, batch_size=args.batch_size)

@@ -7,7 +7,7 @@ step cut into the trainer's four blocks (discriminator forward on real and fake,
 backward and Adam step, the generator phase's forward, its backward to the images), once
 straight through and once with a sleep after each block, alternating, at 1 and at 2
 torch threads, with ``OMP_WAIT_POLICY=PASSIVE`` as ``fsl`` sets it. The ratio is why a
-device computes on one thread (``planner.profile.DEVICE_THREADS``).
+device computes on one thread (``trainer.roles.clock.DEVICE_THREADS``).
 
     python benchmarks/emulation.py [--repeats 15] [--sleep-ms 50]
 """

@@ -9,7 +9,7 @@ One *GAN training step* on a discriminator, with batch size ``B`` (see
 2. the generator phase: forward on ``B`` fake samples, backward for the input only.
 
 ``time_s`` is that work's CPU time (``time.thread_time`` of the one computing thread,
-:data:`DEVICE_THREADS`; medians of repeats after warm-up; other threads and programs do
+:data:`PROFILE_THREADS`; medians of repeats after warm-up; other threads and programs do
 not count, as under ``--emulate virtual``) in the context of the whole model: layers run
 in one forward and backward cost less than each timed alone (a graph, a gradient call,
 an output gradient per call), so each round also times the whole model as one segment
@@ -51,10 +51,11 @@ from planner.profile_options import (Timed, cpu_s, measure_accumulate_s, measure
 from planner.usermodel import generator_for
 
 PROFILE_VERSION = 6  # 6: CPU time, layers in the whole model's context, update_s
-# A device is one core of this host: profiles, calibration and both backends compute with this
-# many torch threads (one core of a device; a pool wakes cold after each emulated sleep: 1.04-1.09x
-# slower at 2 threads, 1.00x at 1, ``benchmarks/emulation.py``; thread CPU time sees only one thread).
-DEVICE_THREADS = 1
+# The torch threads a profile times each layer on: one (a pool wakes cold after each emulated
+# sleep: 1.04-1.09x slower at 2 threads, 1.00x at 1, ``benchmarks/emulation.py``; thread CPU time
+# sees only one thread). A plan's times hold for a device that computes so: the trainer's
+# devices do (``trainer.roles.clock.PROFILE_THREADS``).
+PROFILE_THREADS = 1
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 _ELEMENTWISE_OPS = ("aten::leaky_relu", "aten::add", "aten::mul", "aten::div", "aten::rand",
                     "aten::ge", "aten::tanh", "aten::sigmoid", "aten::relu")
@@ -225,8 +226,8 @@ def time_layers(model: LayeredModel, args: list[tuple[tuple, tuple]], *, repeats
 def measure(model: LayeredModel, *, batch_size: int = 64, repeats: int = 11, warmup: int = 2,
             progress: Callable[[int, int], None] | None = None) -> ModelProfile:
     """Profile every layer of ``model`` at ``batch_size`` on one core of this machine
-    (:data:`DEVICE_THREADS`)."""
-    with device_threads():
+    (:data:`PROFILE_THREADS`)."""
+    with profile_threads():
         return _measure(model, batch_size=batch_size, repeats=repeats, warmup=warmup, progress=progress)
 
 
@@ -269,10 +270,10 @@ def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
 
 
 @contextmanager
-def device_threads() -> Iterator[None]:
-    """Torch computes with :data:`DEVICE_THREADS` threads inside (as before, after)."""
+def profile_threads() -> Iterator[None]:
+    """Torch computes with :data:`PROFILE_THREADS` threads inside (as before, after)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(DEVICE_THREADS)
+    torch.set_num_threads(PROFILE_THREADS)
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ from planner.jsonio import write_json
 from planner.models import LayeredModel
 from planner.profile_options import measure_loss_s
 from planner.layer_context import in_context, step_s
-from planner.profile import (DEVICE_THREADS, PROFILE_VERSION, ModelProfile, device_threads, layer_args, layer_codecs,
+from planner.profile import (PROFILE_THREADS, PROFILE_VERSION, ModelProfile, profile_threads, layer_args, layer_codecs,
                              layer_outputs, measure, time_layers)
 
 
@@ -28,7 +28,7 @@ def cache_dir() -> Path:
 
 def cache_path(model: LayeredModel, batch_size: int) -> Path:
     key = json.dumps([PROFILE_VERSION, model.fingerprint(), batch_size, torch.__version__,
-                      platform.node(), DEVICE_THREADS])
+                      platform.node(), PROFILE_THREADS])
     return cache_dir() / "profiles" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 
@@ -95,7 +95,7 @@ def _measure_times(model: LayeredModel, batch_size: int, *,
     """Per layer, ``(step, forward, codec_s, update)`` seconds at ``batch_size`` on one
     core in the context of the whole model's step, the ratio (:func:`planner.layer_context.in_context`,
     with fewer repeats to keep ``fsl plan`` quick: the medians of 7) and the loss's seconds."""
-    with device_threads():
+    with profile_threads():
         args = layer_args(model, batch_size)
         timings, ratio = in_context(time_layers(model, args, repeats=7, warmup=1, progress=progress, whole=True))
         codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], batch_size)

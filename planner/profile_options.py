@@ -4,7 +4,7 @@ one whole GAN training step on this machine; a device with ``processing_time_fac
 ``f`` takes ``f`` times as long (:mod:`planner.costs`).
 
 Every time is CPU seconds of the measuring thread (``time.thread_time``, one torch
-thread: :data:`planner.profile.DEVICE_THREADS`), as ``--emulate virtual`` charges a
+thread: :data:`planner.profile.PROFILE_THREADS`), as ``--emulate virtual`` charges a
 device's work, so the host's other load does not count.
 
 ``overhead_s``: the fixed cost of holding a stage for one micro-batch, whatever its

@@ -47,13 +47,13 @@ import torch.distributed as dist
 from planner.calibration import FORMAT
 from planner.devices import Profile, load_profile
 from planner.usermodel import build_model
-from planner.profile import DEVICE_THREADS, layer_args, layer_codecs, in_context, layer_outputs, step_s, time_layers
+from planner.profile import layer_args, layer_codecs, in_context, layer_outputs, step_s, time_layers
 from planner.profile_options import measure_overhead_s
 from trainer.comm import linkprobe
 from trainer.backends.dist import in_torchrun, run_ranks, torchrun_role
 from trainer.errors import RankFailure, root_cause
 from trainer.state import pack, unpack
-from trainer.roles.clock import paced_sleep
+from trainer.roles.clock import DEVICE_THREADS, paced_sleep
 from trainer.comm.transport import SERVER, Transport
 from trainer.comm.wire import DistTransport
 

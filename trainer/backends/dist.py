@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from planner.errors import InputError
-from planner.profile import DEVICE_THREADS
 from trainer.privacy import opened
 from trainer.roles.build import RunSpec
+from trainer.roles.clock import DEVICE_THREADS
 from trainer.errors import DeviceFailure, RankFailure, RoleError, root_cause
 from trainer.comm.protocol import WireLimits
 from trainer.roles.where import BETWEEN_ROUNDS_S
@@ -70,7 +70,7 @@ def free_port() -> int:
 def _play(spec: RunSpec, run_role: Callable, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
     """This process's role, from joining the group to leaving it."""
     opened.record_process(spec.data)  # first: every file this role's process opens from here on
-    torch.set_num_threads(DEVICE_THREADS)  # a device is one core (planner.profile)
+    torch.set_num_threads(DEVICE_THREADS)  # a device is one core (trainer.roles.clock)
     timeout = timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)
     if init_method == "env://":  # torchrun: each plan this process follows meets under a fresh key prefix
         store, _, _ = next(dist.rendezvous(init_method, timeout=timeout))

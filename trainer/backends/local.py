@@ -3,7 +3,7 @@
 Roles share this machine's cores. Under ``--emulate virtual`` (``trainer.roles.clock``) each
 role's thread counts its own CPU time, so they compute side by side, each on one torch
 thread. Otherwise a lock lets one compute at a time, under ``--emulate
-sleep`` on one core as the profile measured (``planner.profile.DEVICE_THREADS``; with
+sleep`` on one core as the profile measured (``trainer.roles.clock.DEVICE_THREADS``; with
 ``--emulate none`` on torch's threads, flat out), so the work each measures is what the
 profile measured (``trainer.roles.clock``). The first role to fail aborts
 the others (their ``recv`` raises at once) and its error, classified like the dist
@@ -16,9 +16,9 @@ import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 
-from planner.profile import device_threads
 from trainer.privacy import opened
 from trainer.roles.build import RunSpec
+from trainer.roles.clock import device_threads
 from trainer.errors import RankFailure, RoleError, root_cause
 from trainer.comm.protocol import WireLimits
 from trainer.comm.transport import SERVER, InProcessTransport, LinkTable, Transport

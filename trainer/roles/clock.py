@@ -17,8 +17,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import torch
+
+from planner.profile import PROFILE_THREADS
+
+# A device is one core of this host: it computes on the torch threads its plan's profile was
+# timed on (both backends and ``fsl calibrate``), so its work is what the tables say.
+DEVICE_THREADS = PROFILE_THREADS
 
 
 def paced_sleep(seconds: float, debt: float) -> float:
@@ -131,3 +140,15 @@ class Clock:
 
     def reset(self) -> None:
         self.work_s = self.compute_s = self.codec_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0
+
+
+@contextmanager
+def device_threads() -> Iterator[None]:
+    """Torch computes with :data:`DEVICE_THREADS` threads inside (as before, after): a
+    thread of the local backend computing as one device."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(DEVICE_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
