@@ -42,7 +42,8 @@ def test_unknown_tag_is_refused():
 
 
 def test_constants_cover_what_the_code_sends():
-    assert len(DeviceReport.__dataclass_fields__) <= protocol.REPORT_VALUES
+    report = DeviceReport(*[float(i) for i in range(len(DeviceReport.__dataclass_fields__))]).to_tensor()
+    assert report.dtype == torch.uint8 and report.numel() <= protocol.SMALL_BLOB_BYTES
     assert KEY_BYTES == protocol.KEY_BYTES and MAX_BYTES <= protocol.PROBE_BYTES
 
 

@@ -20,10 +20,10 @@ counts them)::
     losses                  two values
     start, round, saved     one int64;  stop, bye: empty
     plan                    a plan's JSON file: BOOKKEEPING_BYTES
-    report                  REPORT_VALUES float64
     weights                 every discriminator parameter, as int64 (secure aggregation's encoding)
     state                   the model's parameters x 3 (weights and Adam's two moments) + BOOKKEEPING_BYTES
-    hello, trace, calib     torch.save payloads of bookkeeping: SMALL_BLOB_BYTES / BOOKKEEPING_BYTES
+    hello, report           torch.save payloads of a few names and numbers: SMALL_BLOB_BYTES
+    trace, calib            torch.save payloads of bookkeeping: BOOKKEEPING_BYTES
     secagg                  a key per role, a weight per client
     probe, probe_ack        the link probe's largest payload; one float32
 
@@ -47,10 +47,9 @@ from trainer.errors import ProtocolViolation
 
 SERVER = "server"
 
-REPORT_VALUES = 64  # a DeviceReport's values (a handful today; tests check this covers them)
 KEY_BYTES = 32  # an X25519 public key (trainer.aggregate.secagg)
 PROBE_BYTES = 64 * 1024 * 1024  # the link probe's largest payload (trainer.comm.linkprobe.MAX_BYTES)
-SMALL_BLOB_BYTES = 1024 * 1024  # hello: a few names and numbers in a torch.save payload
+SMALL_BLOB_BYTES = 1024 * 1024  # hello, report: a few names and numbers in a torch.save payload
 BOOKKEEPING_BYTES = 64 * 1024 * 1024  # a data sampler's permutation (8 M samples), traces, measurements
 
 FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
@@ -134,7 +133,7 @@ RULES: dict[str, Rule] = {
     "round": _fixed("server", INTS, 8),  # round [0]: the server switches plans
     "plan": _fixed("server", BLOB, BOOKKEEPING_BYTES),  # the new plan's JSON (trainer.comm.switch)
     "hello": _fixed("device", BLOB, SMALL_BLOB_BYTES),
-    "report": _fixed("device", FLOATS, REPORT_VALUES * 8),
+    "report": _fixed("device", BLOB, SMALL_BLOB_BYTES),
     "trace": _fixed("device", BLOB, BOOKKEEPING_BYTES),
     "state": Rule("device", BLOB, lambda w, src, dst: 3 * w.param_bytes + BOOKKEEPING_BYTES),
     "saved": _fixed("device", INTS, 8),

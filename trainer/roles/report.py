@@ -1,10 +1,13 @@
-"""What a device tells the server after each round: a fixed row of float64 numbers."""
+"""What a device tells the server after each round: named numbers, in the one serializer
+for everything that is not a tensor (``trainer.state.pack``)."""
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
+
+from trainer import state
 
 
 @dataclass
@@ -24,11 +27,17 @@ class DeviceReport:
     chain_s: float  # data device: seconds from fake received to fake_grad sent
 
     def to_tensor(self) -> torch.Tensor:
-        return torch.tensor(astuple(self), dtype=torch.float64)
+        return state.pack(asdict(self))
 
     @classmethod
-    def from_tensor(cls, t: torch.Tensor) -> "DeviceReport":
-        values = t.tolist()
-        if len(values) != len(fields(cls)):
-            raise ValueError(f"a report has {len(fields(cls))} values, found {len(values)}")
-        return cls(*values)
+    def from_tensor(cls, t: torch.Tensor, *, source: str) -> "DeviceReport":
+        """The report in ``t``; ValueError naming ``source`` if it is not one (a field
+        missing or extra, a value that is no number)."""
+        values = state.unpack(t, source=source)
+        names = [f.name for f in fields(cls)]
+        if not isinstance(values, dict) or set(values) != set(names):
+            raise ValueError(f"{source}: expected the fields {names}, found {sorted(values) if isinstance(values, dict) else type(values).__name__}")
+        bad = [k for k in names if isinstance(values[k], bool) or not isinstance(values[k], (int, float))]
+        if bad:
+            raise ValueError(f"{source}: {bad[0]} is not a number: {values[bad[0]]!r}")
+        return cls(**{k: float(values[k]) for k in names})

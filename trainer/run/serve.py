@@ -76,7 +76,7 @@ def _serve(spec: RunSpec, t: Transport, run: RunDir, *, lock, report: Report, wh
                                      secure=keys)
         wall_s = server.clock.time_s() - t0
         reports = {d: DeviceReport.from_tensor(t.recv(SERVER, d, tag="report", timeout_s=cfg.timeout_s,
-                                                      late_ok=d in late)) for d in devices}
+                                                      late_ok=d in late), source=f"report of {d}") for d in devices}
         ledgers = dprun.receive(cfg, t, {c: ch[0] for c, ch in chains.items()}, late) if cfg.dp else {}
         if traced:
             for d in devices:
