@@ -12,8 +12,7 @@ peer it is waiting for.
   inside the steps (``stoppable=True``) then raises :class:`StopRound`; outside them it is
   ignored (the steps were over anyway), and step messages a stopped role still finds are
   discarded (``late_ok``).
-- **Tags.** Every tag is checked against the schedule on send; a ``recv`` that finds
-  another tag than it expects raises :class:`ProtocolError`.
+- **Tags.** Every tag is checked on send; a ``recv`` that finds another tag raises ``ProtocolError``.
 - **Link emulation** (``emulate=True``): step messages between two devices take the
   time the plan says their link takes (``trainer.comm.links``).
 - **Virtual time** (``virtual=True``): each role's clock is attached (:meth:`attach`); a message
