@@ -351,6 +351,9 @@ def train_cmd(
     eval_every: int = typer.Option(1, "--eval-every", help="rounds between FID/KID evaluations (0: never)"),
     seed: int = typer.Option(0, help="seed for everything"),
     lr: float = typer.Option(2e-4, help="Adam learning rate (generator and discriminators)"),
+    g_ema: float = typer.Option(0.0, "--g-ema", metavar="DECAY",
+                                help="draw samples and score quality with an exponential moving average of the "
+                                "generator's weights, each step ema = DECAY ema + (1 - DECAY) G (0: G itself)"),
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="a device silent this long is a failure"),
     replan_on_failure: bool = typer.Option(False, "--replan-on-failure",
                                            help="plan around a lost device and go on"),

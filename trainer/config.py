@@ -24,7 +24,7 @@ IMAGES = "images:"  # --data images:DIR (trainer.data.folders)
 # a diverged run (trainer.errors.Diverged) resumes from its last finite checkpoint with a
 # smaller one. A new option: one line here.
 SAME_ON_RESUME = ("seed", "data", "data_root", "alpha", "aggregate", "feedback", "steps_per_round",
-                  "deadline_s", "dp_clip", "dp_noise", "dp_epsilon", "dp_delta", "secure_agg", "cut_noise")
+                  "deadline_s", "dp_clip", "dp_noise", "dp_epsilon", "dp_delta", "secure_agg", "cut_noise", "g_ema")
 SEED_LIMIT = 2**32  # --seed's range: torch takes < 2**64, and the trainer adds offsets to it
 
 
@@ -51,6 +51,7 @@ class TrainConfig:
     eval_every: int = 1  # rounds between FID/KID evaluations; 0 = never
     seed: int = 0  # seeds everything
     lr: float = 2e-4  # Adam learning rate, betas (0.5, 0.999) as DCGAN
+    g_ema: float = 0.0  # samples and quality from an exponential moving average of G's weights (0: G itself)
     timeout_s: float = 60.0  # a peer silent this long is a failure
     eval_samples: int = 500  # generated images scored per evaluation
     fid_inception: Path | None = None  # FID Inception weights (pt_inception-2015-12-05): also the standard FID
@@ -100,6 +101,8 @@ class TrainConfig:
                        ("--timeout-s", self.timeout_s)):
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise bad(opt, f"must be a finite number > 0, found {v}")
+        if not (math.isfinite(self.g_ema) and 0.0 <= self.g_ema < 1.0):
+            raise bad("--g-ema", f"must be within [0, 1), found {self.g_ema}")
         if self.eval_every < 0:
             raise bad("--eval-every", f"must be >= 0, found {self.eval_every}")
         if self.fid_inception is not None and not self.eval_every:

@@ -8,6 +8,7 @@ client's shard and nothing else (``trainer.data.datasets.DataSource``).
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from dataclasses import dataclass
@@ -239,7 +240,8 @@ def build_server(spec: RunSpec, *, lock: threading.Lock | None = None) -> Server
     return ServerRole(
         generator=g.train(), optimizer=adam(g, cfg.lr), clients=views, batch_size=plan.batch_size,
         z_generator=torch.Generator().manual_seed(cfg.seed + 12345), deadline_s=cfg.deadline_s,
-        timeout_s=cfg.timeout_s, feedback=cfg.feedback, clock=Clock(lock=lock, virtual=cfg.emulate == "virtual"))
+        timeout_s=cfg.timeout_s, feedback=cfg.feedback, clock=Clock(lock=lock, virtual=cfg.emulate == "virtual"),
+        ema=copy.deepcopy(g).train().requires_grad_(False) if cfg.g_ema else None, ema_decay=cfg.g_ema)
 
 
 def emulation_warnings(plan: Plan, cfg: TrainConfig) -> list[str]:

@@ -68,6 +68,8 @@ class ServerRole:
     losses: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)  # client -> step it was dropped at
     clock: Clock = field(default_factory=Clock)
+    ema: torch.nn.Module | None = None  # --g-ema: a moving average of the generator's weights
+    ema_decay: float = 0.0
 
     def _drop(self, t: Transport, c: ClientView, step: int) -> None:
         """Stop ``c``'s devices now: they end the round and wait for the next one."""
@@ -115,6 +117,17 @@ class ServerRole:
             self.optimizer.zero_grad(set_to_none=True)
             fake.backward(g)
             self.optimizer.step()
+            if self.ema is not None:
+                with torch.no_grad():
+                    for e, p in zip(self.ema.parameters(), self.generator.parameters()):
+                        e.lerp_(p, 1.0 - self.ema_decay)
+                    for e, b in zip(self.ema.buffers(), self.generator.buffers()):
+                        e.copy_(b)
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """What samples and quality are drawn from: the moving average (``--g-ema``) or G."""
+        return self.ema if self.ema is not None else self.generator
 
     def combine(self, grads: dict[str, torch.Tensor], active: list[ClientView]) -> torch.Tensor:
         """The generator's feedback from the clients' gradients, summed in client order."""

@@ -106,6 +106,8 @@ class RunDir:
             server.generator.load_state_dict(ck["generator"])
             server.optimizer.load_state_dict(ck["optimizer"])
             server.z_generator.set_state(ck["z_generator"])
+            if server.ema is not None:
+                server.ema.load_state_dict(ck["generator_ema"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise InputError(str(self.server_file), None,
                              f"does not match this run ({type(e).__name__}: {str(e)[:120]})") from None
@@ -124,7 +126,7 @@ class RunDir:
         """The round's grid, metrics, plots, and the server's checkpoint (last: it names
         the round that is complete)."""
         grid = self.out / "samples" / f"round_{round_done:04d}.png"
-        save_grid(sample_images(server.generator, SAMPLE_GRID, seed=spec.cfg.seed), grid)
+        save_grid(sample_images(server.sampler, SAMPLE_GRID, seed=spec.cfg.seed), grid)
         rows = [finite_json(h) for h in history]
         write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
         if self.board is not None:
@@ -135,6 +137,8 @@ class RunDir:
               "config": {k: str(v) for k, v in asdict(spec.cfg).items()},
               "generator": s.generator.state_dict(), "optimizer": s.optimizer.state_dict(),
               "z_generator": s.z_generator.get_state()}
+        if s.ema is not None:
+            ck["generator_ema"] = s.ema.state_dict()
         write_atomic(self.server_file, state.to_bytes(ck))
 
     def close(self) -> None:

@@ -97,7 +97,7 @@ def _serve(spec: RunSpec, t: Transport, run: RunDir, *, lock, report: Report, wh
             if stop:
                 m["privacy_stop"] = stop
         if evaluation and (r % cfg.eval_every == 0 or r == cfg.rounds or stop):
-            m.update(evaluation(server.generator, r))
+            m.update(evaluation(server.sampler, r))
         switch = None
         if adapter is not None and r < cfg.rounds and not stop:
             adapter.observe(m)
