@@ -3,8 +3,8 @@ and per client, on every profile in ``profiles/`` and on seeded random profiles.
 
 For each profile and each objective (``latency``, ``throughput``) the model is planned on
 this machine's tables, then trained: under ``--emulate virtual`` (local backend, every
-client of the profile at once; times are the devices' virtual clocks) and, unless
-``--no-sleep``, under ``--emulate sleep --backend dist`` (real processes sleeping to their
+client of the profile at once; times are the devices' virtual clocks) and, with
+``--no-sleep``, under ``--modes sleep``, ``--emulate sleep --backend dist`` (real processes sleeping to their
 devices' speed; each client alone, since 2 cores cannot host several emulated clients at
 once without their waiting for a core). The first round is a warm-up; the others' medians
 are set against the plan:
@@ -18,7 +18,7 @@ are set against the plan:
 Random profiles are drawn by :func:`random_profile` from their seed (printed in the
 table), so anyone can redraw them.
 
-    python benchmarks/prediction.py [--rounds 3] [--steps 3] [--random 5] [--no-sleep]
+    python benchmarks/prediction.py [--rounds 3] [--steps 3] [--random 5] [--modes virtual,sleep]
 """
 
 from __future__ import annotations
@@ -126,13 +126,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--random", type=int, default=5, help="how many random profiles")
     ap.add_argument("--seed", type=int, default=1000, help="the first random profile's seed")
-    ap.add_argument("--no-sleep", action="store_true", help="skip the --emulate sleep --backend dist runs")
+    ap.add_argument("--modes", default="virtual,sleep",
+                    help="virtual (--backend local), sleep (--backend dist), or both; each its own section")
     ap.add_argument("--only", default=None, help="run only profiles whose name contains this")
     ap.add_argument("--section", default="prediction", help="BENCHMARKS.md section to write")
     args = ap.parse_args()
     model = build_discriminator("dcgan")
     mp = profile_model(model)  # this machine's tables (the cache when present, as `fsl plan`)
-    modes = [("virtual", "local")] + ([] if args.no_sleep else [("sleep", "dist")])
+    modes = [(m, {"virtual": "local", "sleep": "dist"}[m]) for m in args.modes.split(",")]
     rows: dict[str, list] = {m: [] for m, _ in modes}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -160,15 +161,15 @@ def main() -> None:
                 rows[emulate].append(summarise(name, seed, runs, plans))
     header = ["profile", "seed", "devices", "device median", "device worst", "clients", "client median",
               "client worst", "throughput / latency: predicted / measured (M > 1)"]
-    body = (f"Machine: {machine()}, commit {commit()}, {time.strftime('%Y-%m-%d')}. Command: `python "
-            f"benchmarks/prediction.py --rounds {args.rounds} --steps {args.steps} --random {args.random} --seed "
-            f"{args.seed}{' --no-sleep' if args.no_sleep else ''}` ({time.perf_counter() - t_all:.0f} s). "
-            "|measured / predicted - 1| over both objectives; the model (dcgan) planned on this machine's "
-            "tables; medians of the rounds after a warm-up round.\n")
     for emulate, backend in modes:
-        body += f"\n`--emulate {emulate} --backend {backend}`:\n\n" + md_table(header, rows[emulate]) + "\n"
-    print(body)
-    write_section(args.section, body)
+        body = (f"Machine: {machine()}, commit {commit()}, {time.strftime('%Y-%m-%d %H:%M')} UTC. Command: `python "
+                f"benchmarks/prediction.py --rounds {args.rounds} --steps {args.steps} --random {args.random} "
+                f"--seed {args.seed} --modes {args.modes}` ({time.perf_counter() - t_all:.0f} s in all). "
+                "|measured / predicted - 1| over both objectives; the model (dcgan) planned on this machine's "
+                "tables; medians of the rounds after a warm-up round.\n"
+                f"\n`--emulate {emulate} --backend {backend}`:\n\n" + md_table(header, rows[emulate]) + "\n")
+        print(body)
+        write_section(f"{args.section}-{emulate}", body)
 
 
 if __name__ == "__main__":
