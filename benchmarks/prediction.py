@@ -3,9 +3,9 @@ and per client, on every profile in ``profiles/`` and on seeded random profiles.
 
 For each profile and each objective (``latency``, ``throughput``) the model is planned on
 this machine's tables, then trained: under ``--emulate virtual`` (local backend, every
-client of the profile at once; times are the devices' virtual clocks) and, with
-``--no-sleep``, under ``--modes sleep``, ``--emulate sleep --backend dist`` (real processes sleeping to their
-devices' speed; each client alone, since 2 cores cannot host several emulated clients at
+client of the profile at once; times are the devices' virtual clocks; ``--modes virtual``)
+and under ``--emulate sleep --backend dist`` (``--modes sleep``: real processes sleeping to
+their devices' speed; each client alone, since 2 cores cannot host several emulated clients at
 once without their waiting for a core). The first round is a warm-up; the others' medians
 are set against the plan:
 
