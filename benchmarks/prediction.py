@@ -152,7 +152,7 @@ def main() -> None:
                     groups = [plans[o]] if emulate == "virtual" else [
                         plan(model, parse_profile({**raw, "clients": [c]}, source=name), objective=o,
                              model_profile=mp, devices_file=name, compare=False, measure_micro_batches=True)
-                        for c in raw["clients"]]
+                        for c in raw["clients"] if c["name"] in {x.name for x in plans[o].planned}]
                     for i, p in enumerate(groups):
                         got = run(p, tmp, f"{name.replace('/', '_').replace(' ', '')}-{emulate}-{o}-{i}",
                                   emulate=emulate, backend=backend, rounds=args.rounds, steps=args.steps)
