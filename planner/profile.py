@@ -270,11 +270,16 @@ def _measure(model: LayeredModel, *, batch_size: int, repeats: int, warmup: int,
 
 
 @contextmanager
-def profile_threads() -> Iterator[None]:
-    """Torch computes with :data:`PROFILE_THREADS` threads inside (as before, after)."""
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch computes with ``n`` threads inside (as before, after)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(PROFILE_THREADS)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def profile_threads():
+    """Torch computes with :data:`PROFILE_THREADS` threads inside: as profiles are timed."""
+    return torch_threads(PROFILE_THREADS)

@@ -69,6 +69,15 @@ def private_uses(module: str, roots: tuple[str, ...]) -> list[str]:
     return sorted(found, key=lambda line: int(line.split(":")[1].split()[0]))
 
 
+def _render(title: str, lines: list[str]) -> None:
+    """A broken contract's report: its title, then one line per finding."""
+    output.print_error(title, bold=False)
+    output.new_line()
+    for line in lines:
+        output.print_error(f"- {line}", bold=False)
+    output.new_line()
+
+
 class PrivateNamesContract(Contract):
     type_name = "private_names"
 
@@ -84,11 +93,7 @@ class PrivateNamesContract(Contract):
         return ContractCheck(kept=not found, metadata={"uses": found})
 
     def render_broken_contract(self, check: ContractCheck) -> None:
-        output.print_error("Private names used from another module:", bold=False)
-        output.new_line()
-        for line in check.metadata["uses"]:
-            output.print_error(f"- {line}", bold=False)
-        output.new_line()
+        _render("Private names used from another module:", check.metadata["uses"])
 
 
 def face_of(package: str) -> tuple[str, ...] | None:
@@ -136,8 +141,4 @@ class PublicFaceContract(Contract):
         return ContractCheck(kept=not found, metadata={"imports": found})
 
     def render_broken_contract(self, check: ContractCheck) -> None:
-        output.print_error("Imports past a subpackage's face (its __init__'s __all__):", bold=False)
-        output.new_line()
-        for line in check.metadata["imports"]:
-            output.print_error(f"- {line}", bold=False)
-        output.new_line()
+        _render("Imports past a subpackage's face (its __init__'s __all__):", check.metadata["imports"])

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
-
-from planner.profile import PROFILE_THREADS
+from planner.profile import PROFILE_THREADS, torch_threads
 
 # A device is one core of this host: it computes on the torch threads its plan's profile was
 # timed on (both backends and ``fsl calibrate``), so its work is what the tables say.
@@ -142,13 +139,7 @@ class Clock:
         self.work_s = self.compute_s = self.codec_s = self.lock_wait_s = self.host_wait_s = self.sleep_debt_s = 0.0
 
 
-@contextmanager
-def device_threads() -> Iterator[None]:
+def device_threads():
     """Torch computes with :data:`DEVICE_THREADS` threads inside (as before, after): a
     thread of the local backend computing as one device."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(DEVICE_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(DEVICE_THREADS)
