@@ -111,8 +111,8 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tmp_path):
 
 
 def test_each_device_takes_its_work_as_it_comes(tmp_path):
-    """Which micro-batch work a device does next: the data device its forwards first,
-    the last device a backward after each forward, a device in between whatever its
+    """Which micro-batch work a device does next: the data device and the last device
+    their forwards first (GPipe, as SPEC §2.1 predicts), a device in between whatever its
     neighbours hand it first, and a waiting gradient before a waiting activation."""
     from tests.helpers import config
     from trainer.roles.build import RunSpec, build_device
@@ -127,7 +127,9 @@ def test_each_device_takes_its_work_as_it_comes(tmp_path):
 
     assert first._next_work(t, "d", 0, 0, outs)[0] == "F"
     assert first._next_work(t, "d", 3, 0, outs)[0] == "F"  # its inputs are here: no waiting
-    assert last._next_work(t, "d", 1, 0, outs) == ("B", None)  # right after its forward
+    t.send("c0-d1", "c0-d2", torch.ones(b, 128, 7, 7), tag="act_d")
+    assert last._next_work(t, "d", 1, 0, outs)[0] == "F"  # a forward is left: it waits for it
+    assert last._next_work(t, "d", 4, 0, outs) == ("B", None)  # all forwards done: its backwards
     t.send("c0-d0", "c0-d1", torch.ones(b, 64, 14, 14), tag="act_d")
     assert middle._next_work(t, "d", 0, 0, outs)[0] == "F"  # only an activation has come
     t.send("c0-d0", "c0-d1", torch.ones(b, 64, 14, 14), tag="act_d")

@@ -148,10 +148,11 @@ def _fixed_work(monkeypatch, seconds: float) -> None:
 @pytest.mark.slow
 def test_a_training_run_is_deterministic_and_as_computed_by_hand(tmp_path, monkeypatch):
     """Three stages, M = 2, every compute block 0.01 s (links at 1e12 bytes/s take ~0).
-    Phase d: d0 F0 .00-.01, F1 .01-.02; d1 (fixed order F0 F1 B0 B1) F0 .01-.02, F1 .02-.03;
-    d2 F0 .02-.03, B0 .03-.04, F1 .04-.05, B1 .05-.06; d1 B0 .04-.05, B1 .06-.07; d0 B0
-    .05-.06, B1 .07-.08. Phase g from .08 the same: the chain ends at .16 s. The server's
-    step adds its generator's forward and backward: .18 s a step, 2 steps a round."""
+    Phase d, every device GPipe's F0 F1 B0 B1: d0 F0 .00-.01, F1 .01-.02; d1 F0 .01-.02,
+    F1 .02-.03; d2 F0 .02-.03, F1 .03-.04, B0 .04-.05, B1 .05-.06; d1 B0 .05-.06, B1
+    .06-.07; d0 B0 .06-.07, B1 .07-.08. Phase g from .08 the same: the chain ends at .16 s
+    (SPEC §2.1: three units of .04 s, .12 + (M - 1) x .04). The server's step adds its
+    generator's forward and backward: .18 s a step, 2 steps a round."""
     _fixed_work(monkeypatch, 0.01)
     plan = chain_plan("dcgan", [2, 6], micro_batches=2)
     runs = [run(tmp_path, plan, f"r{i}", rounds=2, steps_per_round=2, emulate="virtual") for i in range(2)]
@@ -165,6 +166,8 @@ def test_a_training_run_is_deterministic_and_as_computed_by_hand(tmp_path, monke
     events = json.loads((tmp_path / "r0" / "timeline.json").read_text())["events"]
     d1 = [e["label"] for e in sorted(events, key=lambda e: e["start_s"]) if e["row"] == "c0-d1" and e["label"][1] == "d"]
     assert d1 == ["Fd0", "Fd1", "Bd0", "Bd1"]
+    d2 = [e["label"] for e in sorted(events, key=lambda e: e["start_s"]) if e["row"] == "c0-d2" and e["label"][1] == "d"]
+    assert d2 == ["Fd0", "Fd1", "Bd0", "Bd1"]
 
 
 @pytest.mark.slow
@@ -183,9 +186,10 @@ def test_a_deadline_is_kept_in_virtual_time(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_slowdown_multiplies_virtual_compute(tmp_path, monkeypatch):
     """The chain above with c0-d1 three times slower from round 2 (its blocks .03 s).
-    Phase d: d0 F .00-.02; d1 F0 .01-.04, F1 .04-.07; d2 F0 B0 .04-.06, F1 B1 .07-.09;
-    d1 B0 .07-.10, B1 .10-.13; d0 B0 .10-.11, B1 .13-.14. Phase g the same from .14:
-    the step is .28 s; d1's compute .24 s a step for the same CPU work."""
+    Phase d: d0 F .00-.02; d1 F0 .01-.04, F1 .04-.07; d2 F0 .04-.05, F1 .07-.08, then
+    B0 .08-.09, B1 .09-.10; d1 B0 .09-.12, B1 .12-.15; d0 B0 .12-.13, B1 .15-.16. Phase g
+    the same from .16: the step is .32 s, as SPEC §2.1's line of units has it (units of
+    .04, .12, .04 s: .20 + (M - 1) x .12); d1's compute .24 s a step for the same CPU work."""
     _fixed_work(monkeypatch, 0.01)
     plan = chain_plan("dcgan", [2, 6], micro_batches=2)
     rows = run(tmp_path, plan, "slow", rounds=2, steps_per_round=2, emulate="virtual",
@@ -193,7 +197,7 @@ def test_a_slowdown_multiplies_virtual_compute(tmp_path, monkeypatch):
     assert [r["devices"]["c0-d1"]["compute_s"] for r in rows] == [pytest.approx(0.08), pytest.approx(0.24)]
     assert rows[1]["devices"]["c0-d1"]["work_s"] == pytest.approx(rows[0]["devices"]["c0-d1"]["work_s"])  # same work
     steps = [r["clients"]["client0"]["step_time_s"] for r in rows]
-    assert steps == [pytest.approx(0.16, abs=1e-5), pytest.approx(0.28, abs=1e-5)]
+    assert steps == [pytest.approx(0.16, abs=1e-5), pytest.approx(0.32, abs=1e-5)]
 
 
 @pytest.mark.slow

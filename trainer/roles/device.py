@@ -2,21 +2,21 @@
 
 The messages of a step are ``planner.schedule``'s (drawn there). A step has two phases,
 each a fill-drain over ``M`` micro-batches (``M = 1``: plain sequential split learning;
-the update is GPipe's, Huang et al. 2019) in which every device takes its work as it
-comes: the data device runs its forwards first, the last device a backward right after
-each forward, and a device in between whichever its neighbours hand it first, a gradient
-first where both wait. With 3 stages and ``M = 4`` one run may go::
+the update is GPipe's, Huang et al. 2019) as SPEC §2.1 predicts it: the data device and
+the last device run their M forwards, then their M backwards, so a cut never carries
+gradients while it still carries activations (a cut is one unit of SPEC's line, its two
+directions never overlapping), and a device in between takes whichever its neighbours
+hand it first, a gradient first where both wait. With 3 stages and ``M = 4``::
 
     phase d (discriminator, real and fake; micro-batch i = [real_i ; fake_i], 2B/M samples)
       d0:  F0 F1 F2 F3 B0 B1 B2 B3   Adam step
-      d1:  F0 F1 B0 F2 F3 B1 B2 B3   Adam step      (as activations and gradients arrive)
-      d2:  F0 B0 F1 B1 F2 B2 F3 B3   Adam step      (F includes the loss)
+      d1:  F0 F1 F2 F3 B0 B1 B2 B3   Adam step
+      d2:  F0 F1 F2 F3 B0 B1 B2 B3   Adam step      (F includes the loss)
     phase g (generator feedback, fake only, B/M samples): the same, without Adam; d0
       sends the gradient w.r.t. the fake images (all micro-batches) to the server.
 
-No device idles while it has work, so the devices of a client work concurrently and the
-bottleneck stage stays busy, as SPEC §2.1's line of units assumes (``--emulate virtual``:
-d1 runs F0..F3, then B0..B3, a fixed order, so virtual times are deterministic). Gradients
+The devices of a client work concurrently (``--emulate virtual``: d1 too runs F0..F3,
+then B0..B3, a fixed order, so virtual times are deterministic). Gradients
 accumulate over the micro-batches (each micro-batch's loss carries ``1/M``) and each
 device takes one Adam step per step, so the update is the ``M = 1`` update up to the
 order of floating-point sums; dropout masks are drawn per sample from the whole batch's
@@ -169,18 +169,18 @@ class DeviceRole:
 
     def _next_work(self, t: Transport, phase: str, f: int, b: int, outs: list) -> tuple[str, torch.Tensor | None]:
         """What this device does next in a phase, after ``f`` forwards and ``b`` backwards:
-        ``("F", input)`` or ``("B", gradient)``. The data device runs its forwards first (its
-        inputs are here), the last device a backward right after each forward (it computes
-        the loss itself), and a device in between whichever its neighbours hand it first,
-        a gradient first where both wait. So no device idles while it has work, and the
-        bottleneck stage keeps busy as SPEC §2.1's line of units has it. ``--emulate virtual``:
+        ``("F", input)`` or ``("B", gradient)``. GPipe's fill-drain, as SPEC §2.1 predicts it:
+        the data device and the last device run their M forwards, then their M backwards (so
+        no cut carries gradients while it still carries activations: a cut is one unit of
+        SPEC's line, not two directions overlapping), and a device in between whichever its
+        neighbours hand it first, a gradient first where both wait. ``--emulate virtual``:
         one in between runs its M forwards, then its M backwards (real-time order is noise)."""
         M, n = self.micro_batches, -1  # rows: DP's Poisson batches vary
         act = (self.prev, ACT[phase])
         if self.prev is None and f < M:
             return "F", None
         if self.next is None:
-            return ("B", None) if b < f else ("F", self._recv(t, *act, self.codec_in, (n, *self.input_shape)))
+            return ("F", self._recv(t, *act, self.codec_in, (n, *self.input_shape))) if f < M else ("B", None)
         grad = ((self.next, GRAD[phase]),) if b < f else ()
         wanted = ((act,) if f < M else grad) if self.clock.virtual else grad + ((act,) if f < M else ())
         payload, src = t.recv_any(self.name, wanted, timeout_s=self.timeout_s, stoppable=True)
