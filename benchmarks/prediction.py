@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 from benchmarks.common import ROOT, commit, machine, md_table, median, write_section  # noqa: E402
 from planner import plan  # noqa: E402
 from planner.devices import parse_profile  # noqa: E402
+from planner.host_speed import slowdown  # noqa: E402
 from planner.jsonio import read_json  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
@@ -82,14 +83,23 @@ def errors(history: list[dict]) -> dict:
     return {"clients": clients, "devices": devices}
 
 
-def run(p, tmp: Path, tag: str, *, emulate: str, backend: str, rounds: int, steps: int) -> dict:
+def run(p, tmp: Path, tag: str, *, emulate: str, backend: str, rounds: int, steps: int, model, mp) -> dict:
+    """The run's errors, and ``slowdown``: this host's speed against the tables', timed just
+    before and just after the run (their geometric mean; :mod:`planner.host_speed`)."""
     path = tmp / f"{tag}.json"
     write_plan(p, path)
     cfg = TrainConfig(plan_path=path, out_dir=tmp / tag, rounds=rounds, steps_per_round=steps, emulate=emulate,
                       backend=backend, eval_every=0)
+    before = slowdown(model, mp)
     t0 = time.perf_counter()
     out = errors(train(cfg))
-    print(f"  {tag}: {time.perf_counter() - t0:.0f} s wall", flush=True)
+    wall = time.perf_counter() - t0
+    after = slowdown(model, mp)
+    host = (before * after) ** 0.5
+    for c in out["clients"].values():
+        c["slowdown"] = host
+    out["devices"] = {d: (r, host) for d, r in out["devices"].items()}
+    print(f"  {tag}: {wall:.0f} s wall, host {before:.2f}x / {after:.2f}x the tables' time", flush=True)
     return out
 
 
@@ -97,10 +107,26 @@ def err(x: float) -> float:
     return abs(x - 1.0)
 
 
+def pooled(runs: dict) -> tuple[list, list]:
+    """Every device's and every client's ``(measured / predicted, host slowdown)``."""
+    dev = [v for o in runs for v in runs[o]["devices"].values()]
+    cli = [(v["measured"] / v["predicted"], v["slowdown"]) for o in runs for v in runs[o]["clients"].values()]
+    return dev, cli
+
+
+def row(name: str, seed, dev: list, cli: list, ratio: str) -> list:
+    """A table row: per device and per client median and worst |error|, raw / host-scaled."""
+    def both(values: list[tuple[float, float]], stat) -> str:
+        return f"{stat([err(r) for r, _ in values]):.1%} / {stat([err(r / s) for r, s in values]):.1%}"
+
+    slow = sorted(s for _, s in cli)
+    return [name, seed if seed is not None else "", f"{slow[0]:.2f}-{slow[-1]:.2f}", len(dev), both(dev, median),
+            both(dev, max), len(cli), both(cli, median), both(cli, max), ratio]
+
+
 def summarise(name: str, seed, runs: dict, plans: dict) -> list:
-    """One table row: per device and per client median / worst |error|, and the ratio."""
-    dev = [err(v) for o in runs for v in runs[o]["devices"].values()]
-    cli = [err(v["measured"] / v["predicted"]) for o in runs for v in runs[o]["clients"].values()]
+    """One profile's row (:func:`row`), with its throughput / latency ratios where M > 1."""
+    dev, cli = pooled(runs)
     ratio = []
     for c, lat in runs["latency"]["clients"].items():
         thr = runs["throughput"]["clients"][c]
@@ -108,9 +134,9 @@ def summarise(name: str, seed, runs: dict, plans: dict) -> list:
         if m > 1:
             want = thr["predicted"] / lat["predicted"]
             got = thr["measured"] / lat["measured"]
-            ratio.append(f"{c}: M={m} {want:.2f} / {got:.2f}")
-    return [name, seed if seed is not None else "", len(dev), f"{median(dev):.1%}", f"{max(dev):.1%}",
-            len(cli), f"{median(cli):.1%}", f"{max(cli):.1%}", "; ".join(ratio) or "M = 1 chosen"]
+            scaled = got * lat["slowdown"] / thr["slowdown"]
+            ratio.append(f"{c}: M={m} {want:.2f} / {got:.2f} / {scaled:.2f}")
+    return row(name, seed, dev, cli, "; ".join(ratio) or "M = 1 chosen")
 
 
 def profiles(n_random: int, first_seed: int) -> list[tuple[str, int | None, dict]]:
@@ -135,6 +161,7 @@ def main() -> None:
     mp = profile_model(model)  # this machine's tables (the cache when present, as `fsl plan`)
     modes = [(m, {"virtual": "local", "sleep": "dist"}[m]) for m in args.modes.split(",")]
     rows: dict[str, list] = {m: [] for m, _ in modes}
+    every: dict[str, tuple[list, list]] = {m: ([], []) for m, _ in modes}  # all profiles' devices, clients
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -155,19 +182,25 @@ def main() -> None:
                         for c in raw["clients"] if c["name"] in {x.name for x in plans[o].planned}]
                     for i, p in enumerate(groups):
                         got = run(p, tmp, f"{name.replace('/', '_').replace(' ', '')}-{emulate}-{o}-{i}",
-                                  emulate=emulate, backend=backend, rounds=args.rounds, steps=args.steps)
+                                  emulate=emulate, backend=backend, rounds=args.rounds, steps=args.steps,
+                                  model=model, mp=mp)
                         runs[o]["clients"].update(got["clients"])
                         runs[o]["devices"].update(got["devices"])
                 rows[emulate].append(summarise(name, seed, runs, plans))
-    header = ["profile", "seed", "devices", "device median", "device worst", "clients", "client median",
-              "client worst", "throughput / latency: predicted / measured (M > 1)"]
+                for acc, got in zip(every[emulate], pooled(runs)):
+                    acc.extend(got)
+    header = ["profile", "seed", "host slowdown", "devices", "device median", "device worst", "clients",
+              "client median", "client worst", "throughput / latency: predicted / measured / host-scaled (M > 1)"]
     for emulate, backend in modes:
         body = (f"Machine: {machine()}, commit {commit()}, {time.strftime('%Y-%m-%d %H:%M')} UTC. Command: `python "
                 f"benchmarks/prediction.py --rounds {args.rounds} --steps {args.steps} --random {args.random} "
                 f"--seed {args.seed} --modes {args.modes}` ({time.perf_counter() - t_all:.0f} s in all). "
                 "|measured / predicted - 1| over both objectives; the model (dcgan) planned on this machine's "
-                "tables; medians of the rounds after a warm-up round.\n"
-                f"\n`--emulate {emulate} --backend {backend}`:\n\n" + md_table(header, rows[emulate]) + "\n")
+                "tables; medians of the rounds after a warm-up round. Each cell: raw / with the prediction "
+                "scaled by the host's slowdown (this host's time for the whole discriminator's step, timed "
+                "before and after each run, over the tables'; `planner/host_speed.py`).\n"
+                f"\n`--emulate {emulate} --backend {backend}`:\n\n"
+                + md_table(header, rows[emulate] + [row("**all profiles**", None, *every[emulate], "")]) + "\n")
         print(body)
         write_section(f"{args.section}-{emulate}", body)
 
