@@ -33,7 +33,9 @@ def run_local(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None
                                         limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp),
                                         virtual=emulate == "virtual")
     roles = spec.roles()
-    lock = None if emulate == "virtual" else threading.Lock()  # virtual: each thread's own CPU time
+    # one device computes at a time: its block's time is then its own work, not stretched by a
+    # thread sharing its core (sleep: wall time; virtual: CPU time, through the caches they share)
+    lock = threading.Lock()
     result: dict[str, list[dict]] = {}
     failures: list[RankFailure] = []
     errors: dict[str, BaseException] = {}
