@@ -67,8 +67,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _play(spec: RunSpec, run_role: Callable, me: str, ranks: dict[str, int], *, init_method: str, report) -> list[dict]:
-    """This process's role, from joining the group to leaving it."""
+def _play(spec: RunSpec, run_role: Callable, me: str, ranks: dict[str, int], *, init_method: str, report,
+          lock=None) -> list[dict]:
+    """This process's role, from joining the group to leaving it (``lock``: the one its
+    host's emulated roles compute under, one at a time; :func:`run_dist`)."""
     opened.record_process(spec.data)  # first: every file this role's process opens from here on
     torch.set_num_threads(DEVICE_THREADS)  # a device is one core (trainer.roles.clock)
     timeout = timedelta(seconds=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)
@@ -82,7 +84,7 @@ def _play(spec: RunSpec, run_role: Callable, me: str, ranks: dict[str, int], *, 
     t = DistTransport(me, ranks, peers_of(spec, me), links=LinkTable.from_plan(spec.plan),
                       emulate=spec.cfg.emulate == "sleep", limits=WireLimits.from_plan(spec.plan, dp=spec.cfg.dp),
                       virtual=spec.cfg.emulate == "virtual")
-    history = run_role(spec, me, t, report=report)  # on failure the process exits without a goodbye
+    history = run_role(spec, me, t, report=report, lock=lock)  # on failure the process exits without a goodbye
     opened.save(spec.cfg.out_dir, me)
     t.close(timeout_s=spec.cfg.timeout_s + BETWEEN_ROUNDS_S)  # the server says bye after its round's tail
     dist.destroy_process_group()
@@ -182,7 +184,11 @@ def run_dist(spec: RunSpec, run_role: Callable, *, on_start=None, on_round=None,
     if in_torchrun():
         return _torchrun(spec, run_role, on_start=on_start, on_round=on_round, on_step=on_step)
     quiet = spec.cfg.timeout_s * (spec.cfg.steps_per_round + 3) + BETWEEN_ROUNDS_S
-    return run_ranks(default_ranks(spec), partial(_play, spec, run_role), quiet_limit_s=quiet, on_start=on_start,
+    # emulated devices on this one host compute one at a time, as the local backend's threads
+    # do: two processes sharing a core stretch each other's time (sleep: wall; virtual: CPU,
+    # through the caches)
+    lock = mp.get_context("spawn").Lock() if spec.cfg.emulate != "none" else None
+    return run_ranks(default_ranks(spec), partial(_play, spec, run_role, lock=lock), quiet_limit_s=quiet, on_start=on_start,
                      on_round=on_round, on_step=on_step)
 
 
