@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
-from benchmarks.common import ROOT, commit, machine, md_table, median, write_section  # noqa: E402
+from benchmarks.common import ROOT, machine, md_table, median, write_section  # noqa: E402
 from planner import plan  # noqa: E402
 from planner.devices import load_profile  # noqa: E402
 from planner.host_speed import slowdown  # noqa: E402
@@ -100,7 +100,7 @@ def main() -> None:
                      f"{change(runs[('sleep', False)], runs[('sleep', True)], c, False):.1%}"])
     header = ["client", "virtual step alone (s)", "beside (s)", "beside vs alone: raw / host-scaled",
               "alone vs alone (noise floor): raw / host-scaled", "sleep: beside vs alone (wall clock)"]
-    body = (f"Machine: {machine()}. Command: `python benchmarks/isolation.py --profile {args.profile} --objective "
+    body = (f"## Virtual times beside a CPU-bound process\n\nMachine: {machine()}. Command: `python benchmarks/isolation.py --profile {args.profile} --objective "
             f"{args.objective} --repeats {args.repeats} --rounds {args.rounds} --steps {args.steps}` "
             f"({time.perf_counter() - t_all:.0f} s). Virtual runs alternate alone and beside a process spinning "
             "on a core (`python -c 'while True: pass'`); medians over runs of each run's median step after a "

@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import ROOT, commit, machine, md_table, median, write_section  # noqa: E402
+from benchmarks.common import ROOT, machine, md_table, median, write_section  # noqa: E402
 from planner import plan  # noqa: E402
 from planner.devices import parse_profile  # noqa: E402
 from planner.host_speed import slowdown  # noqa: E402
@@ -192,7 +192,7 @@ def main() -> None:
     header = ["profile", "seed", "host slowdown", "devices", "device median", "device worst", "clients",
               "client median", "client worst", "throughput / latency: predicted / measured / host-scaled (M > 1)"]
     for emulate, backend in modes:
-        body = (f"Machine: {machine()}, commit {commit()}, {time.strftime('%Y-%m-%d %H:%M')} UTC. Command: `python "
+        body = (f"## Predicted against measured: `--emulate {emulate}`\n\nMachine: {machine()}. Command: `python "
                 f"benchmarks/prediction.py --rounds {args.rounds} --steps {args.steps} --random {args.random} "
                 f"--seed {args.seed} --modes {args.modes}` ({time.perf_counter() - t_all:.0f} s in all). "
                 "|measured / predicted - 1| over both objectives; the model (dcgan) planned on this machine's "

@@ -107,7 +107,7 @@ def main() -> None:
     write_section("scale-sim", f"""## Simulation at scale
 
 `{cmd}` ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit()}, {machine()}).
-Every device a thread of one process (local backend, `--emulate virtual`, dcgan, seeded
+Every device a thread of one process, one computing at a time (local backend, `--emulate virtual`, dcgan, seeded
 random factors from 0.5 to 6, each client cut into four stages after layers 1, 4 and 7). *raw compute* is the CPU seconds of every compute
 block (what the virtual clocks advanced by, before each device's factor); *process CPU*
 is `getrusage` over the training call, which also counts messages, threads and
