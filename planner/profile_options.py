@@ -13,8 +13,10 @@ does no work: a one-element tensor handed between two threads through ``queue.Qu
 (the local backend's transport), copied on receipt, through an identity layer with one
 parameter, forward and backward, in both phases of the step (discriminator: activation
 in, forward, activation out, gradient in, backward, gradient out; generator: the same),
-so 4 hand-offs in and 4 out, 2 forward and 2 backward dispatches. The median over
-repeats after a warm-up. It leaves out what a real link adds per message (the latency
+so 4 hand-offs in and 4 out, 2 forward and 2 backward dispatches, each of its four
+blocks timed after another stage's work (:func:`other_stage_work`), as the blocks of
+emulated devices sharing a host follow one another. The median over repeats after a
+warm-up. It leaves out what a real link adds per message (the latency
 is in ``link_latency_s``) and what computing a micro-batch instead of a batch costs
 beyond that (small tensors run less efficiently; not modelled).
 
@@ -50,7 +52,7 @@ import torch
 
 from planner.codecs import CODECS, decode, encode
 
-OVERHEAD_REPEATS, OVERHEAD_WARMUP = 200, 20
+OVERHEAD_REPEATS, OVERHEAD_WARMUP = 60, 10
 CODEC_REPEATS = 3
 GENERATOR_REPEATS = 3
 Timed = Callable[[Callable[[], object]], float]  # runs a block of work, returns its seconds
@@ -64,20 +66,48 @@ def cpu_s(work: Callable[[], object]) -> float:
     return time.thread_time() - t0
 
 
-def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Queue) -> None:
+def other_stage_work() -> Callable[[], None]:
+    """A block of another stage's work (a 64 -> 128 channel 5 x 5 convolution's forward and
+    backward on 2 samples, ~2 ms here): on one host a device's block follows other devices'
+    blocks, which leave this thread's caches and predictors cold for it. On this VM that
+    costs a micro-batch's four blocks ~0.8 ms more than back to back, for a 1 x 1 linear
+    layer as for dcgan's first convolution; a larger block evicts no more."""
+    conv = torch.nn.Conv2d(64, 128, 5, stride=2, padding=2)
+    x = torch.randn(2, 64, 14, 14, generator=torch.Generator().manual_seed(0))
+
+    def run() -> None:
+        conv(x).sum().backward()
+    return run
+
+
+def _one_micro_batch(layer: torch.nn.Module, inbox: queue.Queue, outbox: queue.Queue, *, timed: Timed,
+                     between: Callable[[], None]) -> float:
+    """The seconds of one micro-batch's four blocks (``timed`` each), each after ``between``."""
+    seconds = 0.0
     for _ in range(2):  # discriminator phase, generator phase
-        x = inbox.get().clone().requires_grad_(True)
-        y = layer(x)
-        outbox.put(y.detach().clone())
-        g = inbox.get().clone()
-        y.backward(g)
-        outbox.put(x.grad.detach().clone())
+        held: dict[str, torch.Tensor] = {}
+
+        def forward() -> None:
+            held["x"] = inbox.get().clone().requires_grad_(True)
+            held["y"] = layer(held["x"])
+            outbox.put(held["y"].detach().clone())
+
+        def backward() -> None:
+            held["y"].backward(inbox.get().clone())
+            outbox.put(held["x"].grad.detach().clone())
+
+        for block in (forward, backward):
+            between()
+            seconds += timed(block)
+    return seconds
 
 
 def measure_overhead_s(*, timed: Timed = cpu_s, repeats: int = OVERHEAD_REPEATS,
-                       warmup: int = OVERHEAD_WARMUP) -> float:
+                       warmup: int = OVERHEAD_WARMUP, between: Callable[[], None] | None = None) -> float:
     """Seconds of one micro-batch's step through a stage that computes nothing (above),
-    each micro-batch timed by ``timed``."""
+    each block timed by ``timed`` after another stage's work (``between``, by default
+    :func:`other_stage_work`; untimed)."""
+    between = between or other_stage_work()
     layer = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         layer.weight.fill_(1.0)
@@ -95,7 +125,7 @@ def measure_overhead_s(*, timed: Timed = cpu_s, repeats: int = OVERHEAD_REPEATS,
     helper = threading.Thread(target=peer, daemon=True)
     helper.start()
     for r in range(warmup + repeats):
-        seconds = timed(lambda: _one_micro_batch(layer, to_stage, from_stage))
+        seconds = _one_micro_batch(layer, to_stage, from_stage, timed=timed, between=between)
         if r >= warmup:
             times.append(seconds)
     helper.join()

@@ -89,3 +89,29 @@ def test_measured_options_are_plausible(measured_dcgan_profile):
     assert prof.layers[0].input_bytes == 64 * 28 * 28 * 4
     assert prof.layers[3].input_bytes == prof.layers[2].output_bytes
     assert math.isfinite(prof.step_time_s)
+
+
+def test_overhead_times_four_blocks_a_micro_batch_and_not_the_work_between():
+    """Each micro-batch is four blocks (forward and backward, both phases), each timed
+    after another stage's work: a clock that says 1 ms per block gives 4 ms, and work
+    between the blocks that spins for 20 ms of CPU each time is not counted."""
+    import time
+
+    from planner.profile_options import measure_overhead_s
+
+    calls = []
+
+    def spin() -> None:
+        calls.append("between")
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.02:
+            pass
+
+    def one_ms(block) -> float:
+        calls.append("block")
+        block()
+        return 1e-3
+
+    assert measure_overhead_s(timed=one_ms, repeats=3, warmup=1, between=spin) == pytest.approx(4e-3)
+    assert calls == ["between", "block"] * 4 * 4  # 4 micro-batches (1 warm-up), 4 blocks each
+    assert measure_overhead_s(repeats=5, warmup=1, between=spin) < 0.02  # 4 x 20 ms spun, none counted

@@ -35,11 +35,12 @@ def round_metrics(plan: Plan, server: ServerRole, reports: dict[str, DeviceRepor
             "host_wait_s": sum(reports[st.device].host_wait_s for st in c.stages) / done,
             "steps": int(head.steps_done), "dropped_at_step": server.dropped.get(c.name),
         }
-        for st in c.stages:
+        units = c.units_s()  # stage 0, cut 0, stage 1, ...: a stage's unit is C_k / M + overhead_s
+        for k, st in enumerate(c.stages):
             r = reports[st.device]
             n = max(int(r.steps_done), 1)
-            devices[st.device] = {
-                "client": c.name, "compute_s": r.compute_s / n, "predicted_compute_s": st.compute_s,
+            devices[st.device] = {  # predicted: the device's M units a step, its layers and its overhead
+                "client": c.name, "compute_s": r.compute_s / n, "predicted_compute_s": c.micro_batches * units[2 * k],
                 "codec_s": r.codec_s / n,
                 "processing_time_factor": c.processing_time_factor.get(st.device, 1.0),
                 "emulated": emulated, "work_s": r.work_s / n,
