@@ -50,7 +50,7 @@ from planner.profile_options import (Timed, cpu_s, measure_accumulate_s, measure
                                      measure_loss_s, measure_overhead_s)
 from planner.usermodel import generator_for
 
-PROFILE_VERSION = 7  # 6: CPU time, layers in the whole model's context, update_s; 7: overhead_s cold
+PROFILE_VERSION = 8  # 6: CPU time, layers in context, update_s; 7: overhead_s cold; 8: each M's tables on the base clock
 # The torch threads a profile times each layer on: one (a pool wakes cold after each emulated
 # sleep: 1.04-1.09x slower at 2 threads, 1.00x at 1, ``benchmarks/emulation.py``; thread CPU time
 # sees only one thread). A plan's times hold for a device that computes so: the trainer's

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from planner.host_speed import slowdown
 from planner.jsonio import write_json
 from planner.models import LayeredModel
 from planner.profile_options import measure_loss_s
@@ -79,7 +81,7 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
         except (ValueError, TypeError, KeyError, AttributeError):
             times = None
     if times is None or len(times) != len(profile.layers):
-        times, ratio, loss = _measure_times(model, small, progress=progress)
+        times, ratio, loss = _measure_times(model, small, progress=progress, profile=profile)
         if use_cache:
             write_json(path, {"batch_size": small, "context_ratio": ratio, "loss_s": loss,
                               "layers": [list(x) for x in times]})
@@ -90,14 +92,23 @@ def micro_batch_profile(model: LayeredModel, profile: ModelProfile, micro_batche
     return replace(profile, layers=layers, context_ratio=ratio, loss_s=loss)
 
 
-def _measure_times(model: LayeredModel, batch_size: int, *,
-                   progress: Callable[[int, int], None] | None) -> tuple[list[tuple], float, float]:
+def _measure_times(model: LayeredModel, batch_size: int, *, progress: Callable[[int, int], None] | None,
+                   profile: ModelProfile) -> tuple[list[tuple], float, float]:
     """Per layer, ``(step, forward, codec_s, update)`` seconds at ``batch_size`` on one
     core in the context of the whole model's step, the ratio (:func:`planner.layer_context.in_context`,
-    with fewer repeats to keep ``fsl plan`` quick: the medians of 7) and the loss's seconds."""
+    with fewer repeats to keep ``fsl plan`` quick: the medians of 7) and the loss's seconds.
+
+    Each ``M``'s tables are timed at another moment than ``profile``'s, and this host's
+    speed drifts by 20-35 % within minutes: dcgan's tables once said 4 micro-batches of 16
+    cost 0.93x one batch of 64 and 2 of 32 cost 1.16x. So the whole model's step at
+    ``profile``'s batch is timed before and after (:func:`planner.host_speed.slowdown`),
+    and every time is divided by that slowdown: each ``M`` on ``profile``'s clock."""
     with profile_threads():
+        before = slowdown(model, profile, repeats=5, warmup=1)
         args = layer_args(model, batch_size)
         timings, ratio = in_context(time_layers(model, args, repeats=7, warmup=1, progress=progress, whole=True))
         codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], batch_size)
         loss = measure_loss_s(batch_size)
-    return [(t, f, c, u) for (t, f, u), c in zip(timings, codecs)], ratio, loss
+        k = 1.0 / math.sqrt(before * slowdown(model, profile, repeats=5, warmup=1))
+    return ([(k * t, k * f, {n: k * v for n, v in c.items()}, k * u) for (t, f, u), c in zip(timings, codecs)],
+            ratio, k * loss)
