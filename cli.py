@@ -290,36 +290,12 @@ def calibrate_cmd(
 
 
 def _train_config(ctx: typer.Context, config: Optional[Path]):
-    """The run's options: ``config``'s keys (trainer.run.runfile), then every flag given on the
-    command line over them, then the defaults. A value from the file that fails a check
-    names the file and its key."""
-    from trainer import TrainConfig
-    from trainer.config import tensorboard_installed
-    from trainer.config import parse_slowdown
-    from trainer.run.runfile import keys, read_run_file
-
-    def typed(name: str) -> bool:  # typer vendors click: its ParameterSource is not importable in public
-        return ctx.get_parameter_source(name).name == "COMMANDLINE"
+    """The run's options (:func:`trainer.run.runfile.resolve`) from this command's flags."""
+    from trainer.run.runfile import resolve
 
     given = {k: v for k, v in ctx.params.items() if k not in ("config", "print_config")}
-    given["slowdown"] = tuple(parse_slowdown(x) for x in given["slowdown"])
-    from_file = read_run_file(config) if config is not None else {}
-    for name, value in from_file.items():
-        if not typed(name):
-            given[name] = value
-    if given["tensorboard"] is None:
-        given["tensorboard"] = tensorboard_installed()
-    if given["emulate"] is None:  # the local backend's devices on virtual clocks; real processes sleep
-        given["emulate"] = "virtual" if given["backend"] == "local" else "sleep"
-    if given["plan_path"] is None:
-        raise InputError("--plan", None, "missing: give --plan PLAN, or plan = \"PLAN\" in a --config file")
-    try:
-        return TrainConfig.from_cli(**given)
-    except InputError as e:
-        key = e.source.removeprefix("--")
-        if e.field is None and keys().get(key) in from_file and not typed(keys()[key]):
-            raise InputError(str(config), key, e.problem) from None
-        raise
+    # typer vendors click: its ParameterSource is not importable in public
+    return resolve(given, lambda name: ctx.get_parameter_source(name).name == "COMMANDLINE", config)
 
 
 @app.command("train")

@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fsl` sets it (cli.py)
 from benchmarks.common import ROOT, machine, md_table, median, write_section  # noqa: E402
 from planner import plan  # noqa: E402
 from planner.devices import load_profile  # noqa: E402
-from planner.host_speed import slowdown  # noqa: E402
+from planner.host_speed import around  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
 from planner.profile_cache import profile_model  # noqa: E402
@@ -45,9 +45,7 @@ def steps(plan_path: Path, out: Path, emulate: str, rounds: int, per_round: int)
 def once(plan_path: Path, out: Path, emulate: str, beside: bool, model, mp, rounds: int, per_round: int) -> dict:
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if beside else None
     try:
-        before = slowdown(model, mp)
-        got = steps(plan_path, out, emulate, rounds, per_round)
-        host = (before * slowdown(model, mp)) ** 0.5
+        got, host = around(model, mp, lambda: steps(plan_path, out, emulate, rounds, per_round))
     finally:
         if hog is not None:
             hog.kill()

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from benchmarks.common import ROOT, machine, md_table, median, write_section  # noqa: E402
 from planner import plan  # noqa: E402
 from planner.devices import parse_profile  # noqa: E402
-from planner.host_speed import slowdown  # noqa: E402
+from planner.host_speed import around  # noqa: E402
 from planner.jsonio import read_json  # noqa: E402
 from planner.models import build_discriminator  # noqa: E402
 from planner.planfile import write_plan  # noqa: E402
@@ -90,16 +90,13 @@ def run(p, tmp: Path, tag: str, *, emulate: str, backend: str, rounds: int, step
     write_plan(p, path)
     cfg = TrainConfig(plan_path=path, out_dir=tmp / tag, rounds=rounds, steps_per_round=steps, emulate=emulate,
                       backend=backend, eval_every=0)
-    before = slowdown(model, mp)
     t0 = time.perf_counter()
-    out = errors(train(cfg))
-    wall = time.perf_counter() - t0
-    after = slowdown(model, mp)
-    host = (before * after) ** 0.5
+    history, host = around(model, mp, lambda: train(cfg))
+    wall, out = time.perf_counter() - t0, errors(history)
     for c in out["clients"].values():
         c["slowdown"] = host
     out["devices"] = {d: (r, host) for d, r in out["devices"].items()}
-    print(f"  {tag}: {wall:.0f} s wall, host {before:.2f}x / {after:.2f}x the tables' time", flush=True)
+    print(f"  {tag}: {wall:.0f} s wall, host {host:.2f}x the tables' time", flush=True)
     return out
 
 

@@ -1,8 +1,9 @@
 """How fast this host runs now, against when its tables were timed.
 
-A shared virtual machine's speed drifts: the same GAN step's CPU time moved by 20-35 %
-within minutes on the 2-core VM of BENCHMARKS.md (its hypervisor exposes no instruction
-counters to count work instead). A plan's prediction, timed at one moment, then misses a
+A shared virtual machine's speed drifts: the same GAN step's median CPU time moved by
+28 % between blocks seconds apart on the 2-core VM of BENCHMARKS.md
+(``benchmarks/host_drift.py``; its hypervisor exposes no instruction counters to count
+work instead). A plan's prediction, timed at one moment, then misses a
 run at another by that drift, whatever the cost model's quality. :func:`slowdown` times
 the whole discriminator's GAN step now, as :func:`planner.profile.measure` timed each of its
 layers, and divides by what the tables add up to: 1.2 means the host runs 20 % slower than
@@ -12,12 +13,17 @@ reports its errors both raw and with the prediction scaled by it.
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from planner.models import LayeredModel
 from planner.profile import ModelProfile, layer_args, profile_threads, time_layer_step
+
+T = TypeVar("T")
 
 
 def profiled_step_s(profile: ModelProfile) -> float:
@@ -44,3 +50,11 @@ def step_now_s(model: LayeredModel, batch_size: int, *, repeats: int = 9, warmup
 def slowdown(model: LayeredModel, profile: ModelProfile, **kwargs) -> float:
     """This host's time for the model's step now over the profile's (above 1: slower now)."""
     return step_now_s(model, profile.batch_size, **kwargs) / profiled_step_s(profile)
+
+
+def around(model: LayeredModel, profile: ModelProfile, work: Callable[[], T], **kwargs) -> tuple[T, float]:
+    """``work()``'s result and this host's :func:`slowdown` while it ran: the geometric mean
+    of the slowdown timed just before and just after it."""
+    before = slowdown(model, profile, **kwargs)
+    result = work()
+    return result, math.sqrt(before * slowdown(model, profile, **kwargs))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from planner.host_speed import slowdown
+from planner.host_speed import around
 from planner.jsonio import write_json
 from planner.models import LayeredModel
 from planner.profile_options import measure_loss_s
@@ -99,16 +98,18 @@ def _measure_times(model: LayeredModel, batch_size: int, *, progress: Callable[[
     with fewer repeats to keep ``fsl plan`` quick: the medians of 7) and the loss's seconds.
 
     Each ``M``'s tables are timed at another moment than ``profile``'s, and this host's
-    speed drifts by 20-35 % within minutes: dcgan's tables once said 4 micro-batches of 16
-    cost 0.93x one batch of 64 and 2 of 32 cost 1.16x. So the whole model's step at
-    ``profile``'s batch is timed before and after (:func:`planner.host_speed.slowdown`),
+    speed drifts (``benchmarks/host_drift.py``), so one ``M``'s table could come out cheaper
+    than a smaller ``M``'s only because the host was faster then. So the whole model's step at
+    ``profile``'s batch is timed before and after (:func:`planner.host_speed.around`),
     and every time is divided by that slowdown: each ``M`` on ``profile``'s clock."""
-    with profile_threads():
-        before = slowdown(model, profile, repeats=5, warmup=1)
+    def session() -> tuple:
         args = layer_args(model, batch_size)
         timings, ratio = in_context(time_layers(model, args, repeats=7, warmup=1, progress=progress, whole=True))
         codecs = layer_codecs([tuple(o.shape[1:]) for o in layer_outputs(model, args)], batch_size)
-        loss = measure_loss_s(batch_size)
-        k = 1.0 / math.sqrt(before * slowdown(model, profile, repeats=5, warmup=1))
+        return timings, ratio, codecs, measure_loss_s(batch_size)
+
+    with profile_threads():
+        (timings, ratio, codecs, loss), slow = around(model, profile, session, repeats=5, warmup=1)
+    k = 1.0 / slow
     return ([(k * t, k * f, {n: k * v for n, v in c.items()}, k * u) for (t, f, u), c in zip(timings, codecs)],
             ratio, k * loss)

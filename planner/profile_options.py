@@ -69,9 +69,7 @@ def cpu_s(work: Callable[[], object]) -> float:
 def other_stage_work() -> Callable[[], None]:
     """A block of another stage's work (a 64 -> 128 channel 5 x 5 convolution's forward and
     backward on 2 samples, ~2 ms here): on one host a device's block follows other devices'
-    blocks, which leave this thread's caches and predictors cold for it. On this VM that
-    costs a micro-batch's four blocks ~0.8 ms more than back to back, for a 1 x 1 linear
-    layer as for dcgan's first convolution; a larger block evicts no more."""
+    blocks, which leave this thread's caches and predictors cold for it."""
     conv = torch.nn.Conv2d(64, 128, 5, stride=2, padding=2)
     x = torch.randn(2, 64, 14, 14, generator=torch.Generator().manual_seed(0))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from planner.host_speed import profiled_step_s, slowdown, step_now_s
+from planner.host_speed import around, profiled_step_s, slowdown, step_now_s
 from planner.models import LayeredModel
 from planner.profile import LayerProfile, ModelProfile
 
@@ -68,3 +68,9 @@ def test_slowdown_is_the_step_now_over_the_tables():
     tables that say 6 x SPIN_S: 2x faster."""
     assert slowdown(_model(), _profile([SPIN_S, SPIN_S / 2, 0.0], loss_s=0.0), repeats=5) == pytest.approx(2.0, rel=0.2)
     assert slowdown(_model(), _profile([4 * SPIN_S, 3 * SPIN_S], loss_s=SPIN_S), repeats=5) == pytest.approx(0.5, rel=0.2)
+
+
+def test_around_returns_the_work_and_the_slowdown_timed_around_it():
+    """The work's own result, and the slowdown of tables that say 1.5 x SPIN_S: 2x."""
+    got, slow = around(_model(), _profile([SPIN_S, SPIN_S / 2], loss_s=0.0), lambda: "done", repeats=5)
+    assert got == "done" and slow == pytest.approx(2.0, rel=0.2)

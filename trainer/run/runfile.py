@@ -22,7 +22,7 @@ import tomli_w
 
 from planner.errors import InputError
 from planner.jsonio import write_atomic
-from trainer.config import TrainConfig, parse_slowdown
+from trainer.config import TrainConfig, parse_slowdown, tensorboard_installed
 
 FLAG_NAMES = {"plan_path": "plan", "out_dir": "out"}  # fields whose flag has another name
 NOT_FLAGS = ("eval_samples",)  # fields that no flag sets
@@ -120,3 +120,28 @@ def to_toml(cfg: TrainConfig) -> str:
 
 def write_run_file(cfg: TrainConfig, out_dir: str | Path) -> None:
     write_atomic(Path(out_dir) / CONFIG_FILE, to_toml(cfg))
+
+
+def resolve(given: dict[str, object], typed: typing.Callable[[str], bool], config: Path | None) -> TrainConfig:
+    """``fsl train``'s options: ``config``'s keys (:func:`read_run_file`), then every flag
+    ``typed`` on the command line over them, then the defaults. ``given``: every flag's
+    value by parameter name. A value from the file that fails a check names the file and
+    its key."""
+    given = {**given, "slowdown": tuple(parse_slowdown(x) for x in given["slowdown"])}
+    from_file = read_run_file(config) if config is not None else {}
+    for name, value in from_file.items():
+        if not typed(name):
+            given[name] = value
+    if given["tensorboard"] is None:
+        given["tensorboard"] = tensorboard_installed()
+    if given["emulate"] is None:  # the local backend's devices on virtual clocks; real processes sleep
+        given["emulate"] = "virtual" if given["backend"] == "local" else "sleep"
+    if given["plan_path"] is None:
+        raise InputError("--plan", None, "missing: give --plan PLAN, or plan = \"PLAN\" in a --config file")
+    try:
+        return TrainConfig.from_cli(**given)
+    except InputError as e:
+        key = e.source.removeprefix("--")
+        if e.field is None and keys().get(key) in from_file and not typed(keys()[key]):
+            raise InputError(str(config), key, e.problem) from None
+        raise
